@@ -1,0 +1,68 @@
+"""Entropy (KL) calibration: the algorithm of TensorRT's EntropyCalibrator2.
+
+For each candidate threshold bin i >= start_bin: P = hist[:i] with every count beyond i folded
+into bin i-1; Q = hist[:i] merged into 128 levels and expanded back over the non-empty source bins
+of each level; choose the i that minimises KL(P || Q). amax = i * bin_width (the upper edge of the
+last included bin).
+
+Difference from TensorRT, on purpose: TensorRT histograms [0, absmax] in exactly 2048 bins; ours is
+a power-of-two lattice (see TensorStats), trimmed here to the last non-empty bin, so 1025-2048 bins
+cover [0, absmax].
+"""
+
+from __future__ import annotations
+
+from typing import ClassVar
+
+import numpy as np
+from pydantic import Field
+
+from qbench.calib import Calibrator, TensorStats
+
+
+def kl_divergence_curve(hist: np.ndarray, start_bin: int = 128, levels: int = 128, stride: int = 1):
+    """Return (candidate bin counts i, KL(P||Q) for each). Vectorised per candidate."""
+    hist = np.asarray(hist, dtype=np.float64)
+    n = len(hist)
+    total = hist.sum()
+    tail = total - np.cumsum(hist)  # tail[i-1] = sum(hist[i:])
+    candidates = np.arange(min(start_bin, n), n + 1, stride)
+    kls = np.empty(len(candidates))
+    for k, i in enumerate(candidates):
+        p = hist[:i].copy()
+        p[i - 1] += tail[i - 1]
+        src = hist[:i]
+        level = (np.arange(i) * levels) // i  # which of the 128 levels each source bin merges into
+        nonzero = src > 0
+        level_sum = np.bincount(level, weights=src, minlength=levels)
+        level_nz = np.bincount(level, weights=nonzero, minlength=levels)
+        q = np.where(nonzero, level_sum[level] / np.maximum(level_nz[level], 1), 0.0)
+        p /= p.sum()
+        qs = q.sum()
+        if qs == 0:
+            kls[k] = np.inf
+            continue
+        q /= qs
+        mask = p > 0
+        with np.errstate(divide="ignore"):
+            kls[k] = float(np.sum(p[mask] * np.log(p[mask] / q[mask])))
+    return candidates, kls
+
+
+class Entropy(Calibrator):
+    name: ClassVar[str] = "entropy"
+    needs: ClassVar[frozenset[str]] = frozenset({"absmax", "abs_hist"})
+    start_bin: int = Field(128, ge=1)
+    stride: int = Field(1, ge=1)
+
+    def amax(self, t: TensorStats) -> float:
+        if t.hist is None or t.count == 0 or t.absmax == 0.0:
+            return t.absmax
+        last = int(np.flatnonzero(t.hist)[-1]) + 1
+        hist = t.hist[:last]
+        if last <= self.start_bin:
+            return t.absmax
+        cands, kls = kl_divergence_curve(hist, self.start_bin, 128, self.stride)
+        # Ties go to the largest threshold, as in TensorRT and ModelOpt: clip as little as possible.
+        best = len(kls) - 1 - int(np.argmin(kls[::-1]))
+        return float(min(cands[best] * t.bin_width, t.absmax))

@@ -1,0 +1,15 @@
+"""Backends: build a runnable artifact from a (QDQ) ONNX model and open sessions on it."""
+
+from __future__ import annotations
+
+from typing import Protocol
+
+import numpy as np
+
+
+class Session(Protocol):
+    input_names: list[str]
+
+    def infer(self, feeds: dict[str, np.ndarray]) -> list[np.ndarray]: ...
+
+    def close(self) -> None: ...

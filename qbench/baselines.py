@@ -1,0 +1,39 @@
+"""What users get today: ONNX Runtime's one-liners with default settings, as baseline rows.
+
+``ort_static`` is fed the same calibration samples as qbench, one sample per call and unpadded:
+padded batches make ORT's MinMax see the additive -inf attention mask and collapse the model
+(DESIGN.md section 7), which would be an unfair baseline.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+
+
+def ort_dynamic(fp32: Path, out: Path) -> Path:
+    from onnxruntime.quantization import quantize_dynamic
+
+    quantize_dynamic(str(fp32), str(out))
+    return out
+
+
+class _Reader:
+    def __init__(self, feeds: list[dict[str, np.ndarray]]):
+        self._it = iter(feeds)
+
+    def get_next(self):
+        return next(self._it, None)
+
+    def rewind(self):  # pragma: no cover - ORT calls it only for some calibrators
+        pass
+
+
+def ort_static(fp32: Path, out: Path, tokenizer, texts: list[str]) -> Path:
+    from onnxruntime.quantization import quantize_static
+
+    feeds = [tokenizer.encode_batch([t]) for t in texts]
+    # CalibMaxIntermediateOutputs only bounds memory (MinMax merges every 64 samples); results are unchanged.
+    quantize_static(str(fp32), str(out), _Reader(feeds), extra_options={"CalibMaxIntermediateOutputs": 64})
+    return out

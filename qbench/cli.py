@@ -1,0 +1,81 @@
+"""qbench command line. User errors (QbenchError) print one line each and exit 2; bugs keep their traceback."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+from qbench.errors import QbenchError
+
+EPILOG = """examples:
+  qbench validate examples/minilm-retrieval.yaml
+  qbench sweep examples/minilm-retrieval.yaml --dry-run
+  qbench sweep examples/minilm-retrieval.yaml
+  qbench report reports/minilm-retrieval/<run_id>
+"""
+
+
+def _parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="qbench", description="Quantization calibration and accuracy workbench.",
+                                epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--version", action="version", version=f"qbench {_version()}")
+    sub = p.add_subparsers(dest="cmd", required=True)
+    s = sub.add_parser("sweep", help="build, score and report every variant of a sweep config")
+    s.add_argument("config")
+    s.add_argument("--dry-run", action="store_true", help="print the expanded variant table and stop")
+    s.add_argument("--out", help="output root (default: the config's output.dir)")
+    v = sub.add_parser("validate", help="check a sweep config without loading any model")
+    v.add_argument("config")
+    r = sub.add_parser("report", help="re-render report.html of a run directory")
+    r.add_argument("run_dir")
+    return p
+
+
+def _version() -> str:
+    from qbench import __version__
+
+    return __version__
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    try:
+        return _dispatch(args)
+    except QbenchError as e:
+        for line in str(e).splitlines() or [type(e).__name__]:
+            print(line, file=sys.stderr)
+        return e.exit_code
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130
+
+
+def _dispatch(args) -> int:
+    from qbench.config import load_config
+
+    if args.cmd == "report":
+        from pathlib import Path
+
+        from qbench.report import render
+
+        print(render(Path(args.run_dir)))
+        return 0
+    cfg = load_config(args.config)
+    from qbench.variants import expand, format_table
+
+    variants = expand(cfg)
+    if args.cmd == "validate":
+        print(f"{args.config}: ok ({len(variants)} variants)")
+        return 0
+    if args.dry_run:
+        print(format_table(variants))
+        return 0
+    from qbench.sweep import run_sweep
+
+    run_dir = run_sweep(cfg, args.out)
+    print(run_dir)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,241 @@
+"""The sweep config: a strict schema, validated in one place before any model loads.
+
+Every problem becomes ``ConfigError('<file>: <key.path>: <message>')``: one line each, no traceback.
+Calibrator and sampler parameters are validated here too, through their registered classes.
+"""
+
+from __future__ import annotations
+
+import difflib
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+
+from qbench.errors import ConfigError
+
+
+class Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class ModelCfg(Strict):
+    source: str = Field(description="pkg:<python package>, a local directory, or a Hugging Face hub id")
+    pooling: Literal["mean", "cls"] = "mean"
+    max_length: int = Field(128, ge=8, le=4096)
+    opset: int = Field(17, ge=13, le=21)
+
+
+class SamplerCfg(Strict):
+    name: str = "random"
+    params: dict[str, Any] = {}
+
+
+class CalibSetCfg(Strict):
+    split: str = "calibration"
+    n: int = Field(512, ge=1)
+    seed: int = 0
+    sampler: SamplerCfg = SamplerCfg()
+
+
+class EvalSetCfg(Strict):
+    split: str = "evaluation"
+    n: int | None = Field(None, ge=2, description="first n samples of the split; null = all")
+
+
+class DataCfg(Strict):
+    manifest: str
+    calibration: CalibSetCfg = CalibSetCfg()
+    evaluation: EvalSetCfg = EvalSetCfg()
+
+
+class CalibrationCfg(Strict):
+    batch_size: int = Field(32, ge=1)
+    histogram_bins: int = Field(2048, ge=128, le=1 << 16)
+
+
+class ExclusionCfg(Strict):
+    op_types: list[str] = []
+    names: list[str] = Field([], description="regular expressions matched against node names")
+    roles: list[Literal["embeddings", "lm_head", "attention_probs"]] = []
+
+
+class VariantCfg(Strict):
+    calibrator: dict[str, Any]
+    exclusion: str = "none"
+    flavor: Literal["s8s8", "u8s8"] = "s8s8"
+
+
+Baseline = Literal["fp32", "ort_dynamic", "ort_static"]
+
+
+class SweepCfg(Strict):
+    baselines: list[Baseline] = ["fp32", "ort_dynamic", "ort_static"]
+    calibrators: list[dict[str, Any]] = [{"name": "minmax"}]
+    exclusion_sets: dict[str, ExclusionCfg] = Field({}, description="named exclusion sets; 'none' is built in")
+    exclusions: list[str] = Field(["none"], description="exclusion set names crossed in the grid")
+    flavors: list[Literal["s8s8", "u8s8"]] = ["s8s8"]
+    extra: list[VariantCfg] = Field([], description="single variants outside the grid")
+
+    @field_validator("baselines")
+    @classmethod
+    def _fp32_first(cls, v: list[str]) -> list[str]:
+        if "fp32" not in v:
+            raise ValueError("must include 'fp32': every change is measured against it")
+        return v
+
+    def exclusion(self, name: str) -> ExclusionCfg:
+        return ExclusionCfg() if name == "none" else self.exclusion_sets[name]
+
+
+class BackendCfg(Strict):
+    name: Literal["ort"] = "ort"
+    threads: int = Field(2, ge=1)
+
+
+class LatencyCfg(Strict):
+    batch_sizes: list[int] = [1, 32]
+    warmup: int = Field(3, ge=0)
+    runs: int = Field(20, ge=1)
+
+
+class MeasureCfg(Strict):
+    eval_batch_size: int = Field(32, ge=1)
+    latency: LatencyCfg = LatencyCfg()
+
+
+class OutputCfg(Strict):
+    dir: str = "reports"
+    cache_dir: str = ".qbench-cache"
+
+
+class SweepConfig(Strict):
+    name: str = Field(pattern=r"^[A-Za-z0-9_.-]+$")
+    task: Literal["retrieval"] = "retrieval"
+    model: ModelCfg
+    data: DataCfg
+    calibration: CalibrationCfg = CalibrationCfg()
+    sweep: SweepCfg = SweepCfg()
+    backend: BackendCfg = BackendCfg()
+    measure: MeasureCfg = MeasureCfg()
+    output: OutputCfg = OutputCfg()
+    # Set by load_config, not by the user: where relative paths are resolved from.
+    base_dir: str = Field("", exclude=True)
+
+    def manifest_path(self) -> Path:
+        return (Path(self.base_dir) / self.data.manifest).resolve()
+
+
+def _loc(loc: tuple) -> str:
+    out = ""
+    for part in loc:
+        out += f"[{part}]" if isinstance(part, int) else (f".{part}" if out else str(part))
+    return out or "(top level)"
+
+
+def _fields_at(model: type[BaseModel], loc: tuple) -> list[str]:
+    """Field names of the sub-model that ``loc`` points into, for did-you-mean on unknown keys."""
+    cur: Any = model
+    for part in loc[:-1]:
+        if isinstance(part, int) or not (isinstance(cur, type) and issubclass(cur, BaseModel)):
+            continue
+        f = cur.model_fields.get(part)
+        if f is None:
+            return []
+        ann = f.annotation
+        args = getattr(ann, "__args__", ())
+        cur = next((a for a in (ann, *args) if isinstance(a, type) and issubclass(a, BaseModel)), None)
+        if cur is None:
+            return []
+    return [k for k in cur.model_fields if k != "base_dir"] if cur else []
+
+
+def format_errors(err: ValidationError, file: str, model: type[BaseModel], prefix: tuple = ()) -> list[str]:
+    lines = []
+    for e in err.errors():
+        loc = prefix + tuple(e["loc"])
+        if e["type"] == "extra_forbidden":
+            known = _fields_at(model, tuple(e["loc"]))
+            close = difflib.get_close_matches(str(loc[-1]), known, n=1)
+            msg = "unknown key" + (f" (did you mean '{close[0]}'?)" if close else "")
+        elif e["type"] == "missing":
+            msg = "required key is missing"
+        else:
+            msg = e["msg"]
+        lines.append(f"{file}: {_loc(loc)}: {msg}")
+    return lines
+
+
+def _check_plugins(cfg: SweepConfig, file: str) -> list[str]:
+    """Instantiate every calibrator and sampler once, so bad parameters fail before any model loads."""
+    from qbench import registry
+
+    problems: list[str] = []
+    entries = [(("sweep", "calibrators", i), c) for i, c in enumerate(cfg.sweep.calibrators)]
+    entries += [(("sweep", "extra", i, "calibrator"), v.calibrator) for i, v in enumerate(cfg.sweep.extra)]
+    for loc, spec in entries:
+        problems += _instantiate(registry.calibrators, spec, loc, file)
+    s = cfg.data.calibration.sampler
+    problems += _instantiate(registry.samplers, {"name": s.name, **s.params}, ("data", "calibration", "sampler"), file)
+    known = ["none", *cfg.sweep.exclusion_sets]
+    refs = [(("sweep", "exclusions", i), x) for i, x in enumerate(cfg.sweep.exclusions)]
+    refs += [(("sweep", "extra", i, "exclusion"), v.exclusion) for i, v in enumerate(cfg.sweep.extra)]
+    for loc, name in refs:
+        if name not in known:
+            close = difflib.get_close_matches(name, known, n=1)
+            hint = f" (did you mean '{close[0]}'?)" if close else f" (defined: {', '.join(known)})"
+            problems.append(f"{file}: {_loc(loc)}: unknown exclusion set '{name}'{hint}")
+    return problems
+
+
+def _instantiate(reg, spec: dict, loc: tuple, file: str) -> list[str]:
+    spec = dict(spec)
+    name = spec.pop("name", None)
+    if not isinstance(name, str):
+        return [f"{file}: {_loc(loc + ('name',))}: required key is missing"]
+    try:
+        cls = reg.get(name)
+    except ConfigError as e:
+        return [f"{file}: {_loc(loc + ('name',))}: {e}"]
+    try:
+        cls(**spec)
+    except ValidationError as e:
+        return format_errors(e, file, cls, loc)
+    return []
+
+
+def build_plugin(reg, spec: dict):
+    spec = dict(spec)
+    return reg.get(spec.pop("name"))(**spec)
+
+
+def load_config(path: str | Path) -> SweepConfig:
+    path = Path(path)
+    file = str(path)
+    try:
+        text = path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise ConfigError(f"{file}: config file not found") from None
+    except OSError as e:
+        raise ConfigError(f"{file}: cannot read: {e.strerror}") from None
+    try:
+        raw = yaml.safe_load(text)
+    except yaml.YAMLError as e:
+        mark = getattr(e, "problem_mark", None)
+        where = f"line {mark.line + 1}" if mark else "(parse)"
+        raise ConfigError(f"{file}: {where}: malformed YAML: {getattr(e, 'problem', e)}") from None
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{file}: (top level): expected a mapping of keys, got {type(raw).__name__}")
+    if "base_dir" in raw:
+        raise ConfigError(f"{file}: base_dir: unknown key")
+    try:
+        cfg = SweepConfig(**raw, base_dir=str(path.resolve().parent))
+    except ValidationError as e:
+        raise ConfigError("\n".join(format_errors(e, file, SweepConfig))) from None
+    problems = _check_plugins(cfg, file)
+    if not cfg.manifest_path().is_file():
+        problems.append(f"{file}: data.manifest: file not found: {cfg.manifest_path()}")
+    if problems:
+        raise ConfigError("\n".join(problems))
+    return cfg

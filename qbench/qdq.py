@@ -1,0 +1,258 @@
+"""QDQ construction: explicit Quantize/Dequantize pairs where TensorRT wants them.
+
+Placement: on the inputs of MatMul and Gemm (linear layers and the attention batched matmuls),
+activations per tensor, weights per output channel, stored as int8 initializers behind a
+DequantizeLinear. Not on residual Adds, LayerNorm or Softmax. An exclusion keeps the excluded
+node's input and output tensors in float, so every MatMul that reads them stays float too.
+
+After writing, ``verify_scales`` checks that every Q/DQ scale came from our table (see
+DESIGN.md section 7 for why we never trust an inserter to have done so).
+"""
+
+from __future__ import annotations
+
+import re
+from collections import Counter
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import onnx
+from onnx import TensorProto, helper, numpy_helper
+
+from qbench.calib import CalibrationTable, scale_of
+from qbench.config import ExclusionCfg
+from qbench.errors import ModelError, QuantizationError
+
+QUANTIZABLE = {"MatMul", "Gemm"}
+INTEGER_OPS = {"MatMulInteger", "QLinearMatMul", "ConvInteger", "QLinearConv", "DynamicQuantizeMatMul",
+               "QAttention", "MatMulIntegerToFloat", "QGemm"}
+QDQ_OPS = {"QuantizeLinear", "DequantizeLinear", "DynamicQuantizeLinear"}
+ROLE_PATTERNS = {"embeddings": r"(^|/)embeddings?(/|$)", "lm_head": r"(lm_head|classifier|/cls/)"}
+
+
+@dataclass
+class QdqReport:
+    quantized_nodes: list[str] = field(default_factory=list)
+    excluded_nodes: list[str] = field(default_factory=list)
+    quantized_tensors: list[str] = field(default_factory=list)
+    warnings: list[str] = field(default_factory=list)
+
+
+def load_model(path: Path) -> onnx.ModelProto:
+    try:
+        return onnx.load(str(path))
+    except FileNotFoundError:
+        raise ModelError(f"{path}: model file not found") from None
+    except Exception as e:  # onnx raises DecodeError and friends for a corrupt file
+        raise ModelError(f"{path}: not a readable ONNX model ({type(e).__name__})") from None
+
+
+def _initializers(model: onnx.ModelProto) -> dict[str, onnx.TensorProto]:
+    return {t.name: t for t in model.graph.initializer}
+
+
+def activation_inputs(node: onnx.NodeProto, inits: dict) -> list[str]:
+    n = 2 if node.op_type == "MatMul" else 2  # Gemm's C (bias) is never quantized
+    return [x for x in node.input[:n] if x and x not in inits]
+
+
+def weight_inputs(node: onnx.NodeProto, inits: dict) -> list[tuple[int, str]]:
+    return [(i, x) for i, x in enumerate(node.input[:2]) if x in inits]
+
+
+def calibration_tensors(model: onnx.ModelProto) -> list[str]:
+    """Every activation that some MatMul/Gemm reads: the union any variant of this model may quantize."""
+    inits = _initializers(model)
+    out: dict[str, None] = {}
+    for node in model.graph.node:
+        if node.op_type in QUANTIZABLE:
+            for x in activation_inputs(node, inits):
+                out[x] = None
+    return list(out)
+
+
+def match_exclusions(model: onnx.ModelProto, excl: ExclusionCfg) -> tuple[set[str], list[str]]:
+    """Names of excluded nodes, and a warning for each pattern that matched nothing."""
+    nodes = list(model.graph.node)
+    matched: set[str] = set()
+    warnings: list[str] = []
+    for op in excl.op_types:
+        hit = {n.name for n in nodes if n.op_type == op}
+        if not hit:
+            warnings.append(f"exclusion op type '{op}' matches no node")
+        matched |= hit
+    patterns = [(f"name pattern '{p}'", p) for p in excl.names]
+    patterns += [(f"role '{r}'", ROLE_PATTERNS[r]) for r in excl.roles if r in ROLE_PATTERNS]
+    for what, pat in patterns:
+        rx = re.compile(pat)
+        hit = {n.name for n in nodes if rx.search(n.name)}
+        if not hit:
+            warnings.append(f"exclusion {what} matches no node")
+        matched |= hit
+    if "attention_probs" in excl.roles:
+        matched |= {n.name for n in nodes if n.op_type == "Softmax"}
+    return matched, warnings
+
+
+def plan(model: onnx.ModelProto, excl: ExclusionCfg) -> tuple[list[onnx.NodeProto], QdqReport]:
+    """Decide which MatMul/Gemm nodes get Q/DQ, honouring exclusions on both ends of each tensor."""
+    inits = _initializers(model)
+    excluded, warnings = match_exclusions(model, excl)
+    float_tensors: set[str] = set()
+    for n in model.graph.node:
+        if n.name in excluded:
+            float_tensors.update(x for x in n.input if x)
+            float_tensors.update(n.output)
+    report = QdqReport(excluded_nodes=sorted(excluded), warnings=warnings)
+    chosen = []
+    for n in model.graph.node:
+        if n.op_type not in QUANTIZABLE or n.name in excluded:
+            continue
+        acts = activation_inputs(n, inits)
+        if any(a in float_tensors for a in acts):
+            continue
+        chosen.append(n)
+    report.quantized_nodes = [n.name for n in chosen]
+    report.quantized_tensors = list(dict.fromkeys(a for n in chosen for a in activation_inputs(n, inits)))
+    return chosen, report
+
+
+def _weight_axis(node: onnx.NodeProto, idx: int, ndim: int) -> int:
+    """Per-output-channel axis: MatMul B[K,N] -> 1; Gemm B with transB -> 0."""
+    if node.op_type == "Gemm":
+        attrs = {a.name: helper.get_attribute_value(a) for a in node.attribute}
+        trans = attrs.get("transB" if idx == 1 else "transA", 0)
+        return 0 if (idx == 1 and trans) else (1 if idx == 1 else 0)
+    return ndim - 1 if idx == 1 else ndim - 2
+
+
+def quantize_weight(w: np.ndarray, axis: int) -> tuple[np.ndarray, np.ndarray]:
+    """Symmetric per-channel int8: scale = max|w| / 127 along every axis but ``axis``."""
+    red = tuple(i for i in range(w.ndim) if i != axis)
+    amax = np.abs(w).max(axis=red)
+    scale = np.array([scale_of(a) for a in amax], dtype=np.float32)
+    shape = [1] * w.ndim
+    shape[axis] = -1
+    q = np.clip(np.rint(w / scale.reshape(shape)), -127, 127).astype(np.int8)
+    return q, scale
+
+
+def build_qdq(fp32_path: Path, table: CalibrationTable, excl: ExclusionCfg, flavor: str,
+              out_path: Path) -> QdqReport:
+    """Write the QDQ model for one variant; return what was quantized and excluded."""
+    from qbench.io import atomic_write_bytes
+
+    model = load_model(fp32_path)
+    chosen, report = plan(model, excl)
+    missing = [t for t in report.quantized_tensors if t not in table.amax]
+    if missing:
+        raise QuantizationError(f"calibration table lacks {len(missing)} tensor(s) the model quantizes: "
+                                + ", ".join(missing[:8]) + (" ..." if len(missing) > 8 else ""))
+    _insert(model, chosen, report.quantized_tensors, table, flavor)
+    verify_scales(model, table, load_model(fp32_path))
+    atomic_write_bytes(out_path, model.SerializeToString())
+    return report
+
+
+def _insert(model, chosen, act_tensors, table, flavor) -> None:
+    g = model.graph
+    inits = _initializers(model)
+    chosen_names = {n.name for n in chosen}
+    act_dtype, zp = (TensorProto.UINT8, 128) if flavor == "u8s8" else (TensorProto.INT8, 0)
+    after: dict[str, list] = {}        # producer output -> Q/DQ nodes to place right after it
+    head: list = []                    # weight DQs and graph-input Q/DQs go first
+    produced = {o for n in g.node for o in n.output}
+    for t in act_tensors:
+        sname, zname = f"{t}_scale", f"{t}_zero_point"
+        g.initializer.append(numpy_helper.from_array(np.array(table.scale(t), np.float32), sname))
+        g.initializer.append(helper.make_tensor(zname, act_dtype, [], [zp]))
+        q = helper.make_node("QuantizeLinear", [t, sname, zname], [f"{t}_q"], name=f"{t}_QuantizeLinear")
+        dq = helper.make_node("DequantizeLinear", [f"{t}_q", sname, zname], [f"{t}_dq"],
+                              name=f"{t}_DequantizeLinear")
+        (after.setdefault(t, []) if t in produced else head).extend([q, dq])
+    renamed_w: dict[str, str] = {}
+    for n in chosen:
+        for i, x in enumerate(n.input[:2]):
+            if x in inits:
+                if x not in renamed_w:
+                    w = numpy_helper.to_array(inits[x])
+                    axis = _weight_axis(n, i, w.ndim)
+                    qw, sc = quantize_weight(w, axis)
+                    g.initializer.extend([
+                        numpy_helper.from_array(qw, f"{x}_int8"),
+                        numpy_helper.from_array(sc, f"{x}_wscale"),
+                        numpy_helper.from_array(np.zeros_like(sc, dtype=np.int8), f"{x}_wzero"),
+                    ])
+                    head.append(helper.make_node("DequantizeLinear", [f"{x}_int8", f"{x}_wscale", f"{x}_wzero"],
+                                                 [f"{x}_dq"], name=f"{x}_DequantizeLinear", axis=axis))
+                    renamed_w[x] = f"{x}_dq"
+                n.input[i] = renamed_w[x]
+            elif x in table.amax and n.name in chosen_names:
+                n.input[i] = f"{x}_dq"
+    _drop_unused_initializers(model, set(renamed_w))
+    nodes = list(g.node)
+    del g.node[:]
+    g.node.extend(head)
+    for n in nodes:
+        g.node.append(n)
+        for o in n.output:
+            g.node.extend(after.get(o, []))
+
+
+def _drop_unused_initializers(model, candidates: set[str]) -> None:
+    used = {x for n in model.graph.node for x in n.input}
+    keep = [t for t in model.graph.initializer if t.name not in candidates or t.name in used]
+    del model.graph.initializer[:]
+    model.graph.initializer.extend(keep)
+
+
+def verify_scales(model: onnx.ModelProto, table: CalibrationTable, fp32: onnx.ModelProto) -> None:
+    """Every Q/DQ scale must equal amax/127 from our table (activations) or max|W|/127 (weights)."""
+    inits = {t.name: t for t in model.graph.initializer}
+    fp32_inits = _initializers(fp32)
+    q_scale_of: dict[str, np.ndarray] = {}
+    bad: list[str] = []
+    for n in model.graph.node:
+        if n.op_type == "QuantizeLinear":
+            src = n.input[0]
+            s = numpy_helper.to_array(inits[n.input[1]]) if n.input[1] in inits else None
+            if src not in table.amax or s is None or s.shape != () or s != table.scale(src):
+                bad.append(src)
+            q_scale_of[n.output[0]] = s
+    for n in model.graph.node:
+        if n.op_type != "DequantizeLinear":
+            continue
+        s = numpy_helper.to_array(inits[n.input[1]]) if n.input[1] in inits else None
+        src = n.input[0]
+        if src in q_scale_of:
+            ok = s is not None and np.array_equal(s, q_scale_of[src])
+        elif src in inits and src.endswith("_int8") and src[:-5] in fp32_inits:
+            w = numpy_helper.to_array(fp32_inits[src[:-5]])
+            axis = next(helper.get_attribute_value(a) for a in n.attribute if a.name == "axis")
+            ok = s is not None and np.array_equal(s, quantize_weight(w, axis)[1])
+        else:
+            ok = False
+        if not ok:
+            bad.append(src)
+    if bad:
+        raise QuantizationError(f"{len(bad)} Q/DQ scale(s) did not come from the calibration table: "
+                                + ", ".join(bad[:8]))
+
+
+def op_counts(model: onnx.ModelProto) -> dict[str, Counter]:
+    """Per op type, how many nodes run quantized (read a DQ output, or are integer ops) and how many float."""
+    dq_out = {o for n in model.graph.node if n.op_type == "DequantizeLinear" for o in n.output}
+    quant: Counter = Counter()
+    flt: Counter = Counter()
+    for n in model.graph.node:
+        if n.op_type in QDQ_OPS:
+            continue
+        if n.op_type in INTEGER_OPS:
+            base = "MatMul" if "MatMul" in n.op_type else n.op_type
+            quant[base] += 1
+        elif any(x in dq_out for x in n.input):
+            quant[n.op_type] += 1
+        else:
+            flt[n.op_type] += 1
+    return {"quantized": quant, "float": flt}

@@ -1,0 +1,84 @@
+"""report.html: one self-contained file rendered from results.parquet and manifest.json alone."""
+
+from __future__ import annotations
+
+import io
+from pathlib import Path
+
+QUALITY = "accuracy_at_1"
+
+
+def _pareto_svg(df, batches: list[str]) -> str:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from qbench.results import pareto_front
+
+    ok = df[df.status == "ok"]
+    fig, axes = plt.subplots(1, max(1, len(batches)), figsize=(5.2 * max(1, len(batches)), 4.0), squeeze=False)
+    for ax, b in zip(axes[0], batches):
+        lat = ok[(ok.metric == "latency_p50_ms") & (ok.slice == b)].set_index("variant").value
+        acc = ok[(ok.metric == QUALITY) & (ok.slice == "all")].set_index("variant").value
+        names = [n for n in lat.index if n in acc.index]
+        pts = [(lat[n], acc[n]) for n in names]
+        front = set(pareto_front(pts))
+        for i, (n, (x, y)) in enumerate(zip(names, pts)):
+            ax.scatter([x], [y], s=46 if i in front else 22, c="#d62728" if i in front else "#1f77b4", zorder=3)
+            ax.annotate(n if len(n) < 28 else n[:26] + "…", (x, y), fontsize=7, xytext=(4, 3),
+                        textcoords="offset points")
+        fr = sorted(pts[i] for i in front)
+        if fr:
+            ax.plot([p[0] for p in fr], [p[1] for p in fr], "--", c="#d62728", lw=1)
+        ax.set_xlabel(f"p50 latency (ms), {b}")
+        ax.set_ylabel("accuracy@1")
+        ax.grid(alpha=0.3)
+    fig.tight_layout()
+    buf = io.StringIO()
+    fig.savefig(buf, format="svg")
+    plt.close(fig)
+    svg = buf.getvalue()
+    return svg[svg.index("<svg"):]
+
+
+def leaderboard(df, manifest: dict) -> list[dict]:
+    """One dict per variant, in manifest order: the numbers the table shows."""
+    ok = df[df.status == "ok"]
+    val = {(r.variant, r.metric, r.slice): r.value for r in ok.itertuples()}
+    base = val.get(("fp32", QUALITY, "all"))
+    batches = sorted({s for s in ok.slice if s.startswith("batch=")}, key=lambda s: int(s.split("=")[1]))
+    rows = []
+    for vid, info in manifest["variants"].items():
+        acc = val.get((vid, QUALITY, "all"))
+        excluded = {s.split("=", 1)[1]: int(val[(vid, "nodes_excluded", s)])
+                    for (v, m, s) in val if v == vid and m == "nodes_excluded"}
+        rows.append({
+            "variant": vid, "kind": info.get("kind", ""), "status": info.get("status", ""),
+            "error": info.get("error", ""), "signature": info.get("signature", ""),
+            "acc": acc, "delta": None if acc is None or base is None else (acc - base) * 100,
+            "mrr": val.get((vid, "mrr", "all")), "cos": val.get((vid, "cosine_vs_fp32", "all")),
+            "lat": {b: (val.get((vid, "latency_p50_ms", b)), val.get((vid, "latency_p99_ms", b))) for b in batches},
+            "size": val.get((vid, "size_mb", "all")),
+            "mm_q": val.get((vid, "nodes_quantized", "op=MatMul")), "mm_f": val.get((vid, "nodes_float", "op=MatMul")),
+            "excluded": ", ".join(f"{op}: {n}" for op, n in sorted(excluded.items())),
+        })
+    return rows
+
+
+def render(run_dir: str | Path) -> Path:
+    import jinja2
+
+    from qbench.io import atomic_write_text
+    from qbench.results import load
+
+    run_dir = Path(run_dir)
+    df, manifest = load(run_dir)
+    rows = leaderboard(df, manifest)
+    batches = list(rows[0]["lat"]) if rows else []
+    env = jinja2.Environment(loader=jinja2.PackageLoader("qbench", "templates"),
+                             autoescape=jinja2.select_autoescape(["html"]))
+    html = env.get_template("report.html.j2").render(
+        m=manifest, rows=rows, batches=batches, plot=_pareto_svg(df, batches) if batches else "",
+    )
+    return atomic_write_text(run_dir / "report.html", html)

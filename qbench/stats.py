@@ -1,0 +1,183 @@
+"""The statistics pass: one streaming run over the calibration set on ONNX Runtime CPU.
+
+The tensors to calibrate become extra graph outputs (as ONNX Runtime's own calibrators do); each
+batch's values are reduced to absmax and a |x| histogram, then dropped, so memory stays bounded by
+one batch. Padded positions never enter the statistics: which axes of each tensor are batch and
+sequence is found by probing the model at two shapes, and the attention mask is applied along them
+(so additive -inf masks and garbage at padded tokens are ignored). A non-finite value that remains
+is an error naming the tensor and the batch.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import tempfile
+from pathlib import Path
+from typing import Iterable, Iterator
+
+import numpy as np
+
+from qbench.calib import TensorStats
+from qbench.errors import DataError
+
+STATS_VERSION = 1
+MIN_BIN_WIDTH = 2.0 ** -40
+PROBES = ((2, 5), (3, 7))  # (batch, sequence) pairs unlikely to collide with model dimensions
+
+
+def _lattice_width(absmax: float, bins: int) -> float:
+    """Smallest power of two w with absmax <= bins * w."""
+    if absmax <= 0:
+        return MIN_BIN_WIDTH
+    return max(MIN_BIN_WIDTH, 2.0 ** math.ceil(math.log2(absmax / bins)))
+
+
+def update(t: TensorStats, values: np.ndarray, bins: int) -> None:
+    """Merge one batch's |x| into ``t``: exact, order-independent (power-of-two bin widths only double)."""
+    a = np.abs(values.astype(np.float32, copy=False)).ravel()
+    if a.size == 0:
+        return
+    m = float(a.max())
+    t.batch_absmax.append(m)
+    t.absmax = max(t.absmax, m)
+    t.count += a.size
+    w = _lattice_width(t.absmax, bins)
+    if t.hist is None:
+        t.hist, t.bin_width = np.zeros(bins, dtype=np.int64), w
+    elif w > t.bin_width:
+        factor = int(round(w / t.bin_width))
+        merged = t.hist.reshape(-1, factor).sum(axis=1)
+        t.hist = np.concatenate([merged, np.zeros(bins - len(merged), dtype=np.int64)])
+        t.bin_width = w
+    idx = np.minimum((a * np.float32(1.0 / t.bin_width)).astype(np.int64), bins - 1)
+    t.hist += np.bincount(idx, minlength=bins)
+
+
+def augmented_model(model_path: Path, tensors: list[str], out_dir: Path) -> Path:
+    """Copy of the model with every tensor to calibrate exposed as a graph output."""
+    import onnx
+    from onnx import TensorProto, helper
+
+    model = onnx.load(str(model_path))
+    existing = {o.name for o in model.graph.output}
+    for t in tensors:
+        if t not in existing:
+            model.graph.output.append(helper.make_tensor_value_info(t, TensorProto.FLOAT, None))
+    path = out_dir / "augmented.onnx"
+    onnx.save(model, str(path))
+    return path
+
+
+def _axis_roles(shape_a, shape_b) -> list[str]:
+    (b1, s1), (b2, s2) = PROBES
+    roles = []
+    for x, y in zip(shape_a, shape_b):
+        if (x, y) == (b1, b2):
+            roles.append("b")
+        elif (x, y) == (s1, s2):
+            roles.append("s")
+        elif (x, y) == (b1 * s1, b2 * s2):
+            roles.append("bs")
+        else:
+            roles.append("." if x == y else "?")
+    return roles
+
+
+def discover_axes(sess, names: list[str], feeds: dict[str, np.ndarray]) -> dict[str, list[str]]:
+    """Run two truncated copies of a real batch and label each output axis b / s / bs / static."""
+    shapes = []
+    for b, s in PROBES:
+        probe = {k: v[:b, :s] for k, v in feeds.items()}
+        shapes.append([o.shape for o in sess.run(names, probe)])
+    return {n: _axis_roles(a, c) for n, a, c in zip(names, *shapes)}
+
+
+def token_mask(roles: list[str], mask2d: np.ndarray, shape: tuple) -> np.ndarray | None:
+    """Boolean mask of valid (non-padded) positions for a tensor of ``shape``, or None if unmaskable."""
+    if "bs" in roles:
+        shp = [1] * len(shape)
+        shp[roles.index("bs")] = -1
+        return np.broadcast_to(mask2d.reshape(shp), shape)
+    if "b" not in roles or "s" not in roles:
+        return None
+    bax = roles.index("b")
+    out = np.ones([1] * len(shape), dtype=bool)
+    for j, r in enumerate(roles):
+        if r == "s":
+            shp = [1] * len(shape)
+            shp[bax], shp[j] = mask2d.shape
+            out = out & mask2d.reshape(shp)
+    return np.broadcast_to(out, shape)
+
+
+def collect(model_path: Path, tensors: list[str], batches: Iterable[dict[str, np.ndarray]],
+            bins: int = 2048, threads: int = 2, mask_input: str = "attention_mask") -> dict[str, TensorStats]:
+    import onnxruntime as ort
+
+    stats = {t: TensorStats() for t in tensors}
+    with tempfile.TemporaryDirectory(prefix="qbench-stats-") as tmp:
+        aug = augmented_model(model_path, tensors, Path(tmp))
+        so = ort.SessionOptions()
+        so.intra_op_num_threads = threads
+        sess = ort.InferenceSession(str(aug), so, providers=["CPUExecutionProvider"])
+        roles: dict[str, list[str]] | None = None
+        n_batches = 0
+        for bi, feeds in enumerate(batches):
+            n_batches += 1
+            mask2d = feeds[mask_input].astype(bool) if mask_input in feeds else None
+            if roles is None and mask2d is not None and mask2d.shape[0] >= 3 and mask2d.shape[1] >= 7:
+                roles = discover_axes(sess, tensors, feeds)
+            for name, arr in zip(tensors, sess.run(tensors, feeds)):
+                m = token_mask(roles[name], mask2d, arr.shape) if (roles and mask2d is not None) else None
+                vals = arr[m] if m is not None else arr
+                if not np.isfinite(vals).all():
+                    bad = int((~np.isfinite(vals)).sum())
+                    raise DataError(f"tensor '{name}': {bad} non-finite value(s) at valid positions "
+                                    f"in calibration batch {bi}")
+                update(stats[name], vals, bins)
+    if n_batches == 0:
+        raise DataError("calibration set is empty: no batch reached the statistics pass")
+    return stats
+
+
+def cache_key(model_sha: str, sample_ids: list[str], tensors: list[str], bins: int, batch_size: int) -> str:
+    h = hashlib.sha256()
+    h.update(json.dumps([STATS_VERSION, model_sha, sample_ids, tensors, bins, batch_size]).encode())
+    return h.hexdigest()[:16]
+
+
+def save(stats: dict[str, TensorStats], path: Path) -> None:
+    from qbench.io import atomic_write
+
+    names = list(stats)
+    arrays = {"names": np.array(json.dumps(names))}
+    for i, n in enumerate(names):
+        t = stats[n]
+        arrays[f"h{i}"] = t.hist if t.hist is not None else np.zeros(0, np.int64)
+        arrays[f"m{i}"] = np.array([t.absmax, t.count, t.bin_width], dtype=np.float64)
+        arrays[f"b{i}"] = np.array(t.batch_absmax, dtype=np.float64)
+
+    def write(p: Path) -> None:
+        with open(p, "wb") as f:
+            np.savez(f, **arrays)
+
+    atomic_write(path, write)
+
+
+def load(path: Path) -> dict[str, TensorStats]:
+    with np.load(path) as z:
+        names = json.loads(str(z["names"]))
+        out = {}
+        for i, n in enumerate(names):
+            absmax, count, width = z[f"m{i}"]
+            hist = z[f"h{i}"]
+            out[n] = TensorStats(float(absmax), int(count), hist if hist.size else None, float(width),
+                                 [float(x) for x in z[f"b{i}"]])
+    return out
+
+
+def iter_batches(items: list, batch_size: int) -> Iterator[list]:
+    for i in range(0, len(items), batch_size):
+        yield items[i:i + batch_size]

@@ -1,0 +1,292 @@
+"""The sweep runner: collect once, derive every variant, measure everything.
+
+Order: export (cached) -> data -> calibration sample -> statistics (cached) -> per variant:
+table -> QDQ (cached) -> session -> quality + latency -> rows. A failing variant becomes a failed
+row and the sweep goes on; results and manifest are rewritten atomically after each variant.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import platform
+import sys
+import time
+import traceback
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from pathlib import Path
+
+import numpy as np
+
+from qbench import __version__
+from qbench.config import SweepConfig, build_plugin
+from qbench.errors import QbenchError
+from qbench.variants import Variant, expand
+
+QDQ_VERSION = 1
+
+
+def log(msg: str) -> None:
+    print(f"[qbench {time.strftime('%H:%M:%S')}] {msg}", file=sys.stderr, flush=True)
+
+
+@dataclass
+class Context:
+    cfg: SweepConfig
+    run_dir: Path
+    cache: Path
+    fp32: Path = Path()
+    tokenizer: object = None
+    calib: list = field(default_factory=list)
+    evalset: list = field(default_factory=list)
+    manifest: dict = field(default_factory=dict)
+    stats: dict | None = None
+    tables: dict = field(default_factory=dict)
+    fp32_emb: np.ndarray | None = None
+    latency_feeds: dict = field(default_factory=dict)
+
+
+def run_id_for(cfg: SweepConfig) -> str:
+    h = hashlib.sha256(cfg.model_dump_json().encode()).hexdigest()[:6]
+    return datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%SZ") + f"-{h}"
+
+
+def host_info() -> dict:
+    cpu = platform.processor()
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    return {"platform": platform.platform(), "python": platform.python_version(), "cpu": cpu,
+            "cpu_count": os.cpu_count()}
+
+
+def versions() -> dict:
+    import importlib.metadata as md
+
+    out = {"qbench": __version__}
+    for pkg in ("onnx", "onnxruntime", "numpy", "datasets", "tokenizers", "torch", "transformers"):
+        try:
+            out[pkg] = md.version(pkg)
+        except md.PackageNotFoundError:
+            pass
+    return out
+
+
+def prepare(cfg: SweepConfig, run_dir: Path) -> Context:
+    from calibrators.samplers import Sampler  # noqa: F401  (registry target module)
+    from qbench import registry
+    from qbench.data import data_hashes, load_manifest, load_split
+    from qbench.export import export_encoder
+    from qbench.tokenize import Tokenizer
+
+    cache = Path(os.environ.get("QBENCH_CACHE", cfg.output.cache_dir)).resolve()
+    ctx = Context(cfg=cfg, run_dir=run_dir, cache=cache)
+    t0 = time.perf_counter()
+    exp = export_encoder(cfg.model.source, cache / "models", opset=cfg.model.opset, pooling=cfg.model.pooling)
+    ctx.fp32 = exp.onnx_path
+    ctx.tokenizer = Tokenizer(exp.tokenizer_dir, max_length=cfg.model.max_length)
+    log(f"model {cfg.model.source}: {'cached' if exp.from_cache else 'exported'} ({time.perf_counter() - t0:.1f}s)")
+    man = load_manifest(cfg.manifest_path())
+    pool = load_split(man, cfg.data.calibration.split)
+    ev = load_split(man, cfg.data.evaluation.split)
+    ctx.evalset = ev[: cfg.data.evaluation.n] if cfg.data.evaluation.n else ev
+    if any(s.reference is None for s in ctx.evalset):
+        raise QbenchError(f"{man.path}: fields.reference: the retrieval task needs a reference field")
+    c = cfg.data.calibration
+    sampler = build_plugin(registry.samplers, {"name": c.sampler.name, **c.sampler.params})
+    ids = sampler.select([s.language for s in pool], c.n, c.seed)
+    ctx.calib = [pool[i] for i in ids]
+    overlap = {s.id for s in ctx.calib} & {s.id for s in ctx.evalset}
+    if overlap:
+        raise QbenchError(f"{man.path}: calibration and evaluation sets share {len(overlap)} sample id(s), "
+                          f"e.g. {sorted(overlap)[0]}")
+    ctx.manifest = {
+        "qbench_version": __version__, "run_id": run_dir.name, "sweep": cfg.name,
+        "created_utc": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "config": json.loads(cfg.model_dump_json()),
+        "versions": versions(), "host": host_info(),
+        "model": {"source": exp.source, "resolved": exp.resolved, "onnx_sha256": _sha(exp.onnx_path),
+                  "export_key": exp.key, "export_max_abs_diff": exp.max_abs_diff, "opset": exp.opset},
+        "data": {"manifest": str(cfg.manifest_path()), "name": man.name, "sha256": data_hashes(man),
+                 "calibration": {"split": c.split, "sampler": sampler.name, "n": len(ctx.calib), "seed": c.seed,
+                                 "sample_ids": [s.id for s in ctx.calib]},
+                 "evaluation": {"split": cfg.data.evaluation.split, "n": len(ctx.evalset)}},
+        "variants": {},
+    }
+    return ctx
+
+
+def _sha(path: Path) -> str:
+    from qbench.data import sha256_file
+
+    return sha256_file(path)
+
+
+def ensure_stats(ctx: Context) -> dict:
+    """The one statistics pass for every calibrator of the sweep, cached by model, samples and settings."""
+    from qbench import stats as st
+    from qbench.qdq import calibration_tensors, load_model
+
+    if ctx.stats is not None:
+        return ctx.stats
+    cc = ctx.cfg.calibration
+    tensors = calibration_tensors(load_model(ctx.fp32))
+    key = st.cache_key(ctx.manifest["model"]["onnx_sha256"], [s.id for s in ctx.calib], tensors,
+                       cc.histogram_bins, cc.batch_size)
+    path = ctx.cache / "stats" / f"{key}.npz"
+    t0 = time.perf_counter()
+    if path.is_file():
+        ctx.stats, hit = st.load(path), True
+    else:
+        texts = [s.text for s in ctx.calib]
+        batches = (ctx.tokenizer.encode_batch(b) for b in st.iter_batches(texts, cc.batch_size))
+        ctx.stats = st.collect(ctx.fp32, tensors, batches, cc.histogram_bins, ctx.cfg.backend.threads)
+        st.save(ctx.stats, path)
+        hit = False
+    secs = time.perf_counter() - t0
+    ctx.manifest["statistics"] = {"cache_key": key, "cache_hit": hit, "seconds": round(secs, 3),
+                                  "tensors": len(tensors), "bins": cc.histogram_bins}
+    log(f"statistics for {len(tensors)} tensors: {'cache hit' if hit else 'collected'} ({secs:.1f}s)")
+    return ctx.stats
+
+
+def table_for(ctx: Context, v: Variant):
+    sig = v.calibrator.signature()
+    if sig not in ctx.tables:
+        t = v.calibrator.table(ensure_stats(ctx))
+        t.check_finite()
+        t.save(ctx.run_dir / "tables" / f"{_safe(sig)}.json")
+        ctx.tables[sig] = t
+    return ctx.tables[sig]
+
+
+def _safe(s: str) -> str:
+    return "".join(ch if ch.isalnum() or ch in "-_.=" else "_" for ch in s)
+
+
+def build_variant(ctx: Context, v: Variant) -> tuple[Path, dict]:
+    """The ONNX artifact of one variant, and what the manifest should know about how it was made."""
+    from qbench import baselines
+    from qbench.qdq import build_qdq
+
+    out_dir = ctx.cache / "variants"
+    out_dir.mkdir(parents=True, exist_ok=True)
+    msha = ctx.manifest["model"]["onnx_sha256"][:16]
+    if v.baseline == "fp32":
+        return ctx.fp32, {}
+    if v.baseline == "ort_dynamic":
+        return baselines.ort_dynamic(ctx.fp32, out_dir / f"{msha}-ort_dynamic.onnx"), {}
+    if v.baseline == "ort_static":
+        ids = hashlib.sha256(json.dumps([s.id for s in ctx.calib]).encode()).hexdigest()[:12]
+        out = out_dir / f"{msha}-ort_static-{ids}.onnx"
+        return baselines.ort_static(ctx.fp32, out, ctx.tokenizer, [s.text for s in ctx.calib]), {}
+    table = table_for(ctx, v)
+    key = hashlib.sha256(json.dumps([QDQ_VERSION, msha, table.to_json(), v.exclusion_cfg.model_dump(),
+                                     v.flavor]).encode()).hexdigest()[:16]
+    out = out_dir / f"{key}.onnx"
+    rep = build_qdq(ctx.fp32, table, v.exclusion_cfg, v.flavor, out)
+    for w in rep.warnings:
+        log(f"warning: variant {v.id}: {w}")
+    return out, {"qdq_key": key, "quantized_tensors": len(rep.quantized_tensors),
+                 "excluded_nodes": rep.excluded_nodes, "warnings": rep.warnings}
+
+
+def evaluate(ctx: Context, v: Variant, artifact: Path) -> list[tuple[str, str, float, str]]:
+    from qbench import registry
+    from qbench.measure import latency
+    from qbench.qdq import load_model, match_exclusions, op_counts
+    from qbench.retrieval import embed, fidelity, retrieval_metrics
+
+    cfg = ctx.cfg
+    backend = build_plugin(registry.backends, {"name": cfg.backend.name, "threads": cfg.backend.threads})
+    bs = cfg.measure.eval_batch_size
+    metrics: list[tuple[str, str, float, str]] = []
+    with backend.open(backend.build(artifact, ctx.run_dir)) as sess:
+        t0 = time.perf_counter()
+        q = embed(sess, ctx.tokenizer, [s.text for s in ctx.evalset], bs)
+        d = embed(sess, ctx.tokenizer, [s.reference for s in ctx.evalset], bs)
+        eval_s = time.perf_counter() - t0
+        if v.baseline == "fp32":
+            ctx.fp32_emb = np.concatenate([q, d])
+        m = retrieval_metrics(q, d)
+        metrics += [("accuracy_at_1", "all", m["accuracy_at_1"], "fraction"), ("mrr", "all", m["mrr"], "fraction")]
+        if ctx.fp32_emb is not None:
+            metrics.append(("cosine_vs_fp32", "all", fidelity(np.concatenate([q, d]), ctx.fp32_emb), "cosine"))
+        metrics.append(("eval_seconds", "all", eval_s, "s"))
+        lat = cfg.measure.latency
+        for b, feeds in ctx.latency_feeds.items():
+            for name, val in latency(sess, feeds, lat.warmup, lat.runs).items():
+                metrics.append((name, f"batch={b}", val, "ms" if name.endswith("_ms") else "items/s"))
+    metrics.append(("size_mb", "all", artifact.stat().st_size / 1e6, "MB"))
+    model = load_model(artifact)
+    counts = op_counts(model)
+    for op in ("MatMul", "Gemm"):
+        total = counts["quantized"][op] + counts["float"][op]
+        if total:
+            metrics.append(("nodes_quantized", f"op={op}", counts["quantized"][op], "count"))
+            metrics.append(("nodes_float", f"op={op}", counts["float"][op], "count"))
+    if v.kind == "qbench":
+        excluded, _ = match_exclusions(load_model(ctx.fp32), v.exclusion_cfg)
+        by_op: dict[str, int] = {}
+        fp32_ops = {n.name: n.op_type for n in load_model(ctx.fp32).graph.node}
+        for name in excluded:
+            by_op[fp32_ops[name]] = by_op.get(fp32_ops[name], 0) + 1
+        for op, n in sorted(by_op.items()):
+            metrics.append(("nodes_excluded", f"op={op}", n, "count"))
+    return metrics
+
+
+def make_latency_feeds(ctx: Context) -> None:
+    rng = np.random.default_rng(ctx.cfg.data.calibration.seed)
+    texts = [s.text for s in ctx.evalset]
+    info = {}
+    for b in ctx.cfg.measure.latency.batch_sizes:
+        pick = [texts[i] for i in rng.choice(len(texts), size=min(b, len(texts)), replace=False)]
+        ctx.latency_feeds[b] = ctx.tokenizer.encode_batch(pick)
+        info[f"batch={b}"] = {"shape": list(ctx.latency_feeds[b]["input_ids"].shape)}
+    ctx.manifest["latency_inputs"] = info
+
+
+def run_sweep(cfg: SweepConfig, out_root: Path | None = None) -> Path:
+    from qbench import report
+    from qbench.results import metric_rows, write_manifest, write_results
+
+    variants = expand(cfg)
+    variants.sort(key=lambda v: v.baseline != "fp32")  # fp32 first: every fidelity is measured against it
+    run_dir = Path(out_root or cfg.output.dir) / cfg.name / run_id_for(cfg)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    ctx = prepare(cfg, run_dir)
+    make_latency_feeds(ctx)
+    rows: list[dict] = []
+    calib_set = f"{cfg.data.calibration.sampler.name}[n={len(ctx.calib)},s={cfg.data.calibration.seed}]"
+    for i, v in enumerate(variants, 1):
+        t0 = time.perf_counter()
+        log(f"variant {i}/{len(variants)}: {v.id}")
+        entry: dict = {"status": "ok", **v.describe(), "signature": v.signature(calib_set)}
+        try:
+            artifact, info = build_variant(ctx, v)
+            entry.update(info)
+            metrics = evaluate(ctx, v, artifact)
+            rows += metric_rows(v.describe(), entry["signature"], run_dir.name, metrics)
+        except Exception as e:  # a crashing variant becomes a failed row; the sweep goes on
+            entry["status"] = "failed"
+            entry["error"] = str(e).splitlines()[0] if str(e) else type(e).__name__
+            if not isinstance(e, QbenchError):
+                entry["traceback"] = traceback.format_exc()
+                traceback.print_exc()
+            log(f"variant {v.id} failed: {entry['error']}")
+            rows += metric_rows(v.describe(), entry["signature"], run_dir.name,
+                                [("status", "all", float("nan"), "")], status="failed")
+        entry["seconds"] = round(time.perf_counter() - t0, 2)
+        ctx.manifest["variants"][v.id] = entry
+        write_results(rows, run_dir)
+        write_manifest(ctx.manifest, run_dir)
+    report.render(run_dir)
+    log(f"wrote {run_dir}/results.parquet, manifest.json, report.html")
+    return run_dir
