@@ -1,5 +1,7 @@
 from __future__ import annotations
 
+import math
+from decimal import Decimal
 from typing import ClassVar
 
 import numpy as np
@@ -23,7 +25,9 @@ class Percentile(Calibrator):
     def amax(self, t: TensorStats) -> float:
         if t.hist is None or t.count == 0:
             return t.absmax
-        cdf = np.cumsum(t.hist, dtype=np.float64)
-        target = self.percentile / 100.0 * cdf[-1]
+        cdf = np.cumsum(t.hist)
+        # The rank in exact decimal arithmetic: 99.9 / 100 * 1000 is 999.0000000000001 in floats,
+        # which would move the answer up by one sample (and onto an outlier).
+        target = math.ceil(Decimal(repr(self.percentile)) * int(cdf[-1]) / 100)
         idx = int(np.searchsorted(cdf, target, side="left"))
         return float(min((idx + 1) * t.bin_width, t.absmax))

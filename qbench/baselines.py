@@ -34,6 +34,8 @@ def ort_static(fp32: Path, out: Path, tokenizer, texts: list[str]) -> Path:
     from onnxruntime.quantization import quantize_static
 
     feeds = [tokenizer.encode_batch([t]) for t in texts]
-    # CalibMaxIntermediateOutputs only bounds memory (MinMax merges every 64 samples); results are unchanged.
-    quantize_static(str(fp32), str(out), _Reader(feeds), extra_options={"CalibMaxIntermediateOutputs": 64})
+    # CalibMaxIntermediateOutputs only bounds memory (MinMax merges every k samples); results are unchanged.
+    # ORT 1.32 raises "No data is collected" when k divides the sample count exactly, so avoid that.
+    k = 64 if len(feeds) % 64 else 63
+    quantize_static(str(fp32), str(out), _Reader(feeds), extra_options={"CalibMaxIntermediateOutputs": k})
     return out

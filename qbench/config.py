@@ -7,6 +7,7 @@ Calibrator and sampler parameters are validated here too, through their register
 from __future__ import annotations
 
 import difflib
+import typing
 from pathlib import Path
 from typing import Any, Literal
 
@@ -27,16 +28,11 @@ class ModelCfg(Strict):
     opset: int = Field(17, ge=13, le=21)
 
 
-class SamplerCfg(Strict):
-    name: str = "random"
-    params: dict[str, Any] = {}
-
-
 class CalibSetCfg(Strict):
     split: str = "calibration"
     n: int = Field(512, ge=1)
     seed: int = 0
-    sampler: SamplerCfg = SamplerCfg()
+    sampler: dict[str, Any] = Field({"name": "random"}, description="{name: ..., <sampler parameters>}")
 
 
 class EvalSetCfg(Strict):
@@ -126,6 +122,13 @@ class SweepConfig(Strict):
     def manifest_path(self) -> Path:
         return (Path(self.base_dir) / self.data.manifest).resolve()
 
+    def model_source(self) -> str:
+        """The model source with a relative local path resolved against the config's folder."""
+        src = self.model.source
+        if src.startswith((".", "~")) or (not src.startswith("pkg:") and (Path(self.base_dir) / src).is_dir()):
+            return str((Path(self.base_dir) / Path(src).expanduser()).resolve())
+        return src
+
 
 def _loc(loc: tuple) -> str:
     out = ""
@@ -137,18 +140,21 @@ def _loc(loc: tuple) -> str:
 def _fields_at(model: type[BaseModel], loc: tuple) -> list[str]:
     """Field names of the sub-model that ``loc`` points into, for did-you-mean on unknown keys."""
     cur: Any = model
+    skip_key = False
     for part in loc[:-1]:
-        if isinstance(part, int) or not (isinstance(cur, type) and issubclass(cur, BaseModel)):
+        if skip_key or isinstance(part, int):  # a dict key or a list index: same model below it
+            skip_key = False
             continue
         f = cur.model_fields.get(part)
         if f is None:
             return []
         ann = f.annotation
-        args = getattr(ann, "__args__", ())
-        cur = next((a for a in (ann, *args) if isinstance(a, type) and issubclass(a, BaseModel)), None)
+        skip_key = typing.get_origin(ann) is dict
+        cur = next((a for a in (ann, *typing.get_args(ann)) if isinstance(a, type) and issubclass(a, BaseModel)),
+                   None)
         if cur is None:
             return []
-    return [k for k in cur.model_fields if k != "base_dir"] if cur else []
+    return [k for k in cur.model_fields if k != "base_dir"]
 
 
 def format_errors(err: ValidationError, file: str, model: type[BaseModel], prefix: tuple = ()) -> list[str]:
@@ -176,8 +182,7 @@ def _check_plugins(cfg: SweepConfig, file: str) -> list[str]:
     entries += [(("sweep", "extra", i, "calibrator"), v.calibrator) for i, v in enumerate(cfg.sweep.extra)]
     for loc, spec in entries:
         problems += _instantiate(registry.calibrators, spec, loc, file)
-    s = cfg.data.calibration.sampler
-    problems += _instantiate(registry.samplers, {"name": s.name, **s.params}, ("data", "calibration", "sampler"), file)
+    problems += _instantiate(registry.samplers, cfg.data.calibration.sampler, ("data", "calibration", "sampler"), file)
     known = ["none", *cfg.sweep.exclusion_sets]
     refs = [(("sweep", "exclusions", i), x) for i, x in enumerate(cfg.sweep.exclusions)]
     refs += [(("sweep", "extra", i, "exclusion"), v.exclusion) for i, v in enumerate(cfg.sweep.extra)]
@@ -234,6 +239,13 @@ def load_config(path: str | Path) -> SweepConfig:
     except ValidationError as e:
         raise ConfigError("\n".join(format_errors(e, file, SweepConfig))) from None
     problems = _check_plugins(cfg, file)
+    from qbench.errors import ModelError
+    from qbench.export import resolve_source
+
+    try:
+        resolve_source(cfg.model_source())  # local paths and pkg: sources are checked now, hub ids at load time
+    except ModelError as e:
+        problems.append(f"{file}: model.source: {e}")
     if not cfg.manifest_path().is_file():
         problems.append(f"{file}: data.manifest: file not found: {cfg.manifest_path()}")
     if problems:

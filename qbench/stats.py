@@ -28,10 +28,14 @@ PROBES = ((2, 5), (3, 7))  # (batch, sequence) pairs unlikely to collide with mo
 
 
 def _lattice_width(absmax: float, bins: int) -> float:
-    """Smallest power of two w with absmax <= bins * w."""
+    """Smallest power of two w with absmax < bins * w (strictly: no value ever sits on the top edge,
+    so doubling w maps old bin k exactly onto new bin k // 2)."""
     if absmax <= 0:
         return MIN_BIN_WIDTH
-    return max(MIN_BIN_WIDTH, 2.0 ** math.ceil(math.log2(absmax / bins)))
+    w = 2.0 ** math.ceil(math.log2(absmax / bins))
+    if absmax >= bins * w:
+        w *= 2.0
+    return max(MIN_BIN_WIDTH, w)
 
 
 def update(t: TensorStats, values: np.ndarray, bins: int) -> None:
@@ -48,7 +52,8 @@ def update(t: TensorStats, values: np.ndarray, bins: int) -> None:
         t.hist, t.bin_width = np.zeros(bins, dtype=np.int64), w
     elif w > t.bin_width:
         factor = int(round(w / t.bin_width))
-        merged = t.hist.reshape(-1, factor).sum(axis=1)
+        # Every old bin k lands in new bin k // factor; beyond `bins` they all land in bin 0.
+        merged = t.hist.reshape(-1, factor).sum(axis=1) if factor <= bins else t.hist.sum(keepdims=True)
         t.hist = np.concatenate([merged, np.zeros(bins - len(merged), dtype=np.int64)])
         t.bin_width = w
     idx = np.minimum((a * np.float32(1.0 / t.bin_width)).astype(np.int64), bins - 1)
@@ -86,10 +91,15 @@ def _axis_roles(shape_a, shape_b) -> list[str]:
 
 
 def discover_axes(sess, names: list[str], feeds: dict[str, np.ndarray]) -> dict[str, list[str]]:
-    """Run two truncated copies of a real batch and label each output axis b / s / bs / static."""
+    """Run two reshaped copies of a real batch and label each output axis b / s / bs / static.
+
+    Rows and tokens are repeated cyclically to reach each probe shape, so any first batch works;
+    only the shapes of the outputs matter here, not their values.
+    """
     shapes = []
     for b, s in PROBES:
-        probe = {k: v[:b, :s] for k, v in feeds.items()}
+        probe = {k: np.take(np.take(v, np.arange(b), axis=0, mode="wrap"), np.arange(s), axis=1, mode="wrap")
+                 for k, v in feeds.items()}
         shapes.append([o.shape for o in sess.run(names, probe)])
     return {n: _axis_roles(a, c) for n, a, c in zip(names, *shapes)}
 
@@ -108,7 +118,8 @@ def token_mask(roles: list[str], mask2d: np.ndarray, shape: tuple) -> np.ndarray
         if r == "s":
             shp = [1] * len(shape)
             shp[bax], shp[j] = mask2d.shape
-            out = out & mask2d.reshape(shp)
+            # A sequence axis before the batch axis needs the mask transposed, not merely reshaped.
+            out = out & (mask2d if bax < j else mask2d.T).reshape(shp)
     return np.broadcast_to(out, shape)
 
 
@@ -127,7 +138,7 @@ def collect(model_path: Path, tensors: list[str], batches: Iterable[dict[str, np
         for bi, feeds in enumerate(batches):
             n_batches += 1
             mask2d = feeds[mask_input].astype(bool) if mask_input in feeds else None
-            if roles is None and mask2d is not None and mask2d.shape[0] >= 3 and mask2d.shape[1] >= 7:
+            if roles is None and mask2d is not None:
                 roles = discover_axes(sess, tensors, feeds)
             for name, arr in zip(tensors, sess.run(tensors, feeds)):
                 m = token_mask(roles[name], mask2d, arr.shape) if (roles and mask2d is not None) else None

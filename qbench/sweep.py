@@ -88,7 +88,7 @@ def prepare(cfg: SweepConfig, run_dir: Path) -> Context:
     cache = Path(os.environ.get("QBENCH_CACHE", cfg.output.cache_dir)).resolve()
     ctx = Context(cfg=cfg, run_dir=run_dir, cache=cache)
     t0 = time.perf_counter()
-    exp = export_encoder(cfg.model.source, cache / "models", opset=cfg.model.opset, pooling=cfg.model.pooling)
+    exp = export_encoder(cfg.model_source(), cache / "models", opset=cfg.model.opset, pooling=cfg.model.pooling)
     ctx.fp32 = exp.onnx_path
     ctx.tokenizer = Tokenizer(exp.tokenizer_dir, max_length=cfg.model.max_length)
     log(f"model {cfg.model.source}: {'cached' if exp.from_cache else 'exported'} ({time.perf_counter() - t0:.1f}s)")
@@ -99,7 +99,7 @@ def prepare(cfg: SweepConfig, run_dir: Path) -> Context:
     if any(s.reference is None for s in ctx.evalset):
         raise QbenchError(f"{man.path}: fields.reference: the retrieval task needs a reference field")
     c = cfg.data.calibration
-    sampler = build_plugin(registry.samplers, {"name": c.sampler.name, **c.sampler.params})
+    sampler = build_plugin(registry.samplers, c.sampler)
     ids = sampler.select([s.language for s in pool], c.n, c.seed)
     ctx.calib = [pool[i] for i in ids]
     overlap = {s.id for s in ctx.calib} & {s.id for s in ctx.evalset}
@@ -161,7 +161,7 @@ def table_for(ctx: Context, v: Variant):
     if sig not in ctx.tables:
         t = v.calibrator.table(ensure_stats(ctx))
         t.check_finite()
-        t.save(ctx.run_dir / "tables" / f"{_safe(sig)}.json")
+        t.save(ctx.run_dir / f"tables/{_safe(sig)}.json")
         ctx.tables[sig] = t
     return ctx.tables[sig]
 
@@ -193,7 +193,8 @@ def build_variant(ctx: Context, v: Variant) -> tuple[Path, dict]:
     rep = build_qdq(ctx.fp32, table, v.exclusion_cfg, v.flavor, out)
     for w in rep.warnings:
         log(f"warning: variant {v.id}: {w}")
-    return out, {"qdq_key": key, "quantized_tensors": len(rep.quantized_tensors),
+    table_file = f"tables/{_safe(v.calibrator.signature())}.json"
+    return out, {"qdq_key": key, "table": table_file, "quantized_tensors": len(rep.quantized_tensors),
                  "excluded_nodes": rep.excluded_nodes, "warnings": rep.warnings}
 
 
@@ -260,11 +261,11 @@ def run_sweep(cfg: SweepConfig, out_root: Path | None = None) -> Path:
     variants = expand(cfg)
     variants.sort(key=lambda v: v.baseline != "fp32")  # fp32 first: every fidelity is measured against it
     run_dir = Path(out_root or cfg.output.dir) / cfg.name / run_id_for(cfg)
-    run_dir.mkdir(parents=True, exist_ok=True)
     ctx = prepare(cfg, run_dir)
+    run_dir.mkdir(parents=True, exist_ok=True)  # only once the model and data loaded: no empty runs
     make_latency_feeds(ctx)
     rows: list[dict] = []
-    calib_set = f"{cfg.data.calibration.sampler.name}[n={len(ctx.calib)},s={cfg.data.calibration.seed}]"
+    calib_set = f"{ctx.manifest['data']['calibration']['sampler']}[n={len(ctx.calib)},s={cfg.data.calibration.seed}]"
     for i, v in enumerate(variants, 1):
         t0 = time.perf_counter()
         log(f"variant {i}/{len(variants)}: {v.id}")
