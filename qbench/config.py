@@ -93,7 +93,8 @@ class BackendCfg(Strict):
 class LatencyCfg(Strict):
     batch_sizes: list[int] = [1, 32]
     warmup: int = Field(3, ge=0)
-    runs: int = Field(20, ge=1)
+    runs: int = Field(10, ge=1, description="timed runs per variant per round")
+    rounds: int = Field(5, ge=1, description="round-robin rounds over all variants")
 
 
 class MeasureCfg(Strict):

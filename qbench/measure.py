@@ -1,26 +1,64 @@
-"""Latency: warm-up, then repeated timed runs of one fixed batch; percentiles over the runs."""
+"""Latency, measured side by side: every variant's session is timed in interleaved rounds.
+
+Timing one variant after another lets machine drift (other tenants, thermal state, frequency)
+masquerade as a speed difference: on the 2-core CI machine we saw the same model's p50 move by 20%
+between minutes. Round-robin rounds spread that drift over all variants alike; percentiles are taken
+over the pooled runs of every round.
+"""
 
 from __future__ import annotations
 
 import time
+from typing import Callable
 
 import numpy as np
 
 
-def latency(session, feeds: dict[str, np.ndarray], warmup: int, runs: int) -> dict[str, float]:
+def time_runs(infer: Callable[[], object], warmup: int, runs: int) -> np.ndarray:
     for _ in range(warmup):
-        session.infer(feeds)
-    times = np.empty(runs)
+        infer()
+    out = np.empty(runs)
     for i in range(runs):
         t0 = time.perf_counter()
-        session.infer(feeds)
-        times[i] = time.perf_counter() - t0
-    ms = times * 1e3
-    batch = next(iter(feeds.values())).shape[0]
+        infer()
+        out[i] = time.perf_counter() - t0
+    return out
+
+
+def summarize(seconds: np.ndarray, batch: int) -> dict[str, float]:
+    ms = seconds * 1e3
     return {
         "latency_p50_ms": float(np.percentile(ms, 50)),
         "latency_p90_ms": float(np.percentile(ms, 90)),
         "latency_p99_ms": float(np.percentile(ms, 99)),
         "latency_mean_ms": float(ms.mean()),
-        "throughput_items_per_s": float(batch / times.mean()),
+        "throughput_items_per_s": float(batch / seconds.mean()),
     }
+
+
+def latency(session, feeds: dict[str, np.ndarray], warmup: int, runs: int) -> dict[str, float]:
+    """One session alone (for quick looks; sweeps use ``interleaved``)."""
+    batch = next(iter(feeds.values())).shape[0]
+    return summarize(time_runs(lambda: session.infer(feeds), warmup, runs), batch)
+
+
+def interleaved(sessions: dict[str, object], feeds: dict[str, np.ndarray], warmup: int, runs: int,
+                rounds: int) -> dict[str, dict[str, float]]:
+    """Per session name: latency summary over ``rounds`` round-robin rounds of ``runs`` timed runs each.
+
+    A session that raises is reported under its name as the exception instead of a summary.
+    """
+    batch = next(iter(feeds.values())).shape[0]
+    times: dict[str, list[np.ndarray]] = {k: [] for k in sessions}
+    failed: dict[str, Exception] = {}
+    for r in range(rounds):
+        for name, sess in sessions.items():
+            if name in failed:
+                continue
+            try:
+                times[name].append(time_runs(lambda: sess.infer(feeds), warmup if r == 0 else 1, runs))
+            except Exception as e:  # noqa: BLE001 - one failing variant must not stop the others
+                failed[name] = e
+    out: dict = {k: failed[k] for k in failed}
+    out.update({k: summarize(np.concatenate(v), batch) for k, v in times.items() if k not in failed})
+    return out

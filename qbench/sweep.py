@@ -199,48 +199,87 @@ def build_variant(ctx: Context, v: Variant) -> tuple[Path, dict]:
 
 
 def evaluate(ctx: Context, v: Variant, artifact: Path) -> list[tuple[str, str, float, str]]:
-    from qbench import registry
-    from qbench.measure import latency
-    from qbench.qdq import load_model, match_exclusions, op_counts
+    """Quality and structure of one variant. Latency is measured later, side by side (see latency_phase)."""
     from qbench.retrieval import embed, fidelity, retrieval_metrics
 
-    cfg = ctx.cfg
-    backend = build_plugin(registry.backends, {"name": cfg.backend.name, "threads": cfg.backend.threads})
-    bs = cfg.measure.eval_batch_size
+    bs = ctx.cfg.measure.eval_batch_size
     metrics: list[tuple[str, str, float, str]] = []
+    backend = _backend(ctx)
     with backend.open(backend.build(artifact, ctx.run_dir)) as sess:
         t0 = time.perf_counter()
         q = embed(sess, ctx.tokenizer, [s.text for s in ctx.evalset], bs)
         d = embed(sess, ctx.tokenizer, [s.reference for s in ctx.evalset], bs)
         eval_s = time.perf_counter() - t0
-        if v.baseline == "fp32":
-            ctx.fp32_emb = np.concatenate([q, d])
-        m = retrieval_metrics(q, d)
-        metrics += [("accuracy_at_1", "all", m["accuracy_at_1"], "fraction"), ("mrr", "all", m["mrr"], "fraction")]
-        if ctx.fp32_emb is not None:
-            metrics.append(("cosine_vs_fp32", "all", fidelity(np.concatenate([q, d]), ctx.fp32_emb), "cosine"))
-        metrics.append(("eval_seconds", "all", eval_s, "s"))
-        lat = cfg.measure.latency
-        for b, feeds in ctx.latency_feeds.items():
-            for name, val in latency(sess, feeds, lat.warmup, lat.runs).items():
-                metrics.append((name, f"batch={b}", val, "ms" if name.endswith("_ms") else "items/s"))
+    if v.baseline == "fp32":
+        ctx.fp32_emb = np.concatenate([q, d])
+    m = retrieval_metrics(q, d)
+    metrics += [("accuracy_at_1", "all", m["accuracy_at_1"], "fraction"), ("mrr", "all", m["mrr"], "fraction")]
+    if ctx.fp32_emb is not None:
+        metrics.append(("cosine_vs_fp32", "all", fidelity(np.concatenate([q, d]), ctx.fp32_emb), "cosine"))
+    metrics.append(("eval_seconds", "all", eval_s, "s"))
     metrics.append(("size_mb", "all", artifact.stat().st_size / 1e6, "MB"))
-    model = load_model(artifact)
-    counts = op_counts(model)
+    return metrics + structure_metrics(ctx, v, artifact)
+
+
+def _backend(ctx: Context):
+    from qbench import registry
+
+    cfg = ctx.cfg
+    return build_plugin(registry.backends, {"name": cfg.backend.name, "threads": cfg.backend.threads})
+
+
+def structure_metrics(ctx: Context, v: Variant, artifact: Path) -> list[tuple[str, str, float, str]]:
+    """How many MatMul/Gemm nodes run quantized or float, and how many nodes each exclusion kept out."""
+    from qbench.qdq import load_model, match_exclusions, op_counts
+
+    metrics = []
+    counts = op_counts(load_model(artifact))
     for op in ("MatMul", "Gemm"):
-        total = counts["quantized"][op] + counts["float"][op]
-        if total:
+        if counts["quantized"][op] + counts["float"][op]:
             metrics.append(("nodes_quantized", f"op={op}", counts["quantized"][op], "count"))
             metrics.append(("nodes_float", f"op={op}", counts["float"][op], "count"))
     if v.kind == "qbench":
-        excluded, _ = match_exclusions(load_model(ctx.fp32), v.exclusion_cfg)
+        fp32 = load_model(ctx.fp32)
+        excluded, _ = match_exclusions(fp32, v.exclusion_cfg)
+        op_of = {n.name: n.op_type for n in fp32.graph.node}
         by_op: dict[str, int] = {}
-        fp32_ops = {n.name: n.op_type for n in load_model(ctx.fp32).graph.node}
         for name in excluded:
-            by_op[fp32_ops[name]] = by_op.get(fp32_ops[name], 0) + 1
-        for op, n in sorted(by_op.items()):
-            metrics.append(("nodes_excluded", f"op={op}", n, "count"))
+            by_op[op_of[name]] = by_op.get(op_of[name], 0) + 1
+        metrics += [("nodes_excluded", f"op={op}", n, "count") for op, n in sorted(by_op.items())]
     return metrics
+
+
+def latency_phase(ctx: Context, artifacts: dict[str, Path]) -> dict[str, list | str]:
+    """Open every finished variant and time them round-robin, per batch size.
+
+    Returns, per variant id, its latency metric tuples, or an error string if its session failed.
+    """
+    from qbench.measure import interleaved
+
+    lat = ctx.cfg.measure.latency
+    backend = _backend(ctx)
+    out: dict[str, list | str] = {vid: [] for vid in artifacts}
+    sessions = {}
+    for vid, art in artifacts.items():
+        try:
+            sessions[vid] = backend.open(backend.build(art, ctx.run_dir))
+        except Exception as e:  # noqa: BLE001 - recorded as this variant's failure
+            out[vid] = f"latency: {str(e).splitlines()[0] if str(e) else type(e).__name__}"
+    try:
+        for b, feeds in ctx.latency_feeds.items():
+            log(f"latency at batch {b}: {len(sessions)} variants x {lat.rounds} rounds x {lat.runs} runs")
+            res = interleaved(sessions, feeds, lat.warmup, lat.runs, lat.rounds)
+            for vid, r in res.items():
+                if isinstance(r, Exception):
+                    out[vid] = f"latency: {str(r).splitlines()[0] if str(r) else type(r).__name__}"
+                    sessions.pop(vid).close()
+                elif isinstance(out[vid], list):
+                    out[vid] += [(k, f"batch={b}", val, "ms" if k.endswith("_ms") else "items/s")
+                                 for k, val in r.items()]
+    finally:
+        for s in sessions.values():
+            s.close()
+    return out
 
 
 def make_latency_feeds(ctx: Context) -> None:
@@ -265,29 +304,43 @@ def run_sweep(cfg: SweepConfig, out_root: Path | None = None) -> Path:
     run_dir.mkdir(parents=True, exist_ok=True)  # only once the model and data loaded: no empty runs
     make_latency_feeds(ctx)
     rows: list[dict] = []
+    artifacts: dict[str, Path] = {}
+    by_id = {v.id: v for v in variants}
     calib_set = f"{ctx.manifest['data']['calibration']['sampler']}[n={len(ctx.calib)},s={cfg.data.calibration.seed}]"
+
+    def fail(v: Variant, entry: dict, err: str) -> None:
+        entry.update(status="failed", error=err)
+        log(f"variant {v.id} failed: {err}")
+        rows[:] = [r for r in rows if r["variant"] != v.id]
+        rows.extend(metric_rows(v.describe(), entry["signature"], run_dir.name,
+                                [("status", "all", float("nan"), "")], status="failed"))
+
     for i, v in enumerate(variants, 1):
         t0 = time.perf_counter()
         log(f"variant {i}/{len(variants)}: {v.id}")
         entry: dict = {"status": "ok", **v.describe(), "signature": v.signature(calib_set)}
+        ctx.manifest["variants"][v.id] = entry
         try:
             artifact, info = build_variant(ctx, v)
             entry.update(info)
-            metrics = evaluate(ctx, v, artifact)
-            rows += metric_rows(v.describe(), entry["signature"], run_dir.name, metrics)
+            rows += metric_rows(v.describe(), entry["signature"], run_dir.name, evaluate(ctx, v, artifact))
+            artifacts[v.id] = artifact
         except Exception as e:  # a crashing variant becomes a failed row; the sweep goes on
-            entry["status"] = "failed"
-            entry["error"] = str(e).splitlines()[0] if str(e) else type(e).__name__
             if not isinstance(e, QbenchError):
                 entry["traceback"] = traceback.format_exc()
                 traceback.print_exc()
-            log(f"variant {v.id} failed: {entry['error']}")
-            rows += metric_rows(v.describe(), entry["signature"], run_dir.name,
-                                [("status", "all", float("nan"), "")], status="failed")
+            fail(v, entry, str(e).splitlines()[0] if str(e) else type(e).__name__)
         entry["seconds"] = round(time.perf_counter() - t0, 2)
-        ctx.manifest["variants"][v.id] = entry
         write_results(rows, run_dir)
         write_manifest(ctx.manifest, run_dir)
+    for vid, lat in latency_phase(ctx, artifacts).items():
+        entry = ctx.manifest["variants"][vid]
+        if isinstance(lat, str):
+            fail(by_id[vid], entry, lat)
+        else:
+            rows += metric_rows(by_id[vid].describe(), entry["signature"], run_dir.name, lat)
+    write_results(rows, run_dir)
+    write_manifest(ctx.manifest, run_dir)
     report.render(run_dir)
     log(f"wrote {run_dir}/results.parquet, manifest.json, report.html")
     return run_dir

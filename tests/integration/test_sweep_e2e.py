@@ -33,7 +33,7 @@ sweep:
   extra: [{{calibrator: {{name: entropy}}, exclusion: no_ln, flavor: u8s8}}]
 measure:
   eval_batch_size: 16
-  latency: {{batch_sizes: [1, 4], warmup: 1, runs: 3}}
+  latency: {{batch_sizes: [1, 4], warmup: 1, runs: 2, rounds: 2}}
 """
 
 
