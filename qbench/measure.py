@@ -52,7 +52,10 @@ def interleaved(sessions: dict[str, object], feeds: dict[str, np.ndarray], warmu
     times: dict[str, list[np.ndarray]] = {k: [] for k in sessions}
     failed: dict[str, Exception] = {}
     for r in range(rounds):
-        for name, sess in sessions.items():
+        order = list(sessions)
+        np.random.default_rng(r).shuffle(order)  # no variant always runs first (or right after another)
+        for name in order:
+            sess = sessions[name]
             if name in failed:
                 continue
             try:

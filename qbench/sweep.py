@@ -112,6 +112,7 @@ def prepare(cfg: SweepConfig, run_dir: Path) -> Context:
         "config": json.loads(cfg.model_dump_json()),
         "versions": versions(), "host": host_info(),
         "model": {"source": exp.source, "resolved": exp.resolved, "onnx_sha256": _sha(exp.onnx_path),
+                  "onnx_path": str(exp.onnx_path), "tokenizer_dir": str(exp.tokenizer_dir),
                   "export_key": exp.key, "export_max_abs_diff": exp.max_abs_diff, "opset": exp.opset},
         "data": {"manifest": str(cfg.manifest_path()), "name": man.name, "sha256": data_hashes(man),
                  "calibration": {"split": c.split, "sampler": sampler.name, "n": len(ctx.calib), "seed": c.seed,
@@ -323,6 +324,8 @@ def run_sweep(cfg: SweepConfig, out_root: Path | None = None) -> Path:
         try:
             artifact, info = build_variant(ctx, v)
             entry.update(info)
+            entry["artifact"] = str(artifact)
+            entry["artifact_sha256"] = _sha(artifact)
             rows += metric_rows(v.describe(), entry["signature"], run_dir.name, evaluate(ctx, v, artifact))
             artifacts[v.id] = artifact
         except Exception as e:  # a crashing variant becomes a failed row; the sweep goes on
