@@ -7,15 +7,30 @@ padded batches make ORT's MinMax see the additive -inf attention mask and collap
 
 from __future__ import annotations
 
+import contextlib
+import logging
 from pathlib import Path
 
 import numpy as np
 
 
+@contextlib.contextmanager
+def _quiet_root_logger():
+    """ORT's quantizer logs 'consider pre-processing' on the root logger; we run it as users do, on purpose."""
+    root = logging.getLogger()
+    level = root.level
+    root.setLevel(logging.ERROR)
+    try:
+        yield
+    finally:
+        root.setLevel(level)
+
+
 def ort_dynamic(fp32: Path, out: Path) -> Path:
     from onnxruntime.quantization import quantize_dynamic
 
-    quantize_dynamic(str(fp32), str(out))
+    with _quiet_root_logger():
+        quantize_dynamic(str(fp32), str(out))
     return out
 
 
@@ -37,5 +52,6 @@ def ort_static(fp32: Path, out: Path, tokenizer, texts: list[str]) -> Path:
     # CalibMaxIntermediateOutputs only bounds memory (MinMax merges every k samples); results are unchanged.
     # ORT 1.32 raises "No data is collected" when k divides the sample count exactly, so avoid that.
     k = 64 if len(feeds) % 64 else 63
-    quantize_static(str(fp32), str(out), _Reader(feeds), extra_options={"CalibMaxIntermediateOutputs": k})
+    with _quiet_root_logger():
+        quantize_static(str(fp32), str(out), _Reader(feeds), extra_options={"CalibMaxIntermediateOutputs": k})
     return out

@@ -53,8 +53,8 @@ def _initializers(model: onnx.ModelProto) -> dict[str, onnx.TensorProto]:
 
 
 def activation_inputs(node: onnx.NodeProto, inits: dict) -> list[str]:
-    n = 2 if node.op_type == "MatMul" else 2  # Gemm's C (bias) is never quantized
-    return [x for x in node.input[:n] if x and x not in inits]
+    # Only A and B: Gemm's C (the bias) is never quantized.
+    return [x for x in node.input[:2] if x and x not in inits]
 
 
 def weight_inputs(node: onnx.NodeProto, inits: dict) -> list[tuple[int, str]]:
@@ -158,7 +158,7 @@ def build_qdq(fp32_path: Path, table: CalibrationTable, excl: ExclusionCfg, flav
 def _insert(model, chosen, act_tensors, table, flavor) -> None:
     g = model.graph
     inits = _initializers(model)
-    chosen_names = {n.name for n in chosen}
+    act_set = set(act_tensors)
     act_dtype, zp = (TensorProto.UINT8, 128) if flavor == "u8s8" else (TensorProto.INT8, 0)
     after: dict[str, list] = {}        # producer output -> Q/DQ nodes to place right after it
     head: list = []                    # weight DQs and graph-input Q/DQs go first
@@ -188,7 +188,7 @@ def _insert(model, chosen, act_tensors, table, flavor) -> None:
                                                  [f"{x}_dq"], name=f"{x}_DequantizeLinear", axis=axis))
                     renamed_w[x] = f"{x}_dq"
                 n.input[i] = renamed_w[x]
-            elif x in table.amax and n.name in chosen_names:
+            elif x in act_set:
                 n.input[i] = f"{x}_dq"
     _drop_unused_initializers(model, set(renamed_w))
     nodes = list(g.node)

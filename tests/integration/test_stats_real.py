@@ -28,7 +28,7 @@ def test_absmax_and_counts_equal_unpadded_runs(minilm, kjv_web):
     tok = Tokenizer(minilm.tokenizer_dir, 128)
     texts = [s.text for s in load_split(kjv_web, "calibration")[:24]]
     tensors = calibration_tensors(load_model(minilm.onnx_path))
-    assert len(tensors) == 48  # 6 layers x (Q, K, V input, Q, K^T, probs, V, context, FFN in, FFN out) shared
+    assert len(tensors) == 48  # 6 layers x (QKV input, Q, K^T, probs, V, context, FFN in, FFN-out in)
 
     # Padded batches of 8: padding must not enter the statistics.
     batches = [tok.encode_batch(texts[i:i + 8]) for i in range(0, 24, 8)]
