@@ -12,6 +12,7 @@ EPILOG = """examples:
   qbench sweep examples/minilm-retrieval.yaml --dry-run
   qbench sweep examples/minilm-retrieval.yaml
   qbench report reports/minilm-retrieval/<run_id>
+  qbench report reports/minilm-retrieval/<run_id> --markdown
 """
 
 
@@ -28,6 +29,7 @@ def _parser() -> argparse.ArgumentParser:
     v.add_argument("config")
     r = sub.add_parser("report", help="re-render report.html of a run directory")
     r.add_argument("run_dir")
+    r.add_argument("--markdown", action="store_true", help="print the variant table as Markdown instead")
     return p
 
 
@@ -56,9 +58,9 @@ def _dispatch(args) -> int:
     if args.cmd == "report":
         from pathlib import Path
 
-        from qbench.report import render
+        from qbench.report import markdown, render
 
-        print(render(Path(args.run_dir)))
+        print(markdown(Path(args.run_dir)) if args.markdown else render(Path(args.run_dir)))
         return 0
     cfg = load_config(args.config)
     from qbench.variants import expand, format_table

@@ -82,3 +82,31 @@ def render(run_dir: str | Path) -> Path:
         m=manifest, rows=rows, batches=batches, plot=_pareto_svg(df, batches) if batches else "",
     )
     return atomic_write_text(run_dir / "report.html", html)
+
+
+def markdown(run_dir: str | Path) -> str:
+    """The leaderboard as a Markdown table, for READMEs and pull requests (numbers straight from the run)."""
+    from qbench.results import load
+
+    df, manifest = load(Path(run_dir))
+    rows = leaderboard(df, manifest)
+    batches = list(rows[0]["lat"]) if rows else []
+    head = ["variant", "acc@1", "Δ vs FP32 (pts)", "MRR", "cos vs FP32"]
+    head += [f"p50 / p99 ms, {b}" for b in batches] + ["size MB", "MatMul int8/float", "status"]
+    f = lambda x, fmt: "" if x is None else format(x, fmt)  # noqa: E731
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    for r in rows:
+        cells = [f"`{r['variant']}`", f(r["acc"], ".4f"), f(r["delta"], "+.2f"), f(r["mrr"], ".4f"), f(r["cos"], ".4f")]
+        cells += [f"{f(r['lat'][b][0], '.2f')} / {f(r['lat'][b][1], '.2f')}" for b in batches]
+        mm = "" if r["mm_q"] is None else f"{int(r['mm_q'])}/{int(r['mm_f'])}"
+        cells += [f(r["size"], ".1f"), mm, r["status"] + (f": {r['error']}" if r["error"] else "")]
+        lines.append("| " + " | ".join(cells) + " |")
+    m = manifest
+    v = m["versions"]
+    lines.append("")
+    lines.append(f"Run `{m['run_id']}`: {m['host']['cpu']}, {m['config']['backend']['threads']} threads, "
+                 f"onnxruntime {v.get('onnxruntime')}, onnx {v.get('onnx')}, qbench {v.get('qbench')}; "
+                 f"{m['data']['evaluation']['n']} evaluation pairs, {m['data']['calibration']['n']} calibration "
+                 f"samples (seed {m['data']['calibration']['seed']}); latency inputs "
+                 + ", ".join(f"{b} {i['shape']}" for b, i in m.get("latency_inputs", {}).items()) + ".")
+    return "\n".join(lines)
