@@ -158,12 +158,14 @@ def ensure_stats(ctx: Context) -> dict:
 
 
 def table_for(ctx: Context, v: Variant):
+    """(table, its path relative to the run dir): computed once per calibrator from the shared statistics."""
     sig = v.calibrator.signature()
     if sig not in ctx.tables:
         t = v.calibrator.table(ensure_stats(ctx))
         t.check_finite()
-        t.save(ctx.run_dir / f"tables/{_safe(sig)}.json")
-        ctx.tables[sig] = t
+        rel = f"tables/{_safe(sig)}.json"
+        t.save(ctx.run_dir / rel)
+        ctx.tables[sig] = (t, rel)
     return ctx.tables[sig]
 
 
@@ -174,7 +176,7 @@ def _safe(s: str) -> str:
 def build_variant(ctx: Context, v: Variant) -> tuple[Path, dict]:
     """The ONNX artifact of one variant, and what the manifest should know about how it was made."""
     from qbench import baselines
-    from qbench.qdq import build_qdq
+    from qbench.qdq import build_qdq, load_model, plan, verify_scales
 
     out_dir = ctx.cache / "variants"
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -187,15 +189,21 @@ def build_variant(ctx: Context, v: Variant) -> tuple[Path, dict]:
         ids = hashlib.sha256(json.dumps([s.id for s in ctx.calib]).encode()).hexdigest()[:12]
         out = out_dir / f"{msha}-ort_static-{ids}.onnx"
         return baselines.ort_static(ctx.fp32, out, ctx.tokenizer, [s.text for s in ctx.calib]), {}
-    table = table_for(ctx, v)
+    table, table_file = table_for(ctx, v)
     key = hashlib.sha256(json.dumps([QDQ_VERSION, msha, table.to_json(), v.exclusion_cfg.model_dump(),
                                      v.flavor]).encode()).hexdigest()[:16]
     out = out_dir / f"{key}.onnx"
-    rep = build_qdq(ctx.fp32, table, v.exclusion_cfg, v.flavor, out)
+    fp32 = load_model(ctx.fp32)
+    hit = out.is_file()
+    if hit:  # cached by content: still re-check every scale, so a stale or edited file cannot pass
+        verify_scales(load_model(out), table, fp32)
+        rep = plan(fp32, v.exclusion_cfg)[1]
+    else:
+        rep = build_qdq(ctx.fp32, table, v.exclusion_cfg, v.flavor, out)
     for w in rep.warnings:
         log(f"warning: variant {v.id}: {w}")
-    table_file = f"tables/{_safe(v.calibrator.signature())}.json"
-    return out, {"qdq_key": key, "table": table_file, "quantized_tensors": len(rep.quantized_tensors),
+    return out, {"qdq_key": key, "qdq_cache_hit": hit,
+                 "table": table_file, "quantized_tensors": len(rep.quantized_tensors),
                  "excluded_nodes": rep.excluded_nodes, "warnings": rep.warnings}
 
 

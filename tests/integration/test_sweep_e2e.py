@@ -114,6 +114,11 @@ def test_second_sweep_reuses_statistics(run, qbench_cache):
     (run2,) = (d / "again" / "e2e").iterdir()
     m = json.loads((run2 / "manifest.json").read_text())
     assert m["statistics"]["cache_hit"] is True
+    first = json.loads((run[0] / "manifest.json").read_text())
+    for vid, v in m["variants"].items():
+        if v["kind"] == "qbench":  # same table, same exclusions: the QDQ file is reused, scales re-checked
+            assert v["qdq_cache_hit"] is True and first["variants"][vid]["qdq_cache_hit"] is False
+            assert v["artifact_sha256"] == first["variants"][vid]["artifact_sha256"]
 
 
 def _cli(*args, cwd=ROOT):
