@@ -110,7 +110,7 @@ def prepare(cfg: SweepConfig, run_dir: Path) -> Context:
         "qbench_version": __version__, "run_id": run_dir.name, "sweep": cfg.name,
         "created_utc": datetime.now(timezone.utc).isoformat(timespec="seconds"),
         "config": json.loads(cfg.model_dump_json()),
-        "versions": versions(), "host": host_info(),
+        "versions": {**versions(), **_backend(ctx).versions()}, "host": host_info(),
         "model": {"source": exp.source, "resolved": exp.resolved, "onnx_sha256": _sha(exp.onnx_path),
                   "onnx_path": str(exp.onnx_path), "tokenizer_dir": str(exp.tokenizer_dir),
                   "export_key": exp.key, "export_max_abs_diff": exp.max_abs_diff, "opset": exp.opset},

@@ -104,7 +104,7 @@ def test_manifest_and_report(run):
     assert m["statistics"]["cache_hit"] is False
     html = (run_dir / "report.html").read_text()
     for v in VARIANTS:
-        assert f"<td class=\"l\">{v}</td>" in html.replace("&#34;", '"')
+        assert f"<td class=\"l v\">{v}</td>" in html.replace("&#34;", '"')
     assert "<svg" in html and "http://" not in html.split("<svg", 1)[0]
 
 
