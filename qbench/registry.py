@@ -56,6 +56,7 @@ calibrators = Registry(
         "minmax": "calibrators.minmax:MinMax",
         "percentile": "calibrators.percentile:Percentile",
         "entropy": "calibrators.entropy:Entropy",
+        "mse": "calibrators.mse:Mse",
     },
 )
 
@@ -65,6 +66,9 @@ samplers = Registry(
     {
         "random": "calibrators.samplers:RandomSampler",
         "lang_balanced": "calibrators.samplers:LangBalancedSampler",
+        "proportional": "calibrators.samplers:ProportionalSampler",
+        "single_language": "calibrators.samplers:SingleLanguageSampler",
+        "length_stratified": "calibrators.samplers:LengthStratifiedSampler",
     },
 )
 

@@ -79,7 +79,6 @@ def versions() -> dict:
 
 
 def prepare(cfg: SweepConfig, run_dir: Path) -> Context:
-    from calibrators.samplers import Sampler  # noqa: F401  (registry target module)
     from qbench import registry
     from qbench.data import data_hashes, load_manifest, load_split
     from qbench.export import export_encoder
@@ -100,7 +99,7 @@ def prepare(cfg: SweepConfig, run_dir: Path) -> Context:
         raise QbenchError(f"{man.path}: fields.reference: the retrieval task needs a reference field")
     c = cfg.data.calibration
     sampler = build_plugin(registry.samplers, c.sampler)
-    ids = sampler.select([s.language for s in pool], c.n, c.seed)
+    ids = sampler.select(pool, c.n, c.seed)
     ctx.calib = [pool[i] for i in ids]
     overlap = {s.id for s in ctx.calib} & {s.id for s in ctx.evalset}
     if overlap:
