@@ -73,10 +73,9 @@ class Calibrator(BaseModel):
 
     def signature(self) -> str:
         """Name plus the parameters that are non-default or key, e.g. ``percentile[percentile=99.99]``."""
-        fields = type(self).model_fields
-        shown = {k: v for k, v in self.params().items() if k in self.key_params or v != fields[k].default}
-        p = ",".join(f"{k}={v}" for k, v in sorted(shown.items()))
-        return f"{self.name}[{p}]" if p else self.name
+        from qbench.registry import plugin_signature
+
+        return plugin_signature(self, self.key_params)
 
 
 @dataclass

@@ -43,7 +43,12 @@ class EvalSetCfg(Strict):
 class DataCfg(Strict):
     manifest: str
     calibration: CalibSetCfg = CalibSetCfg()
+    calibration_sets: dict[str, CalibSetCfg] = Field(
+        {}, description="named calibration sets crossed in the grid; replaces `calibration` when given")
     evaluation: EvalSetCfg = EvalSetCfg()
+
+    def sets(self) -> dict[str, CalibSetCfg]:
+        return dict(self.calibration_sets) or {"default": self.calibration}
 
 
 class CalibrationCfg(Strict):
@@ -61,6 +66,7 @@ class VariantCfg(Strict):
     calibrator: dict[str, Any]
     exclusion: str = "none"
     flavor: Literal["s8s8", "u8s8"] = "s8s8"
+    calibration_set: str | None = Field(None, description="a data.calibration_sets name; default: the first set")
 
 
 Baseline = Literal["fp32", "ort_dynamic", "ort_static"]
@@ -183,7 +189,15 @@ def _check_plugins(cfg: SweepConfig, file: str) -> list[str]:
     entries += [(("sweep", "extra", i, "calibrator"), v.calibrator) for i, v in enumerate(cfg.sweep.extra)]
     for loc, spec in entries:
         problems += _instantiate(registry.calibrators, spec, loc, file)
-    problems += _instantiate(registry.samplers, cfg.data.calibration.sampler, ("data", "calibration", "sampler"), file)
+    if cfg.data.calibration_sets and "calibration" in cfg.data.model_fields_set:
+        problems.append(f"{file}: data.calibration: give either data.calibration or data.calibration_sets, not both")
+    for name, cs in cfg.data.sets().items():
+        loc = ("data", "calibration_sets", name) if cfg.data.calibration_sets else ("data", "calibration")
+        problems += _instantiate(registry.samplers, cs.sampler, loc + ("sampler",), file)
+    for i, v in enumerate(cfg.sweep.extra):
+        if v.calibration_set is not None and v.calibration_set not in cfg.data.sets():
+            problems.append(f"{file}: {_loc(('sweep', 'extra', i, 'calibration_set'))}: unknown calibration set "
+                            f"'{v.calibration_set}' (defined: {', '.join(cfg.data.sets())})")
     known = ["none", *cfg.sweep.exclusion_sets]
     refs = [(("sweep", "exclusions", i), x) for i, x in enumerate(cfg.sweep.exclusions)]
     refs += [(("sweep", "extra", i, "exclusion"), v.exclusion) for i, v in enumerate(cfg.sweep.extra)]

@@ -14,6 +14,14 @@ from typing import Any
 from qbench.errors import ConfigError
 
 
+def plugin_signature(obj: Any, key_params: tuple[str, ...] = ()) -> str:
+    """``name[param=value,...]`` with the parameters that differ from their defaults (or are key)."""
+    fields = type(obj).model_fields
+    shown = {k: getattr(obj, k) for k in fields if k in key_params or getattr(obj, k) != fields[k].default}
+    p = ",".join(f"{k}={v}" for k, v in sorted(shown.items()))
+    return f"{obj.name}[{p}]" if p else obj.name
+
+
 class Registry:
     def __init__(self, kind: str, group: str, builtins: dict[str, str]):
         self.kind = kind            # "calibrator", used in messages

@@ -10,7 +10,7 @@ import json
 from pathlib import Path
 from typing import Any
 
-COLUMNS = ["run_id", "variant", "kind", "calibrator", "exclusion", "flavor", "backend",
+COLUMNS = ["run_id", "variant", "kind", "calibrator", "exclusion", "flavor", "calibration_set", "backend",
            "metric", "slice", "value", "unit", "status", "signature"]
 
 

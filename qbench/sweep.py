@@ -39,10 +39,10 @@ class Context:
     cache: Path
     fp32: Path = Path()
     tokenizer: object = None
-    calib: list = field(default_factory=list)
+    calib_sets: dict = field(default_factory=dict)   # set name -> list[Sample]
     evalset: list = field(default_factory=list)
     manifest: dict = field(default_factory=dict)
-    stats: dict | None = None
+    stats: dict = field(default_factory=dict)        # set name -> {tensor: TensorStats}
     tables: dict = field(default_factory=dict)
     fp32_emb: np.ndarray | None = None
     latency_feeds: dict = field(default_factory=dict)
@@ -81,6 +81,7 @@ def versions() -> dict:
 def prepare(cfg: SweepConfig, run_dir: Path) -> Context:
     from qbench import registry
     from qbench.data import data_hashes, load_manifest, load_split
+    from qbench.registry import plugin_signature
     from qbench.export import export_encoder
     from qbench.tokenize import Tokenizer
 
@@ -92,19 +93,24 @@ def prepare(cfg: SweepConfig, run_dir: Path) -> Context:
     ctx.tokenizer = Tokenizer(exp.tokenizer_dir, max_length=cfg.model.max_length)
     log(f"model {cfg.model.source}: {'cached' if exp.from_cache else 'exported'} ({time.perf_counter() - t0:.1f}s)")
     man = load_manifest(cfg.manifest_path())
-    pool = load_split(man, cfg.data.calibration.split)
     ev = load_split(man, cfg.data.evaluation.split)
     ctx.evalset = ev[: cfg.data.evaluation.n] if cfg.data.evaluation.n else ev
     if any(s.reference is None for s in ctx.evalset):
         raise QbenchError(f"{man.path}: fields.reference: the retrieval task needs a reference field")
-    c = cfg.data.calibration
-    sampler = build_plugin(registry.samplers, c.sampler)
-    ids = sampler.select(pool, c.n, c.seed)
-    ctx.calib = [pool[i] for i in ids]
-    overlap = {s.id for s in ctx.calib} & {s.id for s in ctx.evalset}
-    if overlap:
-        raise QbenchError(f"{man.path}: calibration and evaluation sets share {len(overlap)} sample id(s), "
-                          f"e.g. {sorted(overlap)[0]}")
+    sets_info = {}
+    pools: dict[str, list] = {}
+    for name, c in cfg.data.sets().items():
+        if c.split not in pools:
+            pools[c.split] = load_split(man, c.split)
+        sampler = build_plugin(registry.samplers, c.sampler)
+        chosen = [pools[c.split][i] for i in sampler.select(pools[c.split], c.n, c.seed)]
+        overlap = {s.id for s in chosen} & {s.id for s in ctx.evalset}
+        if overlap:
+            raise QbenchError(f"{man.path}: calibration set '{name}' and the evaluation set share {len(overlap)} "
+                              f"sample id(s), e.g. {sorted(overlap)[0]}")
+        ctx.calib_sets[name] = chosen
+        sets_info[name] = {"split": c.split, "sampler": plugin_signature(sampler), "n": len(chosen), "seed": c.seed,
+                           "sample_ids": [s.id for s in chosen]}
     ctx.manifest = {
         "qbench_version": __version__, "run_id": run_dir.name, "sweep": cfg.name,
         "created_utc": datetime.now(timezone.utc).isoformat(timespec="seconds"),
@@ -114,9 +120,9 @@ def prepare(cfg: SweepConfig, run_dir: Path) -> Context:
                   "onnx_path": str(exp.onnx_path), "tokenizer_dir": str(exp.tokenizer_dir),
                   "export_key": exp.key, "export_max_abs_diff": exp.max_abs_diff, "opset": exp.opset},
         "data": {"manifest": str(cfg.manifest_path()), "name": man.name, "sha256": data_hashes(man),
-                 "calibration": {"split": c.split, "sampler": sampler.name, "n": len(ctx.calib), "seed": c.seed,
-                                 "sample_ids": [s.id for s in ctx.calib]},
+                 "calibration": next(iter(sets_info.values())), "calibration_sets": sets_info,
                  "evaluation": {"split": cfg.data.evaluation.split, "n": len(ctx.evalset)}},
+        "statistics": {}, "statistics_passes": 0,
         "variants": {},
     }
     return ctx
@@ -128,44 +134,52 @@ def _sha(path: Path) -> str:
     return sha256_file(path)
 
 
-def ensure_stats(ctx: Context) -> dict:
-    """The one statistics pass for every calibrator of the sweep, cached by model, samples and settings."""
+def ensure_stats(ctx: Context, set_name: str) -> dict:
+    """One statistics pass per calibration set serves every calibrator; cached by model, samples and settings.
+
+    The manifest counts the passes actually run (``statistics_passes``), so reuse is visible.
+    """
     from qbench import stats as st
     from qbench.qdq import calibration_tensors, load_model
 
-    if ctx.stats is not None:
-        return ctx.stats
+    if set_name in ctx.stats:
+        return ctx.stats[set_name]
     cc = ctx.cfg.calibration
+    samples = ctx.calib_sets[set_name]
     tensors = calibration_tensors(load_model(ctx.fp32))
-    key = st.cache_key(ctx.manifest["model"]["onnx_sha256"], [s.id for s in ctx.calib], tensors,
+    key = st.cache_key(ctx.manifest["model"]["onnx_sha256"], [s.id for s in samples], tensors,
                        cc.histogram_bins, cc.batch_size)
     path = ctx.cache / "stats" / f"{key}.npz"
     t0 = time.perf_counter()
-    if path.is_file():
-        ctx.stats, hit = st.load(path), True
+    hit = path.is_file()
+    if hit:
+        stats = st.load(path)
     else:
-        texts = [s.text for s in ctx.calib]
+        texts = [s.text for s in samples]
         batches = (ctx.tokenizer.encode_batch(b) for b in st.iter_batches(texts, cc.batch_size))
-        ctx.stats = st.collect(ctx.fp32, tensors, batches, cc.histogram_bins, ctx.cfg.backend.threads)
-        st.save(ctx.stats, path)
-        hit = False
+        stats = st.collect(ctx.fp32, tensors, batches, cc.histogram_bins, ctx.cfg.backend.threads)
+        st.save(stats, path)
+        ctx.manifest["statistics_passes"] += 1
     secs = time.perf_counter() - t0
-    ctx.manifest["statistics"] = {"cache_key": key, "cache_hit": hit, "seconds": round(secs, 3),
-                                  "tensors": len(tensors), "bins": cc.histogram_bins}
-    log(f"statistics for {len(tensors)} tensors: {'cache hit' if hit else 'collected'} ({secs:.1f}s)")
-    return ctx.stats
+    ctx.stats[set_name] = stats
+    ctx.manifest["statistics"][set_name] = {"cache_key": key, "cache_hit": hit, "seconds": round(secs, 3),
+                                            "tensors": len(tensors), "bins": cc.histogram_bins}
+    log(f"statistics for set '{set_name}', {len(tensors)} tensors: "
+        f"{'cache hit' if hit else 'collected'} ({secs:.1f}s)")
+    return stats
 
 
 def table_for(ctx: Context, v: Variant):
-    """(table, its path relative to the run dir): computed once per calibrator from the shared statistics."""
+    """(table, its path relative to the run dir): computed once per calibrator and set from shared statistics."""
     sig = v.calibrator.signature()
-    if sig not in ctx.tables:
-        t = v.calibrator.table(ensure_stats(ctx))
+    if (v.calib_set, sig) not in ctx.tables:
+        t = v.calibrator.table(ensure_stats(ctx, v.calib_set))
         t.check_finite()
-        rel = f"tables/{_safe(sig)}.json"
+        multi = len(ctx.calib_sets) > 1
+        rel = f"tables/{_safe(sig)}" + (f"@{_safe(v.calib_set)}" if multi else "") + ".json"
         t.save(ctx.run_dir / rel)
-        ctx.tables[sig] = (t, rel)
-    return ctx.tables[sig]
+        ctx.tables[(v.calib_set, sig)] = (t, rel)
+    return ctx.tables[(v.calib_set, sig)]
 
 
 def _safe(s: str) -> str:
@@ -185,9 +199,10 @@ def build_variant(ctx: Context, v: Variant) -> tuple[Path, dict]:
     if v.baseline == "ort_dynamic":
         return baselines.ort_dynamic(ctx.fp32, out_dir / f"{msha}-ort_dynamic.onnx"), {}
     if v.baseline == "ort_static":
-        ids = hashlib.sha256(json.dumps([s.id for s in ctx.calib]).encode()).hexdigest()[:12]
+        first = next(iter(ctx.calib_sets.values()))  # ORT's own calibration gets the first set
+        ids = hashlib.sha256(json.dumps([s.id for s in first]).encode()).hexdigest()[:12]
         out = out_dir / f"{msha}-ort_static-{ids}.onnx"
-        return baselines.ort_static(ctx.fp32, out, ctx.tokenizer, [s.text for s in ctx.calib]), {}
+        return baselines.ort_static(ctx.fp32, out, ctx.tokenizer, [s.text for s in first]), {}
     table, table_file = table_for(ctx, v)
     key = hashlib.sha256(json.dumps([QDQ_VERSION, msha, table.to_json(), v.exclusion_cfg.model_dump(),
                                      v.flavor]).encode()).hexdigest()[:16]
@@ -314,7 +329,8 @@ def run_sweep(cfg: SweepConfig, out_root: Path | None = None) -> Path:
     rows: list[dict] = []
     artifacts: dict[str, Path] = {}
     by_id = {v.id: v for v in variants}
-    calib_set = f"{ctx.manifest['data']['calibration']['sampler']}[n={len(ctx.calib)},s={cfg.data.calibration.seed}]"
+    sets = ctx.manifest["data"]["calibration_sets"]
+    set_sig = {k: f"{k}:{i['sampler']}[n={i['n']},s={i['seed']}]" for k, i in sets.items()}
 
     def fail(v: Variant, entry: dict, err: str) -> None:
         entry.update(status="failed", error=err)
@@ -326,7 +342,7 @@ def run_sweep(cfg: SweepConfig, out_root: Path | None = None) -> Path:
     for i, v in enumerate(variants, 1):
         t0 = time.perf_counter()
         log(f"variant {i}/{len(variants)}: {v.id}")
-        entry: dict = {"status": "ok", **v.describe(), "signature": v.signature(calib_set)}
+        entry: dict = {"status": "ok", **v.describe(), "signature": v.signature(set_sig.get(v.calib_set, ""))}
         ctx.manifest["variants"][v.id] = entry
         try:
             artifact, info = build_variant(ctx, v)

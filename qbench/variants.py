@@ -18,6 +18,7 @@ class Variant:
     exclusion_cfg: ExclusionCfg = field(default_factory=ExclusionCfg)
     flavor: str = ""
     backend: str = "ort"
+    calib_set: str = "default"
 
     def signature(self, calib_set: str) -> str:
         """sacrebleu-style provenance string carried by every score of this variant."""
@@ -35,6 +36,7 @@ class Variant:
             "exclusion": self.exclusion if self.kind == "qbench" else "",
             "flavor": self.flavor,
             "backend": self.backend,
+            "calibration_set": self.calib_set if self.kind == "qbench" else "",
         }
 
 
@@ -43,28 +45,31 @@ def expand(cfg: SweepConfig) -> list[Variant]:
 
     be = cfg.backend.name
     out = [Variant(id=b, kind="baseline", baseline=b, backend=be) for b in cfg.sweep.baselines]
+    sets = list(cfg.data.sets())
     combos = [
-        (c, ex, fl)
+        (c, ex, fl, cs)
+        for cs in sets
         for c in cfg.sweep.calibrators
         for ex in cfg.sweep.exclusions
         for fl in cfg.sweep.flavors
     ]
-    combos += [(v.calibrator, v.exclusion, v.flavor) for v in cfg.sweep.extra]
+    combos += [(v.calibrator, v.exclusion, v.flavor, v.calibration_set or sets[0]) for v in cfg.sweep.extra]
     seen: set[str] = set()
-    for spec, ex, fl in combos:
+    for spec, ex, fl, cs in combos:
         cal = build_plugin(registry.calibrators, spec)
-        vid = f"{cal.signature()}+{ex}+{fl}"
+        # The set joins the id only when there is a choice, so single-set ids stay short and stable.
+        vid = f"{cal.signature()}+{ex}+{fl}" + (f"@{cs}" if len(sets) > 1 else "")
         if vid in seen:
             continue
         seen.add(vid)
         out.append(Variant(id=vid, kind="qbench", calibrator=cal, exclusion=ex,
-                           exclusion_cfg=cfg.sweep.exclusion(ex), flavor=fl, backend=be))
+                           exclusion_cfg=cfg.sweep.exclusion(ex), flavor=fl, backend=be, calib_set=cs))
     return out
 
 
 def format_table(variants: list[Variant]) -> str:
     rows = [v.describe() for v in variants]
-    cols = ["variant", "kind", "calibrator", "exclusion", "flavor", "backend"]
+    cols = ["variant", "kind", "calibrator", "exclusion", "flavor", "calibration_set", "backend"]
     widths = {c: max(len(c), *(len(str(r[c])) for r in rows)) for c in cols}
     lines = ["  ".join(c.ljust(widths[c]) for c in cols)]
     lines += ["  ".join(str(r[c]).ljust(widths[c]) for c in cols) for r in rows]

