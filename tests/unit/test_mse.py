@@ -48,13 +48,14 @@ def samples(request):
 # --- the error curve -----------------------------------------------------------------------------
 
 def _curve_oracle(hist, bin_width: float, amax: float) -> float:
-    """Loop version: every bin's count at its centre, quantized with scale amax/127 or clipped."""
+    """Numeric version: each bin's count spread uniformly, the error averaged over 20,000 midpoints."""
     s = amax / 127
     total = 0.0
     for i, n in enumerate(hist):
-        c = (i + 0.5) * bin_width
-        q = round(c / s) * s if c <= amax else amax
-        total += float(n) * (c - q) ** 2
+        if n:
+            x = (i + (np.arange(20_000) + 0.5) / 20_000) * bin_width
+            q = np.where(x <= amax, np.rint(x / s) * s, amax)
+            total += float(n) * float(np.mean((x - q) ** 2))
     return total
 
 
@@ -66,7 +67,7 @@ def test_curve_matches_loop_oracle():
     cands = np.array([128, 200, 254, 381, 400.25, 508, 600, 651, 699.3]) * w
     got = mse_curve(hist, w, cands)
     for a, e in zip(cands, got):
-        assert e == pytest.approx(_curve_oracle(hist, w, a), rel=1e-12)
+        assert e == pytest.approx(_curve_oracle(hist, w, a), rel=1e-6)
     # Blocks of candidates give the same numbers as one at a time.
     many = np.arange(128, 700) * w
     np.testing.assert_allclose(mse_curve(hist, w, many)[::97], [mse_curve(hist, w, [a])[0] for a in many[::97]],
@@ -105,8 +106,9 @@ def test_near_optimal_on_raw_samples(samples):
     best = grid[int(np.argmin(raw))]
     assert grid[0] < best < grid[-1]                              # the raw optimum is inside the grid
     assert _raw_mse(samples, np.array([amax]))[0] <= 1.01 * raw.min()
-    # Within a few percent, not a few bins: the centre model's aliasing (see calibrators/mse.py)
-    # moves the choice 10-30 bins (1-2.3%) on these three seeded cases.
+    # The uniform-within-bin model lands within about one bin of the raw optimum on most seeds; the
+    # raw curve is so flat near its minimum (normal, seed 0: 20 bins away, 0.09% more error) that
+    # the amax itself is checked only to 3%.
     assert abs(amax - best) <= 0.03 * amax
 
 
