@@ -81,6 +81,29 @@ class Mse(Calibrator):
         if t.hist is None or t.count == 0 or t.absmax == 0.0 or not np.any(t.hist):
             return t.absmax
         cands = self.candidates(t)
-        err = mse_curve(t.hist, t.bin_width, cands)
+        err = coarse_to_fine(lambda idx: mse_curve(t.hist, t.bin_width, cands[idx]), len(cands))
         best = float(cands[err == err.min()].max())   # ties: the largest amax
         return float(min(best, t.absmax))
+
+
+COARSE = 16  # coarse pass: every 16th candidate; then every candidate near the 3 best coarse ones
+KEEP = 3
+
+
+def coarse_to_fine(curve, n: int) -> np.ndarray:
+    """Error for each of n candidates, inf where not evaluated: a coarse scan, then dense windows.
+
+    The error curve is smooth at the scale of 16 bins (both terms are integrals over the data), so
+    its minimum lies within one coarse step of a coarse minimum; keeping the 3 best coarse points
+    covers a second valley. About 8x fewer evaluations than the exhaustive scan on 2048 bins.
+    """
+    err = np.full(n, np.inf)
+    coarse = np.unique(np.append(np.arange(0, n, COARSE), n - 1))
+    err[coarse] = curve(coarse)
+    dense: set[int] = set()
+    for i in coarse[np.argsort(err[coarse], kind="stable")[:KEEP]]:
+        dense.update(range(max(0, i - COARSE), min(n, i + COARSE + 1)))
+    idx = np.array(sorted(dense - set(coarse.tolist())), dtype=np.int64)
+    if len(idx):
+        err[idx] = curve(idx)
+    return err

@@ -207,3 +207,13 @@ def test_signature_and_registry():
 def test_bad_params_rejected(kwargs):
     with pytest.raises(ValidationError):
         Mse(**kwargs)
+
+
+def test_coarse_to_fine_finds_the_exhaustive_minimum(samples):
+    from calibrators.mse import mse_curve
+
+    t = _stats(samples)
+    cal = Mse()
+    cands = cal.candidates(t)
+    full = mse_curve(t.hist, t.bin_width, cands)
+    assert cal.amax(t) == pytest.approx(min(float(cands[full == full.min()].max()), t.absmax), rel=0, abs=0)
