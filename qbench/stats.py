@@ -22,7 +22,7 @@ import numpy as np
 from qbench.calib import TensorStats
 from qbench.errors import DataError
 
-STATS_VERSION = 1
+STATS_VERSION = 2  # 2: statistics taken with graph optimizations off
 MIN_BIN_WIDTH = 2.0 ** -40
 PROBES = ((2, 5), (3, 7))  # (batch, sequence) pairs unlikely to collide with model dimensions
 
@@ -132,6 +132,9 @@ def collect(model_path: Path, tensors: list[str], batches: Iterable[dict[str, np
         aug = augmented_model(model_path, tensors, Path(tmp))
         so = ort.SessionOptions()
         so.intra_op_num_threads = threads
+        # No graph fusions: the statistics describe the tensors as the ONNX graph defines them (a fused
+        # kernel may never materialise one), and match ONNX Runtime's own calibrators bit for bit.
+        so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
         sess = ort.InferenceSession(str(aug), so, providers=["CPUExecutionProvider"])
         roles: dict[str, list[str]] | None = None
         n_batches = 0
