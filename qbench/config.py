@@ -54,6 +54,7 @@ class DataCfg(Strict):
 class CalibrationCfg(Strict):
     batch_size: int = Field(32, ge=1)
     histogram_bins: int = Field(2048, ge=128, le=1 << 16)
+    weights: dict[str, Any] = Field({"name": "per_channel"}, description="weight rule: per_channel | per_tensor")
 
 
 class ExclusionCfg(Strict):
@@ -198,6 +199,7 @@ def _check_plugins(cfg: SweepConfig, file: str) -> list[str]:
         if v.calibration_set is not None and v.calibration_set not in cfg.data.sets():
             problems.append(f"{file}: {_loc(('sweep', 'extra', i, 'calibration_set'))}: unknown calibration set "
                             f"'{v.calibration_set}' (defined: {', '.join(cfg.data.sets())})")
+    problems += _instantiate(registry.weight_rules, cfg.calibration.weights, ("calibration", "weights"), file)
     known = ["none", *cfg.sweep.exclusion_sets]
     refs = [(("sweep", "exclusions", i), x) for i, x in enumerate(cfg.sweep.exclusions)]
     refs += [(("sweep", "extra", i, "exclusion"), v.exclusion) for i, v in enumerate(cfg.sweep.extra)]

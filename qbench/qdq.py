@@ -118,44 +118,40 @@ def plan(model: onnx.ModelProto, excl: ExclusionCfg) -> tuple[list[onnx.NodeProt
     return chosen, report
 
 
-def _weight_axis(node: onnx.NodeProto, idx: int, ndim: int) -> int:
-    """Per-output-channel axis: MatMul B[K,N] -> 1; Gemm B with transB -> 0."""
-    if node.op_type == "Gemm":
-        attrs = {a.name: helper.get_attribute_value(a) for a in node.attribute}
-        trans = attrs.get("transB" if idx == 1 else "transA", 0)
-        return 0 if (idx == 1 and trans) else (1 if idx == 1 else 0)
-    return ndim - 1 if idx == 1 else ndim - 2
+def _attrs(node: onnx.NodeProto) -> dict:
+    return {a.name: helper.get_attribute_value(a) for a in node.attribute}
 
 
-def quantize_weight(w: np.ndarray, axis: int) -> tuple[np.ndarray, np.ndarray]:
-    """Symmetric per-channel int8: scale = max|w| / 127 along every axis but ``axis``."""
-    red = tuple(i for i in range(w.ndim) if i != axis)
-    amax = np.abs(w).max(axis=red)
-    scale = np.array([scale_of(a) for a in amax], dtype=np.float32)
-    shape = [1] * w.ndim
-    shape[axis] = -1
-    q = np.clip(np.rint(w / scale.reshape(shape)), -127, 127).astype(np.int8)
-    return q, scale
+def quantize_weight(w: np.ndarray, axis: int | None) -> tuple[np.ndarray, np.ndarray]:
+    """Symmetric int8 weights: scale = max|w| / 127 per index of ``axis`` (a scalar if None)."""
+    from calibrators.weights import PerChannel
+
+    return PerChannel().quantize(w, axis)
 
 
 def build_qdq(fp32_path: Path, table: CalibrationTable, excl: ExclusionCfg, flavor: str,
-              out_path: Path) -> QdqReport:
-    """Write the QDQ model for one variant; return what was quantized and excluded."""
+              out_path: Path, weights=None) -> QdqReport:
+    """Write the QDQ model for one variant; return what was quantized and excluded.
+
+    ``weights`` is a weight rule (calibrators.weights); per output channel by default.
+    """
+    from calibrators.weights import PerChannel
     from qbench.io import atomic_write_bytes
 
+    weights = weights or PerChannel()
     model = load_model(fp32_path)
     chosen, report = plan(model, excl)
     missing = [t for t in report.quantized_tensors if t not in table.amax]
     if missing:
         raise QuantizationError(f"calibration table lacks {len(missing)} tensor(s) the model quantizes: "
                                 + ", ".join(missing[:8]) + (" ..." if len(missing) > 8 else ""))
-    _insert(model, chosen, report.quantized_tensors, table, flavor)
-    verify_scales(model, table, load_model(fp32_path))
+    _insert(model, chosen, report.quantized_tensors, table, flavor, weights)
+    verify_scales(model, table, load_model(fp32_path), weights)
     atomic_write_bytes(out_path, model.SerializeToString())
     return report
 
 
-def _insert(model, chosen, act_tensors, table, flavor) -> None:
+def _insert(model, chosen, act_tensors, table, flavor, weights) -> None:
     g = model.graph
     inits = _initializers(model)
     act_set = set(act_tensors)
@@ -177,15 +173,16 @@ def _insert(model, chosen, act_tensors, table, flavor) -> None:
             if x in inits:
                 if x not in renamed_w:
                     w = numpy_helper.to_array(inits[x])
-                    axis = _weight_axis(n, i, w.ndim)
-                    qw, sc = quantize_weight(w, axis)
+                    axis = weights.axis(n.op_type, i, w.ndim, _attrs(n))
+                    qw, sc = weights.quantize(w, axis)
                     g.initializer.extend([
                         numpy_helper.from_array(qw, f"{x}_int8"),
                         numpy_helper.from_array(sc, f"{x}_wscale"),
                         numpy_helper.from_array(np.zeros_like(sc, dtype=np.int8), f"{x}_wzero"),
                     ])
                     head.append(helper.make_node("DequantizeLinear", [f"{x}_int8", f"{x}_wscale", f"{x}_wzero"],
-                                                 [f"{x}_dq"], name=f"{x}_DequantizeLinear", axis=axis))
+                                                 [f"{x}_dq"], name=f"{x}_DequantizeLinear",
+                                                 **({} if axis is None else {"axis": axis})))
                     renamed_w[x] = f"{x}_dq"
                 n.input[i] = renamed_w[x]
             elif x in act_set:
@@ -207,10 +204,14 @@ def _drop_unused_initializers(model, candidates: set[str]) -> None:
     model.graph.initializer.extend(keep)
 
 
-def verify_scales(model: onnx.ModelProto, table: CalibrationTable, fp32: onnx.ModelProto) -> None:
+def verify_scales(model: onnx.ModelProto, table: CalibrationTable, fp32: onnx.ModelProto, weights=None) -> None:
     """Every Q/DQ scale must equal amax/127 from our table (activations) or max|W|/127 (weights)."""
+    from calibrators.weights import PerChannel
+
+    weights = weights or PerChannel()
     inits = {t.name: t for t in model.graph.initializer}
     fp32_inits = _initializers(fp32)
+    consumers = {x: (c, i) for c in model.graph.node for i, x in enumerate(c.input)}
     q_scale_of: dict[str, np.ndarray] = {}
     bad: list[str] = []
     for n in model.graph.node:
@@ -229,8 +230,11 @@ def verify_scales(model: onnx.ModelProto, table: CalibrationTable, fp32: onnx.Mo
             ok = s is not None and np.array_equal(s, q_scale_of[src])
         elif src in inits and src.endswith("_int8") and src[:-5] in fp32_inits:
             w = numpy_helper.to_array(fp32_inits[src[:-5]])
-            axis = next(helper.get_attribute_value(a) for a in n.attribute if a.name == "axis")
-            ok = s is not None and np.array_equal(s, quantize_weight(w, axis)[1])
+            # The granularity must be the rule's too: the axis it picks for the consuming op.
+            use = consumers.get(n.output[0])
+            want = weights.axis(use[0].op_type, use[1], w.ndim, _attrs(use[0])) if use else None
+            got = _attrs(n).get("axis") if s is not None and s.ndim == 1 else None
+            ok = s is not None and got == want and np.array_equal(s, weights.quantize(w, want)[1])
         else:
             ok = False
         if not ok:

@@ -81,3 +81,9 @@ samplers = Registry(
 )
 
 backends = Registry("backend", "qbench.backends", {"ort": "qbench.backends.ort:OrtBackend"})
+
+weight_rules = Registry(
+    "weight rule",
+    "qbench.weight_rules",
+    {"per_channel": "calibrators.weights:PerChannel", "per_tensor": "calibrators.weights:PerTensor"},
+)

@@ -188,7 +188,7 @@ def _safe(s: str) -> str:
 
 def build_variant(ctx: Context, v: Variant) -> tuple[Path, dict]:
     """The ONNX artifact of one variant, and what the manifest should know about how it was made."""
-    from qbench import baselines
+    from qbench import baselines, registry
     from qbench.qdq import build_qdq, load_model, plan, verify_scales
 
     out_dir = ctx.cache / "variants"
@@ -204,16 +204,17 @@ def build_variant(ctx: Context, v: Variant) -> tuple[Path, dict]:
         out = out_dir / f"{msha}-ort_static-{ids}.onnx"
         return baselines.ort_static(ctx.fp32, out, ctx.tokenizer, [s.text for s in first]), {}
     table, table_file = table_for(ctx, v)
+    weights = build_plugin(registry.weight_rules, ctx.cfg.calibration.weights)
     key = hashlib.sha256(json.dumps([QDQ_VERSION, msha, table.to_json(), v.exclusion_cfg.model_dump(),
-                                     v.flavor]).encode()).hexdigest()[:16]
+                                     v.flavor, weights.signature()]).encode()).hexdigest()[:16]
     out = out_dir / f"{key}.onnx"
     fp32 = load_model(ctx.fp32)
     hit = out.is_file()
     if hit:  # cached by content: still re-check every scale, so a stale or edited file cannot pass
-        verify_scales(load_model(out), table, fp32)
+        verify_scales(load_model(out), table, fp32, weights)
         rep = plan(fp32, v.exclusion_cfg)[1]
     else:
-        rep = build_qdq(ctx.fp32, table, v.exclusion_cfg, v.flavor, out)
+        rep = build_qdq(ctx.fp32, table, v.exclusion_cfg, v.flavor, out, weights)
     for w in rep.warnings:
         log(f"warning: variant {v.id}: {w}")
     return out, {"qdq_key": key, "qdq_cache_hit": hit,

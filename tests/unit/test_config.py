@@ -226,3 +226,9 @@ sweep:
     q = [v.id for v in vs if v.kind == "qbench"]
     assert len(vs) == 9 and len(q) == 8 == len(set(q))
     assert q[0] == "minmax+none+s8s8" and q[-1] == "percentile[percentile=99.99]+x+u8s8"
+
+
+def test_weight_rule_is_validated_in_config(cfg_dir):
+    load_config(_write(cfg_dir, MINIMAL + "calibration: {weights: {name: per_tensor}}\n"))
+    msg = _error(_write(cfg_dir, MINIMAL + "calibration: {weights: {name: per_tensnor}}\n"))
+    assert "calibration.weights.name: Unknown weight rule 'per_tensnor'. Did you mean: per_tensor?" in msg

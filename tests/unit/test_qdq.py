@@ -10,7 +10,7 @@ from onnx import TensorProto, numpy_helper
 
 from qbench.calib import CalibrationTable
 from qbench.config import ExclusionCfg
-from qbench.errors import ModelError, QuantizationError
+from qbench.errors import ConfigError, ModelError, QuantizationError
 from qbench.qdq import (build_qdq, calibration_tensors, match_exclusions, op_counts, plan, quantize_weight,
                         verify_scales)
 
@@ -231,3 +231,47 @@ def test_load_model_errors(tmp_path, table):
     bad.write_bytes(b"\x00\xff not a protobuf \xff" * 10)
     with pytest.raises(ModelError, match="not a readable ONNX model"):
         build_qdq(bad, table, ExclusionCfg(), "s8s8", tmp_path / "o.onnx")
+
+
+# --- weight rules ----------------------------------------------------------------------------------
+
+def test_per_tensor_weights_one_scale_each(tmp_path, mlp_model, mlp_weights, table, data):
+    from calibrators.weights import PerTensor
+
+    out = tmp_path / "pt.onnx"
+    build_qdq(mlp_model, table, ExclusionCfg(), "s8s8", out, PerTensor())
+    m = onnx.load(str(out))
+    inits = _inits(m)
+    wdq = [n for n in m.graph.node if n.op_type == "DequantizeLinear" and n.input[0].endswith("_int8")]
+    assert len(wdq) == 2
+    for n in wdq:
+        w = mlp_weights[n.input[0][:-5]]
+        assert not [a for a in n.attribute if a.name == "axis"]
+        assert inits[n.input[1]].shape == () and inits[n.input[1]] == np.float32(np.abs(w).max() / 127)
+        np.testing.assert_array_equal(inits[n.input[0]], np.clip(np.rint(w / inits[n.input[1]]), -127, 127))
+    np.testing.assert_allclose(_run(out, data), _np_forward(data, mlp_weights)["Y"], atol=0.05)
+    # The per-channel rule's verification rejects a per-tensor model's weight scales, and vice versa.
+    from calibrators.weights import PerChannel
+
+    with pytest.raises(QuantizationError):
+        verify_scales(m, table, onnx.load(str(mlp_model)), PerChannel())
+    verify_scales(m, table, onnx.load(str(mlp_model)), PerTensor())
+
+
+@pytest.mark.parametrize("op, idx, ndim, attrs, axis", [
+    ("MatMul", 1, 2, {}, 1), ("MatMul", 1, 3, {}, 2), ("Gemm", 1, 2, {"transB": 1}, 0),
+    ("Gemm", 1, 2, {}, 1), ("Conv", 1, 4, {}, 0), ("ConvTranspose", 1, 4, {}, 1),
+])
+def test_output_channel_axis_by_op_type(op, idx, ndim, attrs, axis):
+    from calibrators.weights import PerChannel, PerTensor
+
+    assert PerChannel().axis(op, idx, ndim, attrs) == axis
+    assert PerTensor().axis(op, idx, ndim, attrs) is None
+
+
+def test_weight_rule_registry_and_config_key(tmp_path):
+    from qbench import registry
+
+    assert registry.weight_rules.get("per_tensor").name == "per_tensor"
+    with pytest.raises(ConfigError, match="Did you mean: per_channel"):
+        registry.weight_rules.get("per_chanel")
