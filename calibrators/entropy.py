@@ -5,9 +5,10 @@ into bin i-1; Q = hist[:i] merged into 128 levels and expanded back over the non
 of each level; choose the i that minimises KL(P || Q). amax = i * bin_width (the upper edge of the
 last included bin).
 
-Difference from TensorRT, on purpose: TensorRT histograms [0, absmax] in exactly 2048 bins; ours is
-a power-of-two lattice (see TensorStats), trimmed here to the last non-empty bin, so 1025-2048 bins
-cover [0, absmax].
+The histogram is whatever the statistics pass collected. With ``calibration.histogram: trt`` that is
+TensorRT's own layout, exactly 2048 bins over [0, absmax] (two passes), and this is TensorRT's
+algorithm end to end. With the default one-pass power-of-two lattice (see TensorStats), trimmed here
+to the last non-empty bin, 1025-2048 bins cover [0, absmax] instead.
 """
 
 from __future__ import annotations

@@ -54,6 +54,8 @@ class DataCfg(Strict):
 class CalibrationCfg(Strict):
     batch_size: int = Field(32, ge=1)
     histogram_bins: int = Field(2048, ge=128, le=1 << 16)
+    histogram: Literal["lattice", "trt"] = Field(
+        "lattice", description="lattice: one pass, power-of-two bins; trt: two passes, bins over [0, absmax] as TensorRT")
     weights: dict[str, Any] = Field({"name": "per_channel"}, description="weight rule: per_channel | per_tensor")
 
 

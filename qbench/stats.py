@@ -60,6 +60,26 @@ def update(t: TensorStats, values: np.ndarray, bins: int) -> None:
     t.hist += np.bincount(idx, minlength=bins)
 
 
+def update_fixed(t: TensorStats, values: np.ndarray, bins: int, top: float) -> None:
+    """Merge one batch into a histogram with fixed edges linspace(0, top, bins + 1): TensorRT's layout.
+
+    ``top`` is the tensor's absmax from a first pass, so no value falls outside. Edges follow
+    numpy's convention (a value on an inner edge goes to the upper bin; ``top`` to the last bin).
+    """
+    a = np.abs(values.astype(np.float32, copy=False)).ravel()
+    if a.size == 0:
+        return
+    m = float(a.max())
+    t.batch_absmax.append(m)
+    t.absmax = max(t.absmax, m)
+    t.count += a.size
+    if t.hist is None:
+        t.hist, t.bin_width = np.zeros(bins, dtype=np.int64), (top / bins if top > 0 else MIN_BIN_WIDTH)
+    edges = np.linspace(0.0, top, bins + 1) if top > 0 else np.arange(bins + 1) * MIN_BIN_WIDTH
+    idx = np.clip(np.searchsorted(edges, a, side="right") - 1, 0, bins - 1)
+    t.hist += np.bincount(idx, minlength=bins)
+
+
 def augmented_model(model_path: Path, tensors: list[str], out_dir: Path) -> Path:
     """Copy of the model with every tensor to calibrate exposed as a graph output."""
     import onnx
@@ -124,7 +144,13 @@ def token_mask(roles: list[str], mask2d: np.ndarray, shape: tuple) -> np.ndarray
 
 
 def collect(model_path: Path, tensors: list[str], batches: Iterable[dict[str, np.ndarray]],
-            bins: int = 2048, threads: int = 2, mask_input: str = "attention_mask") -> dict[str, TensorStats]:
+            bins: int = 2048, threads: int = 2, mask_input: str = "attention_mask",
+            fixed_top: dict[str, float] | None = None) -> dict[str, TensorStats]:
+    """Stream the batches once; per tensor, absmax and a |x| histogram.
+
+    By default the histogram sits on the power-of-two lattice (one pass). With ``fixed_top`` (each
+    tensor's absmax from an earlier pass) it uses TensorRT's fixed [0, absmax] layout instead.
+    """
     import onnxruntime as ort
 
     stats = {t: TensorStats() for t in tensors}
@@ -150,15 +176,19 @@ def collect(model_path: Path, tensors: list[str], batches: Iterable[dict[str, np
                     bad = int((~np.isfinite(vals)).sum())
                     raise DataError(f"tensor '{name}': {bad} non-finite value(s) at valid positions "
                                     f"in calibration batch {bi}")
-                update(stats[name], vals, bins)
+                if fixed_top is None:
+                    update(stats[name], vals, bins)
+                else:
+                    update_fixed(stats[name], vals, bins, fixed_top[name])
     if n_batches == 0:
         raise DataError("calibration set is empty: no batch reached the statistics pass")
     return stats
 
 
-def cache_key(model_sha: str, sample_ids: list[str], tensors: list[str], bins: int, batch_size: int) -> str:
+def cache_key(model_sha: str, sample_ids: list[str], tensors: list[str], bins: int, batch_size: int,
+              histogram: str = "lattice") -> str:
     h = hashlib.sha256()
-    h.update(json.dumps([STATS_VERSION, model_sha, sample_ids, tensors, bins, batch_size]).encode())
+    h.update(json.dumps([STATS_VERSION, model_sha, sample_ids, tensors, bins, batch_size, histogram]).encode())
     return h.hexdigest()[:16]
 
 

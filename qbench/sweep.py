@@ -148,7 +148,7 @@ def ensure_stats(ctx: Context, set_name: str) -> dict:
     samples = ctx.calib_sets[set_name]
     tensors = calibration_tensors(load_model(ctx.fp32))
     key = st.cache_key(ctx.manifest["model"]["onnx_sha256"], [s.id for s in samples], tensors,
-                       cc.histogram_bins, cc.batch_size)
+                       cc.histogram_bins, cc.batch_size, cc.histogram)
     path = ctx.cache / "stats" / f"{key}.npz"
     t0 = time.perf_counter()
     hit = path.is_file()
@@ -156,14 +156,23 @@ def ensure_stats(ctx: Context, set_name: str) -> dict:
         stats = st.load(path)
     else:
         texts = [s.text for s in samples]
-        batches = (ctx.tokenizer.encode_batch(b) for b in st.iter_batches(texts, cc.batch_size))
-        stats = st.collect(ctx.fp32, tensors, batches, cc.histogram_bins, ctx.cfg.backend.threads)
-        st.save(stats, path)
+
+        def batches():
+            return (ctx.tokenizer.encode_batch(b) for b in st.iter_batches(texts, cc.batch_size))
+
+        stats = st.collect(ctx.fp32, tensors, batches(), cc.histogram_bins, ctx.cfg.backend.threads)
         ctx.manifest["statistics_passes"] += 1
+        if cc.histogram == "trt":  # TensorRT's layout needs each tensor's absmax before its histogram
+            tops = {t: s.absmax for t, s in stats.items()}
+            stats = st.collect(ctx.fp32, tensors, batches(), cc.histogram_bins, ctx.cfg.backend.threads,
+                               fixed_top=tops)
+            ctx.manifest["statistics_passes"] += 1
+        st.save(stats, path)
     secs = time.perf_counter() - t0
     ctx.stats[set_name] = stats
     ctx.manifest["statistics"][set_name] = {"cache_key": key, "cache_hit": hit, "seconds": round(secs, 3),
-                                            "tensors": len(tensors), "bins": cc.histogram_bins}
+                                            "tensors": len(tensors), "bins": cc.histogram_bins,
+                                            "histogram": cc.histogram}
     log(f"statistics for set '{set_name}', {len(tensors)} tensors: "
         f"{'cache hit' if hit else 'collected'} ({secs:.1f}s)")
     return stats

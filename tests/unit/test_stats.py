@@ -214,3 +214,36 @@ def test_collect_rejects_non_finite_and_empty(masked_model):
         collect(masked_model, ["Y"], [f], bins=BINS, threads=1)
     with pytest.raises(DataError, match="empty"):
         collect(masked_model, ["Y"], [], bins=BINS, threads=1)
+
+
+# --- TensorRT's fixed [0, absmax] layout -------------------------------------------------------------
+
+def test_update_fixed_equals_numpy_histogram_over_0_absmax():
+    from qbench.stats import update_fixed
+
+    rng = np.random.default_rng(5)
+    batches = [rng.standard_t(3, 4000).astype(np.float32) * (1 + i) for i in range(4)]
+    top = float(max(np.abs(b).max() for b in batches))
+    t = TensorStats()
+    for b in batches:
+        update_fixed(t, b, 2048, top)
+    want, _ = np.histogram(np.abs(np.concatenate(batches)), bins=2048, range=(0.0, top))
+    np.testing.assert_array_equal(t.hist, want)
+    assert t.bin_width == top / 2048 and t.absmax == top and t.hist[-1] >= 1 and t.count == 16000
+
+
+def test_collect_with_fixed_top_masks_padding_too(masked_model):
+    from qbench.stats import collect
+
+    rng = np.random.default_rng(9)
+    x = rng.standard_normal((4, 9, 4)).astype(np.float32)
+    mask = np.ones((4, 9), np.int64)
+    mask[1, 5:] = 0
+    x[1, 5:] = 1000.0  # garbage at padded positions must not set the range
+    feeds = [{"X": x, "attention_mask": mask}]
+    first = collect(masked_model, ["Y"], feeds, 2048, threads=1)
+    fixed = collect(masked_model, ["Y"], feeds, 2048, threads=1, fixed_top={"Y": first["Y"].absmax})
+    valid = np.abs(2 * x[mask.astype(bool)])
+    assert first["Y"].absmax == fixed["Y"].absmax == pytest.approx(float(valid.max()))
+    want, _ = np.histogram(valid, bins=2048, range=(0.0, fixed["Y"].absmax))
+    np.testing.assert_array_equal(fixed["Y"].hist, want)
