@@ -46,7 +46,8 @@ def main() -> None:
 
     m = json.loads((Path(args.run_dir) / "manifest.json").read_text())
     fp32 = Path(m["model"]["onnx_path"])
-    stats_file = Path(m["model"]["onnx_path"]).parents[2] / "stats" / f"{m['statistics']['cache_key']}.npz"
+    info = next(iter(m["statistics"].values()))  # the first calibration set's pass
+    stats_file = Path(m["model"]["onnx_path"]).parents[2] / "stats" / f"{info['cache_key']}.npz"
     stats = st.load(stats_file)
     tok = Tokenizer(Path(m["model"]["tokenizer_dir"]), m["config"]["model"]["max_length"])
     texts = [s.text for s in load_split(load_manifest(Path(m["data"]["manifest"])), "evaluation")[: args.n]]
