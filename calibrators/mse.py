@@ -65,6 +65,8 @@ def mse_curve(hist: np.ndarray, bin_width: float, candidates: np.ndarray) -> np.
 
 
 class Mse(Calibrator):
+    """The clip minimising the expected squared int8 quantization error, from the histogram."""
+
     name: ClassVar[str] = "mse"
     needs: ClassVar[frozenset[str]] = frozenset({"absmax", "abs_hist"})
     start_bin: int = Field(128, ge=1)

@@ -13,6 +13,7 @@ EPILOG = """examples:
   qbench sweep examples/minilm-retrieval.yaml
   qbench report reports/minilm-retrieval/<run_id>
   qbench report reports/minilm-retrieval/<run_id> --markdown
+  qbench ls calibrators
 """
 
 
@@ -27,6 +28,8 @@ def _parser() -> argparse.ArgumentParser:
     s.add_argument("--out", help="output root (default: the config's output.dir)")
     v = sub.add_parser("validate", help="check a sweep config without loading any model")
     v.add_argument("config")
+    ls = sub.add_parser("ls", help="list registered plugins and their parameters")
+    ls.add_argument("kind", choices=["calibrators", "samplers", "backends", "weights"])
     r = sub.add_parser("report", help="re-render report.html of a run directory")
     r.add_argument("run_dir")
     r.add_argument("--markdown", action="store_true", help="print the variant table as Markdown instead")
@@ -52,9 +55,28 @@ def main(argv: list[str] | None = None) -> int:
         return 130
 
 
+def _list_plugins(kind: str) -> int:
+    """Names and parameter schemas, built-ins and entry-point plugins alike."""
+    from qbench import registry
+
+    reg = {"calibrators": registry.calibrators, "samplers": registry.samplers,
+           "backends": registry.backends, "weights": registry.weight_rules}[kind]
+    for name in reg.names():
+        cls = reg.get(name)
+        props = cls.model_json_schema().get("properties", {})
+        params = ", ".join(
+            f"{k}: {v.get('type', v.get('anyOf', '?'))}" + (f" = {v['default']}" if "default" in v else "")
+            for k, v in props.items())
+        doc = (cls.__doc__ or "").strip().splitlines()[0] if cls.__doc__ else ""
+        print(f"{name:18s} {params or '(no parameters)'}" + (f"    # {doc}" if doc else ""))
+    return 0
+
+
 def _dispatch(args) -> int:
     from qbench.config import load_config
 
+    if args.cmd == "ls":
+        return _list_plugins(args.kind)
     if args.cmd == "report":
         from pathlib import Path
 
