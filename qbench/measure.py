@@ -36,12 +36,6 @@ def summarize(seconds: np.ndarray, batch: int) -> dict[str, float]:
     }
 
 
-def latency(session, feeds: dict[str, np.ndarray], warmup: int, runs: int) -> dict[str, float]:
-    """One session alone (for quick looks; sweeps use ``interleaved``)."""
-    batch = next(iter(feeds.values())).shape[0]
-    return summarize(time_runs(lambda: session.infer(feeds), warmup, runs), batch)
-
-
 def interleaved(sessions: dict[str, object], feeds: dict[str, np.ndarray], warmup: int, runs: int,
                 rounds: int) -> dict[str, dict[str, float]]:
     """Per session name: latency summary over ``rounds`` round-robin rounds of ``runs`` timed runs each.

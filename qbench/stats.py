@@ -38,15 +38,23 @@ def _lattice_width(absmax: float, bins: int) -> float:
     return max(MIN_BIN_WIDTH, w)
 
 
-def update(t: TensorStats, values: np.ndarray, bins: int) -> None:
-    """Merge one batch's |x| into ``t``: exact, order-independent (power-of-two bin widths only double)."""
+def _absorb(t: TensorStats, values: np.ndarray) -> np.ndarray | None:
+    """Update absmax, count and per-batch maxima; return |x| flattened (None for an empty batch)."""
     a = np.abs(values.astype(np.float32, copy=False)).ravel()
     if a.size == 0:
-        return
+        return None
     m = float(a.max())
     t.batch_absmax.append(m)
     t.absmax = max(t.absmax, m)
     t.count += a.size
+    return a
+
+
+def update(t: TensorStats, values: np.ndarray, bins: int) -> None:
+    """Merge one batch's |x| into ``t``: exact, order-independent (power-of-two bin widths only double)."""
+    a = _absorb(t, values)
+    if a is None:
+        return
     w = _lattice_width(t.absmax, bins)
     if t.hist is None:
         t.hist, t.bin_width = np.zeros(bins, dtype=np.int64), w
@@ -66,13 +74,9 @@ def update_fixed(t: TensorStats, values: np.ndarray, bins: int, top: float) -> N
     ``top`` is the tensor's absmax from a first pass, so no value falls outside. Edges follow
     numpy's convention (a value on an inner edge goes to the upper bin; ``top`` to the last bin).
     """
-    a = np.abs(values.astype(np.float32, copy=False)).ravel()
-    if a.size == 0:
+    a = _absorb(t, values)
+    if a is None:
         return
-    m = float(a.max())
-    t.batch_absmax.append(m)
-    t.absmax = max(t.absmax, m)
-    t.count += a.size
     if t.hist is None:
         t.hist, t.bin_width = np.zeros(bins, dtype=np.int64), (top / bins if top > 0 else MIN_BIN_WIDTH)
     edges = np.linspace(0.0, top, bins + 1) if top > 0 else np.arange(bins + 1) * MIN_BIN_WIDTH
