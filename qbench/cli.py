@@ -14,6 +14,7 @@ EPILOG = """examples:
   qbench report reports/minilm-retrieval/<run_id>
   qbench report reports/minilm-retrieval/<run_id> --markdown
   qbench ls calibrators
+  qbench table reports/minilm-retrieval/<run_id>/tables/entropy.json entropy.cache
 """
 
 
@@ -30,6 +31,10 @@ def _parser() -> argparse.ArgumentParser:
     v.add_argument("config")
     ls = sub.add_parser("ls", help="list registered plugins and their parameters")
     ls.add_argument("kind", choices=["calibrators", "samplers", "backends", "weights"])
+    t = sub.add_parser("table", help="convert a calibration table: qbench JSON <-> TensorRT <=10 cache")
+    t.add_argument("src", help="a qbench table (.json) or a TensorRT calibration cache")
+    t.add_argument("dst", help="output: .json writes a qbench table, anything else a TensorRT cache")
+    t.add_argument("--trt-version", default="10.0.0", help="TensorRT version for the cache header (default 10.0.0)")
     r = sub.add_parser("report", help="re-render report.html of a run directory")
     r.add_argument("run_dir")
     r.add_argument("--markdown", action="store_true", help="print the variant table as Markdown instead")
@@ -72,11 +77,28 @@ def _list_plugins(kind: str) -> int:
     return 0
 
 
+def _convert_table(src: str, dst: str, trt_version: str) -> int:
+    from pathlib import Path
+
+    from calibrators.table import load_table
+    from qbench.trt_cache import save_trt_cache, trt_version_code
+
+    table = load_table(Path(src))
+    if dst.endswith(".json"):
+        table.save(Path(dst))
+    else:
+        save_trt_cache(table, Path(dst), trt_version=trt_version_code(trt_version))
+    print(f"{dst}: {len(table.amax)} tensors")
+    return 0
+
+
 def _dispatch(args) -> int:
     from qbench.config import load_config
 
     if args.cmd == "ls":
         return _list_plugins(args.kind)
+    if args.cmd == "table":
+        return _convert_table(args.src, args.dst, args.trt_version)
     if args.cmd == "report":
         from pathlib import Path
 

@@ -65,6 +65,7 @@ calibrators = Registry(
         "percentile": "calibrators.percentile:Percentile",
         "entropy": "calibrators.entropy:Entropy",
         "mse": "calibrators.mse:Mse",
+        "table": "calibrators.table:FromTable",
     },
 )
 
