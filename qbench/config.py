@@ -111,6 +111,13 @@ class MeasureCfg(Strict):
     latency: LatencyCfg = LatencyCfg()
 
 
+class TensorRTCfg(Strict):
+    """Also build every variant as a TensorRT engine (build-only where no supported GPU exists)."""
+
+    compute_capability: Literal["SM75", "SM80", "SM86", "SM89", "SM120"] = "SM89"
+    build_timeout_s: int = Field(900, ge=10)
+
+
 class OutputCfg(Strict):
     dir: str = "reports"
     cache_dir: str = ".qbench-cache"
@@ -125,6 +132,7 @@ class SweepConfig(Strict):
     sweep: SweepCfg = SweepCfg()
     backend: BackendCfg = BackendCfg()
     measure: MeasureCfg = MeasureCfg()
+    tensorrt: TensorRTCfg | None = None
     output: OutputCfg = OutputCfg()
     # Set by load_config, not by the user: where relative paths are resolved from.
     base_dir: str = Field("", exclude=True)

@@ -62,8 +62,21 @@ def leaderboard(df, manifest: dict) -> list[dict]:
             "size": val.get((vid, "size_mb", "all")),
             "mm_q": val.get((vid, "nodes_quantized", "op=MatMul")), "mm_f": val.get((vid, "nodes_float", "op=MatMul")),
             "excluded": ", ".join(f"{op}: {n}" for op, n in sorted(excluded.items())),
+            "trt": _trt_cell(info.get("tensorrt")),
         })
     return rows
+
+
+def _trt_cell(entry: dict | None) -> str:
+    """The TensorRT column: INT8 share of linear-layer FLOPs and GEMM datatypes, or why there is none."""
+    if not entry:
+        return ""
+    if entry.get("status") != "ok":
+        err = entry.get("error", "")
+        return f"build failed: {err[:100]}…" if len(err) > 100 else f"build failed: {err}"
+    sm = entry["summary"]
+    dts = ", ".join(f"{k} {n}" for k, n in sorted(sm["gemm_layers_by_input_dtype"].items()))
+    return f"{sm['int8_linear_flop_share'] * 100:.0f}% INT8 FLOPs; GEMMs {dts}; latency not run here"
 
 
 def render(run_dir: str | Path) -> Path:

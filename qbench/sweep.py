@@ -46,6 +46,7 @@ class Context:
     tables: dict = field(default_factory=dict)
     fp32_emb: np.ndarray | None = None
     latency_feeds: dict = field(default_factory=dict)
+    tokenizer_inputs: list = field(default_factory=lambda: ["input_ids", "attention_mask"])
 
 
 def run_id_for(cfg: SweepConfig) -> str:
@@ -315,6 +316,41 @@ def latency_phase(ctx: Context, artifacts: dict[str, Path]) -> dict[str, list | 
     return out
 
 
+def tensorrt_phase(ctx: Context, v: Variant, artifact: Path) -> tuple[list, dict]:
+    """Build one variant's engine and prove its layer precisions. (metric tuples, manifest entry).
+
+    Raises VariantFailed when the build fails or an exclusion did not hold in the engine.
+    """
+    from qbench.backends.tensorrt import TensorRTBackend
+    from qbench.errors import VariantFailed
+    from qbench.layer_report import parse_layers, summarize, to_records
+    from qbench.qdq import load_model
+
+    tc = ctx.cfg.tensorrt
+    be = TensorRTBackend(compute_capability=tc.compute_capability, build_timeout_s=tc.build_timeout_s)
+    workdir = ctx.cache / "engines" / f"{_sha(artifact)[:16]}-{tc.compute_capability}"
+    engine, info, log_lines = be.build(artifact, workdir, ctx.tokenizer_inputs)
+    layers = parse_layers(log_lines)
+    excluded = ctx.manifest["variants"][v.id].get("excluded_nodes", [])
+    summary = summarize(layers, load_model(artifact), excluded)
+    rel = f"tensorrt/{_safe(v.id)}.layers.json"
+    from qbench.io import atomic_write_text
+
+    atomic_write_text(ctx.run_dir / rel, json.dumps(to_records(layers), indent=1))
+    entry = {"status": "ok", "build": info, "summary": summary, "layers": rel, "engine": str(engine),
+             "latency": "not_run_here: running needs a supported GPU"}
+    if summary["exclusion_violations"]:
+        raise VariantFailed(f"exclusion did not hold in the engine: {', '.join(summary['exclusion_violations'][:5])} "
+                            f"run in Int8")
+    metrics = [("engine_mb", "all", info["engine_bytes"] / 1e6, "MB"), ("build_seconds", "all", info["seconds"], "s"),
+               ("gemm_layers", "all", summary["gemm_layers"], "count"),
+               ("int8_linear_flop_share", "all", summary["int8_linear_flop_share"], "fraction"),
+               ("reformat_layers", "all", summary["reformat_layers"], "count"),
+               ("cast_layers", "all", summary["cast_layers"], "count")]
+    metrics += [("gemm_layers", f"dtype={k}", n, "count") for k, n in sorted(summary["gemm_layers_by_input_dtype"].items())]
+    return metrics, entry
+
+
 def make_latency_feeds(ctx: Context) -> None:
     rng = np.random.default_rng(ctx.cfg.data.calibration.seed)
     texts = [s.text for s in ctx.evalset]
@@ -369,6 +405,23 @@ def run_sweep(cfg: SweepConfig, out_root: Path | None = None) -> Path:
         entry["seconds"] = round(time.perf_counter() - t0, 2)
         write_results(rows, run_dir)
         write_manifest(ctx.manifest, run_dir)
+    if cfg.tensorrt is not None:
+        for vid, art in artifacts.items():
+            trt_desc = {**by_id[vid].describe(), "backend": "tensorrt"}
+            log(f"tensorrt build ({cfg.tensorrt.compute_capability}): {vid}")
+            try:
+                metrics, entry = tensorrt_phase(ctx, by_id[vid], art)
+                rows += metric_rows(trt_desc, ctx.manifest["variants"][vid]["signature"], run_dir.name, metrics)
+                rows += metric_rows(trt_desc, ctx.manifest["variants"][vid]["signature"], run_dir.name,
+                                    [("latency", "all", float("nan"), "")], status="not_run_here")
+            except QbenchError as e:
+                entry = {"status": "failed", "error": str(e).splitlines()[0]}
+                log(f"tensorrt: {vid} failed: {entry['error']}")
+                rows += metric_rows(trt_desc, ctx.manifest["variants"][vid]["signature"], run_dir.name,
+                                    [("trt_build", "all", float("nan"), "")], status="failed")
+            ctx.manifest["variants"][vid]["tensorrt"] = entry
+            write_results(rows, run_dir)
+            write_manifest(ctx.manifest, run_dir)
     for vid, lat in latency_phase(ctx, artifacts).items():
         entry = ctx.manifest["variants"][vid]
         if isinstance(lat, str):
