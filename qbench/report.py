@@ -105,14 +105,18 @@ def markdown(run_dir: str | Path) -> str:
     rows = leaderboard(df, manifest)
     batches = list(rows[0]["lat"]) if rows else []
     head = ["variant", "acc@1", "Δ vs FP32 (pts)", "MRR", "cos vs FP32"]
-    head += [f"p50 / p99 ms, {b}" for b in batches] + ["size MB", "MatMul int8/float", "status"]
+    trt = any(r["trt"] for r in rows)
+    head += [f"p50 / p99 ms, {b}" for b in batches] + ["size MB", "MatMul int8/float"]
+    head += ["TensorRT engine (build-only)"] if trt else []
+    head += ["status"]
     f = lambda x, fmt: "" if x is None else format(x, fmt)  # noqa: E731
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for r in rows:
         cells = [f"`{r['variant']}`", f(r["acc"], ".4f"), f(r["delta"], "+.2f"), f(r["mrr"], ".4f"), f(r["cos"], ".4f")]
         cells += [f"{f(r['lat'][b][0], '.2f')} / {f(r['lat'][b][1], '.2f')}" for b in batches]
         mm = "" if r["mm_q"] is None else f"{int(r['mm_q'])}/{int(r['mm_f'])}"
-        cells += [f(r["size"], ".1f"), mm, r["status"] + (f": {r['error']}" if r["error"] else "")]
+        cells += [f(r["size"], ".1f"), mm] + ([r["trt"].replace("|", "/")] if trt else [])
+        cells += [r["status"] + (f": {r['error']}" if r["error"] else "")]
         lines.append("| " + " | ".join(cells) + " |")
     m = manifest
     v = m["versions"]
