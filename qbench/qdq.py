@@ -139,14 +139,16 @@ def build_qdq(fp32_path: Path, table: CalibrationTable, excl: ExclusionCfg, flav
     from qbench.io import atomic_write_bytes
 
     weights = weights or PerChannel()
-    model = load_model(fp32_path)
+    fp32 = load_model(fp32_path)
+    model = onnx.ModelProto()
+    model.CopyFrom(fp32)  # edited in place below; the pristine copy checks the weight scales
     chosen, report = plan(model, excl)
     missing = [t for t in report.quantized_tensors if t not in table.amax]
     if missing:
         raise QuantizationError(f"calibration table lacks {len(missing)} tensor(s) the model quantizes: "
                                 + ", ".join(missing[:8]) + (" ..." if len(missing) > 8 else ""))
     _insert(model, chosen, report.quantized_tensors, table, flavor, weights)
-    verify_scales(model, table, load_model(fp32_path), weights)
+    verify_scales(model, table, fp32, weights)
     atomic_write_bytes(out_path, model.SerializeToString())
     return report
 

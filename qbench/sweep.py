@@ -47,6 +47,15 @@ class Context:
     fp32_emb: np.ndarray | None = None
     latency_feeds: dict = field(default_factory=dict)
     tokenizer_inputs: list = field(default_factory=lambda: ["input_ids", "attention_mask"])
+    _fp32_model: object = None
+
+    def fp32_model(self):
+        """The FP32 ONNX, parsed once per sweep (about 90 MB for MiniLM; every variant reads it). Read-only."""
+        if self._fp32_model is None:
+            from qbench.qdq import load_model
+
+            self._fp32_model = load_model(self.fp32)
+        return self._fp32_model
 
 
 def run_id_for(cfg: SweepConfig) -> str:
@@ -141,13 +150,13 @@ def ensure_stats(ctx: Context, set_name: str) -> dict:
     The manifest counts the passes actually run (``statistics_passes``), so reuse is visible.
     """
     from qbench import stats as st
-    from qbench.qdq import calibration_tensors, load_model
+    from qbench.qdq import calibration_tensors
 
     if set_name in ctx.stats:
         return ctx.stats[set_name]
     cc = ctx.cfg.calibration
     samples = ctx.calib_sets[set_name]
-    tensors = calibration_tensors(load_model(ctx.fp32))
+    tensors = calibration_tensors(ctx.fp32_model())
     key = st.cache_key(ctx.manifest["model"]["onnx_sha256"], [s.id for s in samples], tensors,
                        cc.histogram_bins, cc.batch_size, cc.histogram)
     path = ctx.cache / "stats" / f"{key}.npz"
@@ -218,7 +227,7 @@ def build_variant(ctx: Context, v: Variant) -> tuple[Path, dict]:
     key = hashlib.sha256(json.dumps([QDQ_VERSION, msha, table.to_json(), v.exclusion_cfg.model_dump(),
                                      v.flavor, weights.signature()]).encode()).hexdigest()[:16]
     out = out_dir / f"{key}.onnx"
-    fp32 = load_model(ctx.fp32)
+    fp32 = ctx.fp32_model()
     hit = out.is_file()
     if hit:  # cached by content: still re-check every scale, so a stale or edited file cannot pass
         verify_scales(load_model(out), table, fp32, weights)
@@ -273,7 +282,7 @@ def structure_metrics(ctx: Context, v: Variant, artifact: Path) -> list[tuple[st
             metrics.append(("nodes_quantized", f"op={op}", counts["quantized"][op], "count"))
             metrics.append(("nodes_float", f"op={op}", counts["float"][op], "count"))
     if v.kind == "qbench":
-        fp32 = load_model(ctx.fp32)
+        fp32 = ctx.fp32_model()
         excluded, _ = match_exclusions(fp32, v.exclusion_cfg)
         op_of = {n.name: n.op_type for n in fp32.graph.node}
         by_op: dict[str, int] = {}
@@ -328,7 +337,8 @@ def tensorrt_phase(ctx: Context, v: Variant, artifact: Path) -> tuple[list, dict
 
     tc = ctx.cfg.tensorrt
     be = TensorRTBackend(compute_capability=tc.compute_capability, build_timeout_s=tc.build_timeout_s)
-    workdir = ctx.cache / "engines" / f"{_sha(artifact)[:16]}-{tc.compute_capability}"
+    sha = ctx.manifest["variants"][v.id]["artifact_sha256"]  # hashed when the variant was built
+    workdir = ctx.cache / "engines" / f"{sha[:16]}-{tc.compute_capability}"
     engine, info, log_lines = be.build(artifact, workdir, ctx.tokenizer_inputs)
     layers = parse_layers(log_lines)
     excluded = ctx.manifest["variants"][v.id].get("excluded_nodes", [])
