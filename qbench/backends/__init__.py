@@ -9,6 +9,7 @@ import numpy as np
 
 class Session(Protocol):
     input_names: list[str]
+    output_names: list[str]  # in the order infer() returns the outputs
 
     def infer(self, feeds: dict[str, np.ndarray]) -> list[np.ndarray]: ...
 

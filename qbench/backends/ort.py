@@ -25,6 +25,7 @@ class OrtSession:
         except Exception as e:  # ORT raises its own Fail/InvalidGraph types; the first line is the useful part
             raise ModelError(f"{path}: ONNX Runtime cannot load the model: {str(e).splitlines()[0][:300]}") from None
         self.input_names = [i.name for i in self._sess.get_inputs()]
+        self.output_names = [o.name for o in self._sess.get_outputs()]
         self.threads = threads
 
     def infer(self, feeds: dict[str, np.ndarray]) -> list[np.ndarray]:
