@@ -15,6 +15,7 @@ EPILOG = """examples:
   qbench report reports/minilm-retrieval/<run_id> --markdown
   qbench ls calibrators
   qbench table reports/minilm-retrieval/<run_id>/tables/entropy.json entropy.cache
+  qbench inspect model.onnx
 """
 
 
@@ -38,6 +39,9 @@ def _parser() -> argparse.ArgumentParser:
     r = sub.add_parser("report", help="re-render report.html of a run directory")
     r.add_argument("run_dir")
     r.add_argument("--markdown", action="store_true", help="print the variant table as Markdown instead")
+    i = sub.add_parser("inspect", help="list a model's MatMul/Gemm nodes and its structural roles (exclusion targets)")
+    i.add_argument("model", help="an ONNX file")
+    i.add_argument("--json", action="store_true", help="print the nodes and role groups as JSON")
     return p
 
 
@@ -92,6 +96,44 @@ def _convert_table(src: str, dst: str, trt_version: str) -> int:
     return 0
 
 
+def _dim(v) -> str:
+    return "?" if v is None or str(v).startswith("unk__") else str(v)
+
+
+def _inspect(path: str, as_json: bool) -> int:
+    """Quantizable nodes with their roles, then the role groups an exclusion can name."""
+    import json
+    from pathlib import Path
+
+    from qbench.qdq import load_model
+    from qbench.roles import find_roles, quantizable_nodes, roles_as_json
+
+    model = load_model(Path(path))
+    roles = find_roles(model)
+    nodes = quantizable_nodes(model, roles)
+    if as_json:
+        print(json.dumps({"model": path, "nodes": nodes, "roles": roles_as_json(roles)}, indent=1, default=str))
+        return 0
+    width = max([len(n["name"]) for n in nodes] + [4])
+    print(f"{'node':{width}s}  {'op':6s}  {'weight':>11s}  {'M x K x N':>16s}  roles")
+    for n in nodes:
+        w = "x".join(map(str, n["weight_shape"])) if n["weight_shape"] else "-"
+        mkn = "x".join(_dim(n[k]) for k in ("M", "K", "N"))
+        print(f"{n['name']:{width}s}  {n['op_type']:6s}  {w:>11s}  {mkn:>16s}  {', '.join(n['roles']) or '-'}")
+    print(f"\n{len(nodes)} MatMul/Gemm nodes\nrole groups:")
+    for role, groups in roles.items():
+        kinds: dict[str, int] = {}
+        for g in groups:
+            key = g.detail.split(" -> ")[0]
+            kinds[key] = kinds.get(key, 0) + 1
+        what = "; ".join(f"{c} x {k}" for k, c in kinds.items())
+        if role == "embeddings" and groups:
+            what = f"{sum(g.detail.count(';') + 1 for g in groups)} table lookup(s)"
+        print(f"  {role:11s} {len(groups):3d} group(s), {sum(len(g.nodes) for g in groups):4d} node(s)"
+              + (f"  [{what}]" if what else ""))
+    return 0
+
+
 def _dispatch(args) -> int:
     from qbench.config import load_config
 
@@ -99,6 +141,8 @@ def _dispatch(args) -> int:
         return _list_plugins(args.kind)
     if args.cmd == "table":
         return _convert_table(args.src, args.dst, args.trt_version)
+    if args.cmd == "inspect":
+        return _inspect(args.model, args.json)
     if args.cmd == "report":
         from pathlib import Path
 

@@ -62,7 +62,8 @@ class CalibrationCfg(Strict):
 class ExclusionCfg(Strict):
     op_types: list[str] = []
     names: list[str] = Field([], description="regular expressions matched against node names")
-    roles: list[Literal["embeddings", "lm_head", "attention_probs"]] = []
+    roles: list[Literal["layernorm", "softmax", "embeddings", "lm_head", "attention_probs"]] = Field(
+        [], description="structural roles (qbench.roles); attention_probs is the old name of softmax")
 
 
 class VariantCfg(Strict):

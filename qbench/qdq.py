@@ -23,12 +23,13 @@ from onnx import TensorProto, helper, numpy_helper
 from qbench.calib import CalibrationTable, scale_of
 from qbench.config import ExclusionCfg
 from qbench.errors import ModelError, QuantizationError
+from qbench.roles import NAME_HINTS, canonical_role, find_roles, stable_names
 
 QUANTIZABLE = {"MatMul", "Gemm"}
 INTEGER_OPS = {"MatMulInteger", "QLinearMatMul", "ConvInteger", "QLinearConv", "DynamicQuantizeMatMul",
                "QAttention", "MatMulIntegerToFloat", "QGemm"}
 QDQ_OPS = {"QuantizeLinear", "DequantizeLinear", "DynamicQuantizeLinear"}
-ROLE_PATTERNS = {"embeddings": r"(^|/)embeddings?(/|$)", "lm_head": r"(lm_head|classifier|/cls/)"}
+ROLE_PATTERNS = NAME_HINTS  # name hints, used by qbench.roles only where a role finds no structural match
 
 
 @dataclass
@@ -73,7 +74,10 @@ def calibration_tensors(model: onnx.ModelProto) -> list[str]:
 
 
 def match_exclusions(model: onnx.ModelProto, excl: ExclusionCfg) -> tuple[set[str], list[str]]:
-    """Names of excluded nodes, and a warning for each pattern that matched nothing."""
+    """Names of excluded nodes, and a warning for each pattern or role that matched nothing.
+
+    Roles come from the graph's structure (qbench.roles.find_roles), not from node names.
+    """
     nodes = list(model.graph.node)
     matched: set[str] = set()
     warnings: list[str] = []
@@ -82,16 +86,24 @@ def match_exclusions(model: onnx.ModelProto, excl: ExclusionCfg) -> tuple[set[st
         if not hit:
             warnings.append(f"exclusion op type '{op}' matches no node")
         matched |= hit
-    patterns = [(f"name pattern '{p}'", p) for p in excl.names]
-    patterns += [(f"role '{r}'", ROLE_PATTERNS[r]) for r in excl.roles if r in ROLE_PATTERNS]
-    for what, pat in patterns:
+    for pat in excl.names:
         rx = re.compile(pat)
         hit = {n.name for n in nodes if rx.search(n.name)}
         if not hit:
-            warnings.append(f"exclusion {what} matches no node")
+            warnings.append(f"exclusion name pattern '{pat}' matches no node")
         matched |= hit
-    if "attention_probs" in excl.roles:
-        matched |= {n.name for n in nodes if n.op_type == "Softmax"}
+    if excl.roles:
+        groups = find_roles(model)
+        real = dict(zip(stable_names(model), (n.name for n in nodes)))
+        for role in excl.roles:
+            found = [name for g in groups[canonical_role(role)] for name in g.nodes]
+            if not found:
+                warnings.append(f"exclusion role '{role}' matches no node")
+            unnamed = [name for name in found if not real[name]]
+            if unnamed:
+                warnings.append(f"exclusion role '{role}' matches {len(unnamed)} unnamed node(s) "
+                                f"(e.g. {unnamed[0]}); exclusions address nodes by name, so those stay in")
+            matched |= {real[name] for name in found if real[name]}
     return matched, warnings
 
 
