@@ -296,12 +296,13 @@ def _build_entry(source: str, resolved: str, out: Path, *, opset: int, pooling: 
 
 
 def _load_hf(source: str, resolved: str, revision: str | None) -> tuple[Any, Any]:
+    import torch
     from transformers import AutoModel, AutoTokenizer
 
     try:
         # Eager attention traces to plain MatMul/Softmax, which quantizers understand;
         # SDPA would leave a fused op or a different graph per torch version.
-        model = AutoModel.from_pretrained(resolved, revision=revision,
+        model = AutoModel.from_pretrained(resolved, revision=revision, dtype=torch.float32,
                                           attn_implementation="eager")
         tokenizer = AutoTokenizer.from_pretrained(resolved, revision=revision)
     except Exception as err:  # any load failure is the user's model, not our bug

@@ -240,11 +240,13 @@ def _build_entry(source: str, resolved: str, out: Path, *, opset: int,
 
 
 def _load_model(source: str, resolved: str, revision: str | None) -> Any:
+    import torch
     from transformers import AutoModelForSeq2SeqLM
 
     try:
         # Eager attention traces to plain MatMul/Softmax, which quantizers understand.
-        model = AutoModelForSeq2SeqLM.from_pretrained(resolved, revision=revision,
+        # float32 whatever the checkpoint stores (ours ship fp16): the ONNX is the FP32 reference.
+        model = AutoModelForSeq2SeqLM.from_pretrained(resolved, revision=revision, dtype=torch.float32,
                                                       attn_implementation="eager")
     except Exception as err:  # any load failure is the user's model, not our bug
         reason = (str(err).strip().splitlines() or [type(err).__name__])[0]

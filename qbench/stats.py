@@ -114,15 +114,19 @@ def _axis_roles(shape_a, shape_b) -> list[str]:
     return roles
 
 
-def discover_axes(sess, names: list[str], feeds: dict[str, np.ndarray]) -> dict[str, list[str]]:
+def discover_axes(sess, names: list[str], feeds: dict[str, np.ndarray],
+                  seq_inputs: list[str] | None = None) -> dict[str, list[str]]:
     """Run two reshaped copies of a real batch and label each output axis b / s / bs / static.
 
     Rows and tokens are repeated cyclically to reach each probe shape, so any first batch works;
-    only the shapes of the outputs matter here, not their values.
+    only the shapes of the outputs matter here, not their values. Axis 1 is the token axis of the
+    inputs in ``seq_inputs`` (default: every input); other inputs only get their batch axis resized
+    (a decoder's past K/V has heads on axis 1, its encoder states the source length).
     """
     shapes = []
     for b, s in PROBES:
         probe = {k: np.take(np.take(v, np.arange(b), axis=0, mode="wrap"), np.arange(s), axis=1, mode="wrap")
+                 if seq_inputs is None or k in seq_inputs else np.take(v, np.arange(b), axis=0, mode="wrap")
                  for k, v in feeds.items()}
         shapes.append([o.shape for o in sess.run(names, probe)])
     return {n: _axis_roles(a, c) for n, a, c in zip(names, *shapes)}
@@ -149,11 +153,14 @@ def token_mask(roles: list[str], mask2d: np.ndarray, shape: tuple) -> np.ndarray
 
 def collect(model_path: Path, tensors: list[str], batches: Iterable[dict[str, np.ndarray]],
             bins: int = 2048, threads: int = 2, mask_input: str = "attention_mask",
-            fixed_top: dict[str, float] | None = None) -> dict[str, TensorStats]:
+            fixed_top: dict[str, float] | None = None,
+            seq_inputs: list[str] | None = None) -> dict[str, TensorStats]:
     """Stream the batches once; per tensor, absmax and a |x| histogram.
 
     By default the histogram sits on the power-of-two lattice (one pass). With ``fixed_top`` (each
     tensor's absmax from an earlier pass) it uses TensorRT's fixed [0, absmax] layout instead.
+    ``mask_input`` names the [batch, tokens] validity mask; when it is not a graph input (a decoder's
+    target mask) it is taken out of the feeds. ``seq_inputs``: see discover_axes.
     """
     import onnxruntime as ort
 
@@ -166,13 +173,15 @@ def collect(model_path: Path, tensors: list[str], batches: Iterable[dict[str, np
         # kernel may never materialise one), and match ONNX Runtime's own calibrators bit for bit.
         so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
         sess = ort.InferenceSession(str(aug), so, providers=["CPUExecutionProvider"])
+        graph_inputs = {i.name for i in sess.get_inputs()}
         roles: dict[str, list[str]] | None = None
         n_batches = 0
         for bi, feeds in enumerate(batches):
             n_batches += 1
             mask2d = feeds[mask_input].astype(bool) if mask_input in feeds else None
+            feeds = {k: v for k, v in feeds.items() if k in graph_inputs}
             if roles is None and mask2d is not None:
-                roles = discover_axes(sess, tensors, feeds)
+                roles = discover_axes(sess, tensors, feeds, seq_inputs)
             for name, arr in zip(tensors, sess.run(tensors, feeds)):
                 m = token_mask(roles[name], mask2d, arr.shape) if (roles and mask2d is not None) else None
                 vals = arr[m] if m is not None else arr

@@ -67,6 +67,10 @@ class Tokenizer:
             "attention_mask": np.array([e.attention_mask for e in encodings], dtype=np.int64),
         }
 
+    def decode_batch(self, ids: list[list[int]]) -> list[str]:
+        """Token ids back to text, special tokens (pad, eos, language tags) dropped."""
+        return self._tok.decode_batch([list(map(int, row)) for row in ids], skip_special_tokens=True)
+
 
 def _read_config(tokenizer_dir: Path) -> dict[str, Any]:
     """tokenizer_config.json overlaid on special_tokens_map.json (the former wins, as in transformers)."""
