@@ -23,8 +23,10 @@ class Strict(BaseModel):
 
 class ModelCfg(Strict):
     source: str = Field(description="pkg:<python package>, a local directory, or a Hugging Face hub id")
-    pooling: Literal["mean", "cls"] = "mean"
+    pooling: Literal["mean", "cls"] = Field("mean", description="retrieval: how token states become one vector")
     max_length: int = Field(128, ge=8, le=4096)
+    source_prefix: str = Field("", description="translation: put before every source, '{lang}' = the sample's "
+                                               "language (multilingual models: '>>{lang}<< ')")
     opset: int = Field(17, ge=13, le=21)
 
 
@@ -38,6 +40,7 @@ class CalibSetCfg(Strict):
 class EvalSetCfg(Strict):
     split: str = "evaluation"
     n: int | None = Field(None, ge=2, description="first n samples of the split; null = all")
+    n_per_language: int | None = Field(None, ge=1, description="then at most this many per language, in file order")
 
 
 class DataCfg(Strict):
@@ -57,6 +60,8 @@ class CalibrationCfg(Strict):
     histogram: Literal["lattice", "trt"] = Field(
         "lattice", description="lattice: one pass, power-of-two bins; trt: two passes, bins over [0, absmax] as TensorRT")
     weights: dict[str, Any] = Field({"name": "per_channel"}, description="weight rule: per_channel | per_tensor")
+    decoder_targets: Literal["reference", "fp32_greedy"] = Field(
+        "reference", description="translation: the decoder is calibrated by teacher forcing on these targets")
 
 
 class ExclusionCfg(Strict):
@@ -112,6 +117,22 @@ class MeasureCfg(Strict):
     latency: LatencyCfg = LatencyCfg()
 
 
+class GenerationCfg(Strict):
+    """translation: how every variant decodes (the same for all, so quality differences are the variant's)."""
+
+    num_beams: int = Field(1, ge=1, le=16)
+    max_new_tokens: int = Field(128, ge=1, le=1024)
+    batch_size: int = Field(32, ge=1)
+
+
+class GateCfg(Strict):
+    """Pass/fail per variant: the drop against FP32 of ``metric`` stays within ``max_drop``."""
+
+    metric: Literal["bleu", "chrf", "accuracy_at_1"] = "bleu"
+    max_drop: float = Field(1.0, ge=0)
+    per: Literal["lang", "all"] = Field("lang", description="lang: every language must hold; all: the mean only")
+
+
 class TensorRTCfg(Strict):
     """Also build every variant as a TensorRT engine (build-only where no supported GPU exists)."""
 
@@ -126,7 +147,7 @@ class OutputCfg(Strict):
 
 class SweepConfig(Strict):
     name: str = Field(pattern=r"^[A-Za-z0-9_.-]+$")
-    task: Literal["retrieval"] = "retrieval"
+    task: Literal["retrieval", "translation"] = "retrieval"
     model: ModelCfg
     data: DataCfg
     calibration: CalibrationCfg = CalibrationCfg()
@@ -134,6 +155,8 @@ class SweepConfig(Strict):
     backend: BackendCfg = BackendCfg()
     measure: MeasureCfg = MeasureCfg()
     tensorrt: TensorRTCfg | None = None
+    generation: GenerationCfg = GenerationCfg()
+    gate: GateCfg | None = None
     output: OutputCfg = OutputCfg()
     # Set by load_config, not by the user: where relative paths are resolved from.
     base_dir: str = Field("", exclude=True)
@@ -211,6 +234,7 @@ def _check_plugins(cfg: SweepConfig, file: str) -> list[str]:
             problems.append(f"{file}: {_loc(('sweep', 'extra', i, 'calibration_set'))}: unknown calibration set "
                             f"'{v.calibration_set}' (defined: {', '.join(cfg.data.sets())})")
     problems += _instantiate(registry.weight_rules, cfg.calibration.weights, ("calibration", "weights"), file)
+    problems += _check_task(cfg, file)
     known = ["none", *cfg.sweep.exclusion_sets]
     refs = [(("sweep", "exclusions", i), x) for i, x in enumerate(cfg.sweep.exclusions)]
     refs += [(("sweep", "extra", i, "exclusion"), v.exclusion) for i, v in enumerate(cfg.sweep.extra)]
@@ -219,6 +243,26 @@ def _check_plugins(cfg: SweepConfig, file: str) -> list[str]:
             close = difflib.get_close_matches(name, known, n=1)
             hint = f" (did you mean '{close[0]}'?)" if close else f" (defined: {', '.join(known)})"
             problems.append(f"{file}: {_loc(loc)}: unknown exclusion set '{name}'{hint}")
+    return problems
+
+
+def _check_task(cfg: SweepConfig, file: str) -> list[str]:
+    """Settings that only one task understands."""
+    problems = []
+    if cfg.task == "translation":
+        if "ort_static" in cfg.sweep.baselines:
+            problems.append(f"{file}: sweep.baselines: ort_static is not available for translation "
+                            "(ONNX Runtime's static quantizer takes one graph; use qbench calibrators)")
+        if cfg.tensorrt is not None:
+            problems.append(f"{file}: tensorrt: engines for encoder-decoder models are not built yet; "
+                            "remove the tensorrt section")
+        if cfg.gate is not None and cfg.gate.metric == "accuracy_at_1":
+            problems.append(f"{file}: gate.metric: translation is gated on bleu or chrf")
+    else:
+        if cfg.gate is not None and cfg.gate.metric != "accuracy_at_1":
+            problems.append(f"{file}: gate.metric: retrieval is gated on accuracy_at_1")
+        if cfg.gate is not None and cfg.gate.per == "lang":
+            problems.append(f"{file}: gate.per: retrieval has no languages; use per: all")
     return problems
 
 

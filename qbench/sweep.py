@@ -47,6 +47,10 @@ class Context:
     fp32_emb: np.ndarray | None = None
     latency_feeds: dict = field(default_factory=dict)
     tokenizer_inputs: list = field(default_factory=lambda: ["input_ids", "attention_mask"])
+    spec: object = None                               # translation: the Seq2SeqExport
+    fp32_stats: dict | None = None                    # translation: FP32's per-sample metric statistics
+    fp32_hyps: list = field(default_factory=list)
+    sample_frames: dict = field(default_factory=dict)  # translation: variant -> samples.parquet rows
     _fp32_model: object = None
 
     def fp32_model(self):
@@ -98,15 +102,32 @@ def prepare(cfg: SweepConfig, run_dir: Path) -> Context:
     cache = Path(os.environ.get("QBENCH_CACHE", cfg.output.cache_dir)).resolve()
     ctx = Context(cfg=cfg, run_dir=run_dir, cache=cache)
     t0 = time.perf_counter()
-    exp = export_encoder(cfg.model_source(), cache / "models", opset=cfg.model.opset, pooling=cfg.model.pooling)
-    ctx.fp32 = exp.onnx_path
-    ctx.tokenizer = Tokenizer(exp.tokenizer_dir, max_length=cfg.model.max_length)
-    log(f"model {cfg.model.source}: {'cached' if exp.from_cache else 'exported'} ({time.perf_counter() - t0:.1f}s)")
+    if cfg.task == "translation":
+        from qbench import translation
+
+        model_entry = translation.prepare_model(ctx)
+        hit = ctx.spec.from_cache
+    else:
+        exp = export_encoder(cfg.model_source(), cache / "models", opset=cfg.model.opset, pooling=cfg.model.pooling)
+        ctx.fp32 = exp.onnx_path
+        ctx.tokenizer = Tokenizer(exp.tokenizer_dir, max_length=cfg.model.max_length)
+        hit = exp.from_cache
+        model_entry = {"source": exp.source, "resolved": exp.resolved, "onnx_sha256": _sha(exp.onnx_path),
+                       "onnx_path": str(exp.onnx_path), "tokenizer_dir": str(exp.tokenizer_dir),
+                       "export_key": exp.key, "export_max_abs_diff": exp.max_abs_diff, "opset": exp.opset}
+    log(f"model {cfg.model.source}: {'cached' if hit else 'exported'} ({time.perf_counter() - t0:.1f}s)")
     man = load_manifest(cfg.manifest_path())
     ev = load_split(man, cfg.data.evaluation.split)
     ctx.evalset = ev[: cfg.data.evaluation.n] if cfg.data.evaluation.n else ev
+    if cfg.data.evaluation.n_per_language:
+        kept, seen = [], {}
+        for s in ctx.evalset:
+            seen[s.language] = seen.get(s.language, 0) + 1
+            if seen[s.language] <= cfg.data.evaluation.n_per_language:
+                kept.append(s)
+        ctx.evalset = kept
     if any(s.reference is None for s in ctx.evalset):
-        raise QbenchError(f"{man.path}: fields.reference: the retrieval task needs a reference field")
+        raise QbenchError(f"{man.path}: fields.reference: the {cfg.task} task needs a reference field")
     sets_info = {}
     pools: dict[str, list] = {}
     for name, c in cfg.data.sets().items():
@@ -122,13 +143,12 @@ def prepare(cfg: SweepConfig, run_dir: Path) -> Context:
         sets_info[name] = {"split": c.split, "sampler": plugin_signature(sampler), "n": len(chosen), "seed": c.seed,
                            "sample_ids": [s.id for s in chosen]}
     ctx.manifest = {
-        "qbench_version": __version__, "run_id": run_dir.name, "sweep": cfg.name,
+        "qbench_version": __version__, "run_id": run_dir.name, "sweep": cfg.name, "task": cfg.task,
+        "gate": cfg.gate.model_dump() if cfg.gate else None,
         "created_utc": datetime.now(timezone.utc).isoformat(timespec="seconds"),
         "config": json.loads(cfg.model_dump_json()),
         "versions": {**versions(), **_backend(ctx).versions()}, "host": host_info(),
-        "model": {"source": exp.source, "resolved": exp.resolved, "onnx_sha256": _sha(exp.onnx_path),
-                  "onnx_path": str(exp.onnx_path), "tokenizer_dir": str(exp.tokenizer_dir),
-                  "export_key": exp.key, "export_max_abs_diff": exp.max_abs_diff, "opset": exp.opset},
+        "model": model_entry,
         "data": {"manifest": str(cfg.manifest_path()), "name": man.name, "sha256": data_hashes(man),
                  "calibration": next(iter(sets_info.values())), "calibration_sets": sets_info,
                  "evaluation": {"split": cfg.data.evaluation.split, "n": len(ctx.evalset)}},
@@ -141,6 +161,10 @@ def prepare(cfg: SweepConfig, run_dir: Path) -> Context:
 def _sha(path: Path) -> str:
     from qbench.data import sha256_file
 
+    if Path(path).is_dir():  # a translation variant: encoder + decoder
+        from qbench.translation import dir_sha256
+
+        return dir_sha256(path)
     return sha256_file(path)
 
 
@@ -305,7 +329,12 @@ def latency_phase(ctx: Context, artifacts: dict[str, Path]) -> dict[str, list | 
     sessions = {}
     for vid, art in artifacts.items():
         try:
-            sessions[vid] = backend.open(backend.build(art, ctx.run_dir))
+            if ctx.cfg.task == "translation":
+                from qbench.translation import GenerationSession
+
+                sessions[vid] = GenerationSession(ctx, art)
+            else:
+                sessions[vid] = backend.open(backend.build(art, ctx.run_dir))
         except Exception as e:  # noqa: BLE001 - recorded as this variant's failure
             out[vid] = f"latency: {str(e).splitlines()[0] if str(e) else type(e).__name__}"
     try:
@@ -363,7 +392,12 @@ def tensorrt_phase(ctx: Context, v: Variant, artifact: Path) -> tuple[list, dict
 
 def make_latency_feeds(ctx: Context) -> None:
     rng = np.random.default_rng(ctx.cfg.data.calibration.seed)
-    texts = [s.text for s in ctx.evalset]
+    if ctx.cfg.task == "translation":
+        from qbench.translation import latency_texts
+
+        texts = latency_texts(ctx)
+    else:
+        texts = [s.text for s in ctx.evalset]
     info = {}
     for b in ctx.cfg.measure.latency.batch_sizes:
         pick = [texts[i] for i in rng.choice(len(texts), size=min(b, len(texts)), replace=False)]
@@ -380,6 +414,9 @@ def run_sweep(cfg: SweepConfig, out_root: Path | None = None) -> Path:
     variants.sort(key=lambda v: v.baseline != "fp32")  # fp32 first: every fidelity is measured against it
     run_dir = Path(out_root or cfg.output.dir) / cfg.name / run_id_for(cfg)
     ctx = prepare(cfg, run_dir)
+    tr = None
+    if cfg.task == "translation":
+        from qbench import translation as tr
     run_dir.mkdir(parents=True, exist_ok=True)  # only once the model and data loaded: no empty runs
     make_latency_feeds(ctx)
     rows: list[dict] = []
@@ -401,11 +438,12 @@ def run_sweep(cfg: SweepConfig, out_root: Path | None = None) -> Path:
         entry: dict = {"status": "ok", **v.describe(), "signature": v.signature(set_sig.get(v.calib_set, ""))}
         ctx.manifest["variants"][v.id] = entry
         try:
-            artifact, info = build_variant(ctx, v)
+            artifact, info = (tr.build_variant if tr else build_variant)(ctx, v)
             entry.update(info)
             entry["artifact"] = str(artifact)
             entry["artifact_sha256"] = _sha(artifact)
-            rows += metric_rows(v.describe(), entry["signature"], run_dir.name, evaluate(ctx, v, artifact))
+            rows += metric_rows(v.describe(), entry["signature"], run_dir.name,
+                                (tr.evaluate if tr else evaluate)(ctx, v, artifact))
             artifacts[v.id] = artifact
         except Exception as e:  # a crashing variant becomes a failed row; the sweep goes on
             if not isinstance(e, QbenchError):
@@ -413,6 +451,8 @@ def run_sweep(cfg: SweepConfig, out_root: Path | None = None) -> Path:
                 traceback.print_exc()
             fail(v, entry, str(e).splitlines()[0] if str(e) else type(e).__name__)
         entry["seconds"] = round(time.perf_counter() - t0, 2)
+        if tr:
+            tr.write_samples(ctx)
         write_results(rows, run_dir)
         write_manifest(ctx.manifest, run_dir)
     if cfg.tensorrt is not None:

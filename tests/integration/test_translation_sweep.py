@@ -1,0 +1,118 @@
+"""A real translation sweep, end to end: the shipped EN->ES Marian, exported, calibrated (encoder and
+teacher-forced decoder), quantized, decoded by ONNX Runtime and scored with sacrebleu.
+
+Small on purpose (24 test verses, 32 calibration verses), so it runs in CI in well under a minute.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import yaml
+
+ROOT = Path(__file__).resolve().parents[2]
+pytest.importorskip("torch")
+
+
+@pytest.fixture(scope="module")
+def run(tmp_path_factory, qbench_cache):
+    from qbench.config import load_config
+    from qbench.sweep import run_sweep
+
+    tmp = tmp_path_factory.mktemp("tr")
+    cfg = {
+        "name": "tr", "task": "translation",
+        "model": {"source": str(ROOT / "examples/models/marian-en-es"), "max_length": 256},
+        "data": {"manifest": str(ROOT / "datasets/bible_en_es.yaml"),
+                 "calibration": {"split": "calibration", "n": 32, "seed": 0, "sampler": {"name": "random"}},
+                 "evaluation": {"split": "test", "n": 24}},
+        "calibration": {"batch_size": 16},
+        "generation": {"max_new_tokens": 96, "batch_size": 12},
+        "sweep": {"baselines": ["fp32"], "calibrators": [{"name": "minmax"}],
+                  "exclusion_sets": {"no_lm_head": {"roles": ["lm_head"]}}, "exclusions": ["none", "no_lm_head"]},
+        "gate": {"metric": "bleu", "max_drop": 1.0, "per": "lang"},
+        "measure": {"latency": {"batch_sizes": [2], "warmup": 0, "runs": 1, "rounds": 1}},
+        "output": {"dir": str(tmp / "out"), "cache_dir": str(qbench_cache)},
+    }
+    path = tmp / "cfg.yaml"
+    path.write_text(yaml.safe_dump(cfg))
+    import pandas as pd
+
+    run_dir = run_sweep(load_config(path))
+    return (pd.read_parquet(run_dir / "results.parquet"), pd.read_parquet(run_dir / "samples.parquet"),
+            json.loads((run_dir / "manifest.json").read_text()), run_dir)
+
+
+def _val(df, variant, metric, sl="all"):
+    r = df[(df.variant == variant) & (df.metric == metric) & (df.slice == sl)]
+    assert len(r) == 1, (variant, metric, sl)
+    return float(r.value.iloc[0])
+
+
+def test_every_variant_ok_and_scored_per_language(run):
+    df, samples, manifest, _ = run
+    assert {v["status"] for v in manifest["variants"].values()} == {"ok"}
+    for v in ("fp32", "minmax+none+s8s8", "minmax+no_lm_head+s8s8"):
+        for m in ("bleu", "chrf"):
+            assert _val(df, v, m, "lang=es") == pytest.approx(_val(df, v, m))  # one language: macro = corpus
+    assert len(samples) == 24 * 3
+
+
+def test_bleu_and_chrf_equal_sacrebleu_on_the_written_outputs(run):
+    import sacrebleu
+
+    df, samples, _, _ = run
+    for v, g in samples.groupby("variant"):
+        hyps, refs = g.hyp.tolist(), [g.ref.tolist()]
+        assert _val(df, v, "bleu") == pytest.approx(sacrebleu.corpus_bleu(hyps, refs).score, abs=1e-9)
+        assert _val(df, v, "chrf") == pytest.approx(sacrebleu.corpus_chrf(hyps, refs).score, abs=1e-9)
+    fp32 = samples[samples.variant == "fp32"]
+    assert sacrebleu.corpus_bleu(fp32.hyp.tolist(), [fp32.ref.tolist()]).score > 15  # a trained model
+
+
+def test_deltas_intervals_and_gate_are_consistent(run):
+    df, _, manifest, _ = run
+    base = _val(df, "fp32", "bleu")
+    for v in ("minmax+none+s8s8", "minmax+no_lm_head+s8s8"):
+        d = _val(df, v, "delta_bleu")
+        assert d == pytest.approx(_val(df, v, "bleu") - base, abs=1e-9)
+        assert _val(df, v, "delta_bleu_lo") <= d <= _val(df, v, "delta_bleu_hi")
+        drop = _val(df, v, "worst_lang_drop", "lang=es")
+        assert drop == pytest.approx(-d, abs=1e-9)
+        assert _val(df, v, "gate") == float(drop <= 1.0)
+    assert manifest["gate"] == {"metric": "bleu", "max_drop": 1.0, "per": "lang"}
+
+
+def test_both_graphs_quantized_and_lm_head_exclusion_holds(run):
+    df, _, manifest, _ = run
+    enc_q = _val(df, "minmax+none+s8s8", "nodes_quantized", "graph=encoder,op=MatMul")
+    dec_q = _val(df, "minmax+none+s8s8", "nodes_quantized", "graph=decoder,op=MatMul")
+    assert enc_q > 0 and dec_q > 0
+    # Excluding lm_head keeps exactly that MatMul float in the decoder and changes nothing in the encoder.
+    assert _val(df, "minmax+no_lm_head+s8s8", "nodes_quantized", "graph=decoder,op=MatMul") == dec_q - 1
+    assert _val(df, "minmax+no_lm_head+s8s8", "nodes_quantized", "graph=encoder,op=MatMul") == enc_q
+    ex = manifest["variants"]["minmax+no_lm_head+s8s8"]["excluded_nodes"]
+    assert ex["encoder"] == [] and any("lm_head" in n for n in ex["decoder"])
+
+
+def test_decoder_table_scales_are_amax_over_127(run):
+    from qbench.calib import CalibrationTable
+    from qbench.qdq import load_model
+
+    _, _, manifest, run_dir = run
+    v = manifest["variants"]["minmax+none+s8s8"]
+    table = CalibrationTable.from_json((run_dir / v["tables"]["decoder"]).read_text())
+    model = load_model(Path(v["artifact"]) / "decoder.onnx")
+    inits = {t.name: t for t in model.graph.initializer}
+    from onnx import numpy_helper
+
+    checked = 0
+    for n in model.graph.node:
+        if n.op_type == "QuantizeLinear" and n.input[0] in table.amax:
+            scale = float(numpy_helper.to_array(inits[n.input[1]]))
+            assert scale == pytest.approx(np.float32(table.amax[n.input[0]] / 127.0), rel=1e-6)
+            checked += 1
+    assert checked >= 20
