@@ -194,13 +194,7 @@ def ensure_stats(ctx: Context, set_name: str) -> dict:
         def batches():
             return (ctx.tokenizer.encode_batch(b) for b in st.iter_batches(texts, cc.batch_size))
 
-        stats = st.collect(ctx.fp32, tensors, batches(), cc.histogram_bins, ctx.cfg.backend.threads)
-        ctx.manifest["statistics_passes"] += 1
-        if cc.histogram == "trt":  # TensorRT's layout needs each tensor's absmax before its histogram
-            tops = {t: s.absmax for t, s in stats.items()}
-            stats = st.collect(ctx.fp32, tensors, batches(), cc.histogram_bins, ctx.cfg.backend.threads,
-                               fixed_top=tops)
-            ctx.manifest["statistics_passes"] += 1
+        stats = collect_passes(ctx, ctx.fp32, tensors, batches)
         st.save(stats, path)
     secs = time.perf_counter() - t0
     ctx.stats[set_name] = stats
@@ -209,6 +203,22 @@ def ensure_stats(ctx: Context, set_name: str) -> dict:
                                             "histogram": cc.histogram}
     log(f"statistics for set '{set_name}', {len(tensors)} tensors: "
         f"{'cache hit' if hit else 'collected'} ({secs:.1f}s)")
+    return stats
+
+
+def collect_passes(ctx: Context, model: Path, tensors: list[str], batches, **kw) -> dict:
+    """The statistics of ``tensors``: one pass, or two for TensorRT's histogram layout (which needs each
+    tensor's absmax before its histogram). ``batches()`` makes a fresh batch iterator; counted in the manifest."""
+    from qbench import stats as st
+
+    cc = ctx.cfg.calibration
+    stats = st.collect(model, tensors, batches(), cc.histogram_bins, ctx.cfg.backend.threads, **kw)
+    ctx.manifest["statistics_passes"] += 1
+    if cc.histogram == "trt":
+        tops = {t: s.absmax for t, s in stats.items()}
+        stats = st.collect(model, tensors, batches(), cc.histogram_bins, ctx.cfg.backend.threads,
+                           fixed_top=tops, **kw)
+        ctx.manifest["statistics_passes"] += 1
     return stats
 
 

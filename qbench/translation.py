@@ -100,6 +100,7 @@ def ensure_stats(ctx, set_name: str) -> dict:
     """{component: {tensor: TensorStats}} for one calibration set; one pass per graph, cached on disk."""
     from qbench import stats as st
     from qbench.qdq import calibration_tensors, load_model
+    from qbench.sweep import collect_passes
 
     if set_name in ctx.stats:
         return ctx.stats[set_name]
@@ -125,13 +126,7 @@ def ensure_stats(ctx, set_name: str) -> dict:
             def batches():
                 return _encoder_batches(ctx, samples) if comp == "encoder" else _decoder_batches(ctx, samples, targets)
 
-            stats = st.collect(path, tensors, batches(), cc.histogram_bins, ctx.cfg.backend.threads, **kw)
-            ctx.manifest["statistics_passes"] += 1
-            if cc.histogram == "trt":
-                tops = {t: s.absmax for t, s in stats.items()}
-                stats = st.collect(path, tensors, batches(), cc.histogram_bins, ctx.cfg.backend.threads,
-                                   fixed_top=tops, **kw)
-                ctx.manifest["statistics_passes"] += 1
+            stats = collect_passes(ctx, path, tensors, batches, **kw)
             st.save(stats, cache)
         out[comp] = stats
         info[comp] = {"cache_key": key, "cache_hit": hit, "seconds": round(time.perf_counter() - t0, 3),

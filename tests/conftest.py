@@ -30,3 +30,13 @@ def kjv_web():
     from qbench.data import load_manifest
 
     return load_manifest(ROOT / "datasets" / "kjv_web.yaml")
+
+
+@pytest.fixture(scope="module")
+def one_torch_thread():
+    """PyTorch references with one thread: several threads on a shared 2-core box run ~100x slower."""
+    torch = pytest.importorskip("torch")
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)

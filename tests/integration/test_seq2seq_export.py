@@ -108,13 +108,7 @@ class Case:
     generator: Generator
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_torch_thread():
-    # The PyTorch references are tiny; several threads on a shared 2-core box are 100x slower.
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 @pytest.fixture(scope="module", params=FAMILIES)

@@ -77,13 +77,7 @@ class Loaded:
     languages: list[str]      # the model's languages (qbench.json)
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_torch_thread():
-    # Several torch threads on the shared 2-core box are ~100x slower than one.
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def held_out_rows(case: ModelCase) -> "pd.DataFrame":

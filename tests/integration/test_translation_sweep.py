@@ -116,3 +116,28 @@ def test_decoder_table_scales_are_amax_over_127(run):
             assert scale == pytest.approx(np.float32(table.amax[n.input[0]] / 127.0), rel=1e-6)
             checked += 1
     assert checked >= 20
+
+
+def test_decoder_calibrated_on_fp32_greedy_outputs(run, qbench_cache, tmp_path):
+    """decoder_targets: fp32_greedy teacher-forces FP32's own outputs: same encoder table, another decoder one."""
+    from qbench.calib import CalibrationTable
+    from qbench.config import load_config
+    from qbench.sweep import run_sweep
+
+    _, _, manifest, run_dir = run
+    cfg = manifest["config"]
+    cfg["calibration"]["decoder_targets"] = "fp32_greedy"
+    cfg["sweep"] = {"baselines": ["fp32"], "calibrators": [{"name": "minmax"}], "exclusions": ["none"]}
+    cfg["gate"] = None
+    cfg["output"]["dir"] = str(tmp_path / "out")
+    path = tmp_path / "cfg.yaml"
+    path.write_text(yaml.safe_dump(cfg))
+    other = run_sweep(load_config(path))
+    m2 = json.loads((other / "manifest.json").read_text())
+    assert m2["variants"]["minmax+none+s8s8"]["status"] == "ok"
+    assert m2["statistics"]["default"]["decoder_targets"] == "fp32_greedy"
+    v1, v2 = manifest["variants"]["minmax+none+s8s8"], m2["variants"]["minmax+none+s8s8"]
+    load = lambda d, v, c: CalibrationTable.from_json((d / v["tables"][c]).read_text()).amax  # noqa: E731
+    assert load(run_dir, v1, "encoder") == load(other, v2, "encoder")
+    dec1, dec2 = load(run_dir, v1, "decoder"), load(other, v2, "decoder")
+    assert dec1.keys() == dec2.keys() and dec1 != dec2
