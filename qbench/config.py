@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from qbench.errors import ConfigError
 
@@ -129,7 +129,7 @@ class GateCfg(Strict):
     """Pass/fail per variant: the drop against FP32 of ``metric`` stays within ``max_drop``."""
 
     metric: Literal["bleu", "chrf", "accuracy_at_1"] = "bleu"
-    max_drop: float = Field(1.0, ge=0)
+    max_drop: float = Field(1.0, ge=0, description="in points: BLEU/chrF points, or percentage points of accuracy@1")
     per: Literal["lang", "all"] = Field("lang", description="lang: every language must hold; all: the mean only")
 
 
@@ -160,6 +160,17 @@ class SweepConfig(Strict):
     output: OutputCfg = OutputCfg()
     # Set by load_config, not by the user: where relative paths are resolved from.
     base_dir: str = Field("", exclude=True)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _task_defaults(cls, data: Any) -> Any:
+        # ONNX Runtime's static quantizer takes one graph: translation's default baselines leave it out
+        # (naming it explicitly is still an error, reported with the others).
+        if isinstance(data, dict) and data.get("task") == "translation":
+            sweep = data.get("sweep", {})
+            if isinstance(sweep, dict) and "baselines" not in sweep:
+                data = {**data, "sweep": {**sweep, "baselines": ["fp32", "ort_dynamic"]}}
+        return data
 
     def manifest_path(self) -> Path:
         return (Path(self.base_dir) / self.data.manifest).resolve()

@@ -47,6 +47,7 @@ class Context:
     fp32_emb: np.ndarray | None = None
     latency_feeds: dict = field(default_factory=dict)
     tokenizer_inputs: list = field(default_factory=lambda: ["input_ids", "attention_mask"])
+    fp32_quality: float | None = None                 # retrieval: FP32's accuracy@1, for the gate
     spec: object = None                               # translation: the Seq2SeqExport
     fp32_stats: dict | None = None                    # translation: FP32's per-sample metric statistics
     fp32_hyps: list = field(default_factory=list)
@@ -287,10 +288,15 @@ def evaluate(ctx: Context, v: Variant, artifact: Path) -> list[tuple[str, str, f
         q = embed(sess, ctx.tokenizer, [s.text for s in ctx.evalset], bs)
         d = embed(sess, ctx.tokenizer, [s.reference for s in ctx.evalset], bs)
         eval_s = time.perf_counter() - t0
+    m = retrieval_metrics(q, d)
     if v.baseline == "fp32":
         ctx.fp32_emb = np.concatenate([q, d])
-    m = retrieval_metrics(q, d)
+        ctx.fp32_quality = m["accuracy_at_1"]
     metrics += [("accuracy_at_1", "all", m["accuracy_at_1"], "fraction"), ("mrr", "all", m["mrr"], "fraction")]
+    gate = ctx.cfg.gate
+    if gate is not None and v.baseline != "fp32" and ctx.fp32_quality is not None:
+        drop = (ctx.fp32_quality - m["accuracy_at_1"]) * 100  # the budget is in percentage points
+        metrics += [("gate", "all", float(drop <= gate.max_drop), "pass"), ("worst_lang_drop", "all", drop, "points")]
     if ctx.fp32_emb is not None:
         metrics.append(("cosine_vs_fp32", "all", fidelity(np.concatenate([q, d]), ctx.fp32_emb), "cosine"))
     metrics.append(("eval_seconds", "all", eval_s, "s"))

@@ -34,6 +34,7 @@ sweep:
 measure:
   eval_batch_size: 16
   latency: {{batch_sizes: [1, 4], warmup: 1, runs: 2, rounds: 2}}
+gate: {{metric: accuracy_at_1, max_drop: 0.5, per: all}}
 """
 
 
@@ -80,6 +81,11 @@ def test_results_table_is_tidy_and_complete(run):
     assert val["entropy+no_ln+u8s8", "nodes_quantized", "op=MatMul"] == 24
     assert val["entropy+no_ln+u8s8", "nodes_excluded", "op=LayerNormalization"] == 13
     assert val["fp32", "nodes_quantized", "op=MatMul"] == 0
+    for v in VARIANTS:  # the gate: accuracy@1 may drop at most 0.5 percentage points against FP32
+        if v != "fp32":
+            drop = (val["fp32", "accuracy_at_1", "all"] - val[v, "accuracy_at_1", "all"]) * 100
+            assert val[v, "worst_lang_drop", "all"] == pytest.approx(drop)
+            assert val[v, "gate", "all"] == float(drop <= 0.5)
 
 
 def test_every_q_scale_is_amax_over_127(run, qbench_cache):

@@ -232,3 +232,31 @@ def test_weight_rule_is_validated_in_config(cfg_dir):
     load_config(_write(cfg_dir, MINIMAL + "calibration: {weights: {name: per_tensor}}\n"))
     msg = _error(_write(cfg_dir, MINIMAL + "calibration: {weights: {name: per_tensnor}}\n"))
     assert "calibration.weights.name: Unknown weight rule 'per_tensnor'. Did you mean: per_tensor?" in msg
+
+
+@pytest.mark.parametrize("extra, needle", [
+    ("sweep: {baselines: [fp32, ort_static]}", "sweep.baselines: ort_static is not available for translation"),
+    ("tensorrt: {compute_capability: SM89}", "tensorrt: engines for encoder-decoder models are not built yet"),
+    ("gate: {metric: accuracy_at_1, max_drop: 0.5, per: all}", "gate.metric: translation is gated on bleu or chrf"),
+    ("generation: {num_beams: 0}", "generation.num_beams"),
+    ("calibration: {decoder_targets: greedy}", "calibration.decoder_targets"),
+])
+def test_translation_settings_are_checked(cfg_dir, extra, needle):
+    msg = _error(_write(cfg_dir, MINIMAL + "task: translation\n" + extra + "\n"))
+    assert needle in msg
+
+
+def test_retrieval_gate_must_be_overall_accuracy(cfg_dir):
+    msg = _error(_write(cfg_dir, MINIMAL + "gate: {metric: bleu, max_drop: 1.0, per: all}\n"))
+    assert "gate.metric: retrieval is gated on accuracy_at_1" in msg
+
+
+def test_translation_config_loads(cfg_dir):
+    cfg = load_config(_write(cfg_dir, MINIMAL + textwrap.dedent("""\
+        task: translation
+        gate: {metric: chrf, max_drop: 0.5, per: lang}
+        generation: {num_beams: 4, max_new_tokens: 64}
+        """)))
+    assert (cfg.task, cfg.gate.metric, cfg.gate.per, cfg.generation.num_beams) == ("translation", "chrf", "lang", 4)
+    assert cfg.calibration.decoder_targets == "reference" and cfg.model.source_prefix == ""
+    assert cfg.sweep.baselines == ["fp32", "ort_dynamic"]  # ort_static takes one graph: not a translation default
