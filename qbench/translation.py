@@ -166,6 +166,9 @@ def _calibration_targets(ctx, samples) -> dict[str, list[int]]:
 
 
 def _decoder_batches(ctx, samples, targets):
+    """Teacher-forced decoder feeds. Only target padding is masked (``target_mask``): tensors with a source
+    axis (the cross-attention K/V inputs) also see the encoder's states at padded source positions. Batches
+    of similar source length (``_batched``) keep that padding small."""
     gen = generator(ctx, ctx.fp32)  # the encoder states the decoder reads come from the FP32 encoder
     for b in _batched(ctx, samples):
         enc = ctx.tokenizer.encode_batch(sources(ctx, b))
