@@ -141,17 +141,18 @@ def quantize_weight(w: np.ndarray, axis: int | None) -> tuple[np.ndarray, np.nda
     return PerChannel().quantize(w, axis)
 
 
-def build_qdq(fp32_path: Path, table: CalibrationTable, excl: ExclusionCfg, flavor: str,
+def build_qdq(fp32_model: Path | onnx.ModelProto, table: CalibrationTable, excl: ExclusionCfg, flavor: str,
               out_path: Path, weights=None) -> QdqReport:
     """Write the QDQ model for one variant; return what was quantized and excluded.
 
+    ``fp32_model``: a path, or the parsed model (left untouched) when the caller already holds it.
     ``weights`` is a weight rule (calibrators.weights); per output channel by default.
     """
     from calibrators.weights import PerChannel
     from qbench.io import atomic_write_bytes
 
     weights = weights or PerChannel()
-    fp32 = load_model(fp32_path)
+    fp32 = fp32_model if isinstance(fp32_model, onnx.ModelProto) else load_model(fp32_model)
     model = onnx.ModelProto()
     model.CopyFrom(fp32)  # edited in place below; the pristine copy checks the weight scales
     chosen, report = plan(model, excl)

@@ -52,15 +52,17 @@ class Context:
     fp32_stats: dict | None = None                    # translation: FP32's per-sample metric statistics
     fp32_hyps: list = field(default_factory=list)
     sample_frames: dict = field(default_factory=dict)  # translation: variant -> samples.parquet rows
-    _fp32_model: object = None
+    _fp32_models: dict = field(default_factory=dict)
 
-    def fp32_model(self):
-        """The FP32 ONNX, parsed once per sweep (about 90 MB for MiniLM; every variant reads it). Read-only."""
-        if self._fp32_model is None:
+    def fp32_model(self, component: str | None = None):
+        """The FP32 ONNX (a translation graph: ``component``), parsed once per sweep: every variant reads it.
+        Read-only."""
+        if component not in self._fp32_models:
             from qbench.qdq import load_model
 
-            self._fp32_model = load_model(self.fp32)
-        return self._fp32_model
+            self._fp32_models[component] = load_model(self.fp32 if component is None else
+                                                      self.fp32 / f"{component}.onnx")
+        return self._fp32_models[component]
 
 
 def run_id_for(cfg: SweepConfig) -> str:
@@ -184,20 +186,12 @@ def ensure_stats(ctx: Context, set_name: str) -> dict:
     tensors = calibration_tensors(ctx.fp32_model())
     key = st.cache_key(ctx.manifest["model"]["onnx_sha256"], [s.id for s in samples], tensors,
                        cc.histogram_bins, cc.batch_size, cc.histogram)
-    path = ctx.cache / "stats" / f"{key}.npz"
-    t0 = time.perf_counter()
-    hit = path.is_file()
-    if hit:
-        stats = st.load(path)
-    else:
-        texts = [s.text for s in samples]
+    texts = [s.text for s in samples]
 
-        def batches():
-            return (ctx.tokenizer.encode_batch(b) for b in st.iter_batches(texts, cc.batch_size))
+    def batches():
+        return (ctx.tokenizer.encode_batch(b) for b in st.iter_batches(texts, cc.batch_size))
 
-        stats = collect_passes(ctx, ctx.fp32, tensors, batches)
-        st.save(stats, path)
-    secs = time.perf_counter() - t0
+    stats, hit, secs = cached_stats(ctx, key, ctx.fp32, tensors, batches)
     ctx.stats[set_name] = stats
     ctx.manifest["statistics"][set_name] = {"cache_key": key, "cache_hit": hit, "seconds": round(secs, 3),
                                             "tensors": len(tensors), "bins": cc.histogram_bins,
@@ -207,12 +201,17 @@ def ensure_stats(ctx: Context, set_name: str) -> dict:
     return stats
 
 
-def collect_passes(ctx: Context, model: Path, tensors: list[str], batches, **kw) -> dict:
-    """The statistics of ``tensors``: one pass, or two for TensorRT's histogram layout (which needs each
-    tensor's absmax before its histogram). ``batches()`` makes a fresh batch iterator; counted in the manifest."""
+def cached_stats(ctx: Context, key: str, model: Path, tensors: list[str], batches, **kw) -> tuple[dict, bool, float]:
+    """(statistics of ``tensors``, cache hit, seconds): from the on-disk cache under ``key``, or collected in
+    one pass, two for TensorRT's histogram layout (which needs each tensor's absmax before its histogram).
+    ``batches()`` makes a fresh batch iterator. Passes run are counted in the manifest."""
     from qbench import stats as st
 
     cc = ctx.cfg.calibration
+    path = ctx.cache / "stats" / f"{key}.npz"
+    t0 = time.perf_counter()
+    if path.is_file():
+        return st.load(path), True, time.perf_counter() - t0
     stats = st.collect(model, tensors, batches(), cc.histogram_bins, ctx.cfg.backend.threads, **kw)
     ctx.manifest["statistics_passes"] += 1
     if cc.histogram == "trt":
@@ -220,7 +219,15 @@ def collect_passes(ctx: Context, model: Path, tensors: list[str], batches, **kw)
         stats = st.collect(model, tensors, batches(), cc.histogram_bins, ctx.cfg.backend.threads,
                            fixed_top=tops, **kw)
         ctx.manifest["statistics_passes"] += 1
-    return stats
+    st.save(stats, path)
+    return stats, False, time.perf_counter() - t0
+
+
+def table_file(ctx: Context, sig: str, calib_set: str, component: str | None = None) -> str:
+    """A calibration table's path in the run dir: the set only when there is a choice, the graph if any."""
+    multi = len(ctx.calib_sets) > 1
+    return (f"tables/{_safe(sig)}" + (f"@{_safe(calib_set)}" if multi else "")
+            + (f".{component}" if component else "") + ".json")
 
 
 def table_for(ctx: Context, v: Variant):
@@ -229,8 +236,7 @@ def table_for(ctx: Context, v: Variant):
     if (v.calib_set, sig) not in ctx.tables:
         t = v.calibrator.table(ensure_stats(ctx, v.calib_set))
         t.check_finite()
-        multi = len(ctx.calib_sets) > 1
-        rel = f"tables/{_safe(sig)}" + (f"@{_safe(v.calib_set)}" if multi else "") + ".json"
+        rel = table_file(ctx, sig, v.calib_set)
         t.save(ctx.run_dir / rel)
         ctx.tables[(v.calib_set, sig)] = (t, rel)
     return ctx.tables[(v.calib_set, sig)]
@@ -268,7 +274,7 @@ def build_variant(ctx: Context, v: Variant) -> tuple[Path, dict]:
         verify_scales(load_model(out), table, fp32, weights)
         rep = plan(fp32, v.exclusion_cfg)[1]
     else:
-        rep = build_qdq(ctx.fp32, table, v.exclusion_cfg, v.flavor, out, weights)
+        rep = build_qdq(fp32, table, v.exclusion_cfg, v.flavor, out, weights)
     for w in rep.warnings:
         log(f"warning: variant {v.id}: {w}")
     return out, {"qdq_key": key, "qdq_cache_hit": hit,

@@ -99,37 +99,31 @@ def translate(ctx, gen, samples) -> list[str]:
 def ensure_stats(ctx, set_name: str) -> dict:
     """{component: {tensor: TensorStats}} for one calibration set; one pass per graph, cached on disk."""
     from qbench import stats as st
-    from qbench.qdq import calibration_tensors, load_model
-    from qbench.sweep import collect_passes
+    from qbench.qdq import calibration_tensors
+    from qbench.sweep import cached_stats
 
     if set_name in ctx.stats:
         return ctx.stats[set_name]
     cc = ctx.cfg.calibration
     samples = ctx.calib_sets[set_name]
     out, info = {}, {}
-    targets = None
+    targets: dict = {}
     for comp in COMPONENTS:
-        path = ctx.fp32 / f"{comp}.onnx"
-        tensors = calibration_tensors(load_model(path))
+        tensors = calibration_tensors(ctx.fp32_model(comp))
         key = st.cache_key(f"{ctx.manifest['model']['onnx_sha256']}:{comp}:{cc.decoder_targets}",
                            [s.id for s in samples], tensors, cc.histogram_bins, cc.batch_size, cc.histogram)
-        cache = ctx.cache / "stats" / f"{key}.npz"
-        t0 = time.perf_counter()
-        hit = cache.is_file()
-        if hit:
-            stats = st.load(cache)
-        else:
-            if comp == "decoder" and targets is None:
-                targets = _calibration_targets(ctx, samples)
-            kw = {} if comp == "encoder" else {"mask_input": "target_mask", "seq_inputs": ["input_ids"]}
+        kw = {} if comp == "encoder" else {"mask_input": "target_mask", "seq_inputs": ["input_ids"]}
 
-            def batches():
-                return _encoder_batches(ctx, samples) if comp == "encoder" else _decoder_batches(ctx, samples, targets)
+        def batches(comp=comp):
+            if comp == "encoder":
+                return _encoder_batches(ctx, samples)
+            if not targets:  # decoded once, and only when the decoder's statistics are not cached
+                targets.update(_calibration_targets(ctx, samples))
+            return _decoder_batches(ctx, samples, targets)
 
-            stats = collect_passes(ctx, path, tensors, batches, **kw)
-            st.save(stats, cache)
+        stats, hit, secs = cached_stats(ctx, key, ctx.fp32 / f"{comp}.onnx", tensors, batches, **kw)
         out[comp] = stats
-        info[comp] = {"cache_key": key, "cache_hit": hit, "seconds": round(time.perf_counter() - t0, 3),
+        info[comp] = {"cache_key": key, "cache_hit": hit, "seconds": round(secs, 3),
                       "tensors": len(tensors)}
     ctx.stats[set_name] = out
     ctx.manifest["statistics"][set_name] = {**info, "bins": cc.histogram_bins, "histogram": cc.histogram,
@@ -184,14 +178,14 @@ def table_for(ctx, v: Variant) -> tuple[dict, dict]:
     sig = v.calibrator.signature()
     k = (v.calib_set, sig)
     if k not in ctx.tables:
-        from qbench.sweep import _safe
+        from qbench.sweep import table_file
 
         stats = ensure_stats(ctx, v.calib_set)
         tables, files = {}, {}
         for comp in COMPONENTS:
             t = v.calibrator.table(stats[comp])
             t.check_finite()
-            rel = f"tables/{_safe(sig)}" + (f"@{_safe(v.calib_set)}" if len(ctx.calib_sets) > 1 else "") + f".{comp}.json"
+            rel = table_file(ctx, sig, v.calib_set, comp)
             t.save(ctx.run_dir / rel)
             tables[comp], files[comp] = t, rel
         ctx.tables[k] = (tables, files)
@@ -227,13 +221,13 @@ def build_variant(ctx, v: Variant) -> tuple[Path, dict]:
     info: dict = {"qdq_key": key, "tables": files, "quantized_tensors": {}, "excluded_nodes": {}}
     warnings_by_comp = []
     for comp in COMPONENTS:
-        fp32 = load_model(ctx.fp32 / f"{comp}.onnx")
+        fp32 = ctx.fp32_model(comp)
         out = d / f"{comp}.onnx"
         if out.is_file():  # cached by content; every scale is re-checked
             verify_scales(load_model(out), tables[comp], fp32, weights)
             rep = plan(fp32, v.exclusion_cfg)[1]
         else:
-            rep = build_qdq(ctx.fp32 / f"{comp}.onnx", tables[comp], v.exclusion_cfg, v.flavor, out, weights)
+            rep = build_qdq(fp32, tables[comp], v.exclusion_cfg, v.flavor, out, weights)
         info["quantized_tensors"][comp] = len(rep.quantized_tensors)
         info["excluded_nodes"][comp] = rep.excluded_nodes
         warnings_by_comp.append(set(rep.warnings))
