@@ -55,3 +55,22 @@ def ort_static(fp32: Path, out: Path, tokenizer, texts: list[str]) -> Path:
     with _quiet_root_logger():
         quantize_static(str(fp32), str(out), _Reader(feeds), extra_options={"CalibMaxIntermediateOutputs": k})
     return out
+
+
+def fp16(fp32_model, keep, out: Path) -> tuple[Path, dict]:
+    """FP16 everywhere except the nodes ``keep`` (an ExclusionCfg) matches, which stay FP32.
+
+    The strongly typed TensorRT baseline INT8 variants must beat: TensorRT 11 builds what the ONNX
+    types say, so "FP16 with LayerNorm and Softmax in FP32" has to be written into the graph.
+    """
+    import onnx
+
+    from qbench.fp16 import convert_fp16
+    from qbench.io import atomic_write_bytes
+    from qbench.qdq import match_exclusions
+
+    kept, warnings = match_exclusions(fp32_model, keep)
+    model, info = convert_fp16(fp32_model, kept)
+    onnx.checker.check_model(model)
+    atomic_write_bytes(out, model.SerializeToString())
+    return out, {"fp16": info, "excluded_nodes": sorted(kept), "warnings": warnings}

@@ -78,16 +78,54 @@ class VariantCfg(Strict):
     calibration_set: str | None = Field(None, description="a data.calibration_sets name; default: the first set")
 
 
-Baseline = Literal["fp32", "ort_dynamic", "ort_static"]
+Baseline = Literal["fp32", "fp16", "ort_dynamic", "ort_static"]
+ROLE_NAMES = ("layernorm", "softmax", "embeddings", "lm_head")
 
 
 class SweepCfg(Strict):
     baselines: list[Baseline] = ["fp32", "ort_dynamic", "ort_static"]
     calibrators: list[dict[str, Any]] = [{"name": "minmax"}]
     exclusion_sets: dict[str, ExclusionCfg] = Field({}, description="named exclusion sets; 'none' is built in")
-    exclusions: list[str] = Field(["none"], description="exclusion set names crossed in the grid")
+    exclusions: list[str] = Field(["none"], description="exclusion set names crossed in the grid; a role name "
+                                  "(layernorm, softmax, embeddings, lm_head) or a list of them needs no definition")
     flavors: list[Literal["s8s8", "u8s8"]] = ["s8s8"]
     extra: list[VariantCfg] = Field([], description="single variants outside the grid")
+    fp16_keep_fp32: ExclusionCfg = Field(
+        ExclusionCfg(roles=["layernorm", "softmax"]),
+        description="the fp16 baseline keeps these nodes in FP32 (as ModelOpt's AutoCast keeps reductions)")
+
+    @model_validator(mode="before")
+    @classmethod
+    def _role_shorthand(cls, data: Any) -> Any:
+        """``exclusions: [none, [layernorm, softmax], lm_head]``: role names stand for their own set.
+
+        The set is named by its roles joined with '+', so ``[layernorm, softmax]`` becomes
+        ``layernorm+softmax``; a set the user defined under that name wins.
+        """
+        if not isinstance(data, dict):
+            return data
+        sets = dict(data.get("exclusion_sets") or {})
+
+        def name_of(item: Any) -> Any:
+            roles = [item] if isinstance(item, str) else item
+            if not (isinstance(roles, list) and roles and all(isinstance(r, str) and r in ROLE_NAMES for r in roles)):
+                if isinstance(item, list):
+                    raise ValueError(f"a list in exclusions holds role names ({', '.join(ROLE_NAMES)}); got {item}")
+                return item
+            name = "+".join(roles)
+            if name not in sets and name != "none":
+                sets[name] = {"roles": roles}
+            return name
+
+        out = dict(data)
+        if isinstance(data.get("exclusions"), list):
+            out["exclusions"] = [name_of(x) for x in data["exclusions"]]
+        if isinstance(data.get("extra"), list):
+            out["extra"] = [{**x, "exclusion": name_of(x["exclusion"])} if isinstance(x, dict) and "exclusion" in x
+                            else x for x in data["extra"]]
+        if sets:
+            out["exclusion_sets"] = sets
+        return out
 
     @field_validator("baselines")
     @classmethod
@@ -136,8 +174,13 @@ class GateCfg(Strict):
 class TensorRTCfg(Strict):
     """Also build every variant as a TensorRT engine (build-only where no supported GPU exists)."""
 
-    compute_capability: Literal["SM75", "SM80", "SM86", "SM89", "SM120"] = "SM89"
+    compute_capability: Literal["SM75", "SM80", "SM86", "SM89", "SM120"] = Field(
+        "SM89", description="TensorRT-RTX's build target; full TensorRT builds for the GPU it runs on")
     build_timeout_s: int = Field(900, ge=10)
+    int8_mode: Literal["explicit", "implicit"] = Field(
+        "explicit", description="explicit: the QDQ ONNX, strongly typed (TensorRT >= 10, TensorRT-RTX); implicit: "
+                                "TensorRT <= 10 only, the FP32 ONNX plus qbench's table as a calibration cache "
+                                "(exclusions do not apply; unverified here)")
 
 
 class OutputCfg(Strict):
@@ -264,9 +307,6 @@ def _check_task(cfg: SweepConfig, file: str) -> list[str]:
         if "ort_static" in cfg.sweep.baselines:
             problems.append(f"{file}: sweep.baselines: ort_static is not available for translation "
                             "(ONNX Runtime's static quantizer takes one graph; use qbench calibrators)")
-        if cfg.tensorrt is not None:
-            problems.append(f"{file}: tensorrt: engines for encoder-decoder models are not built yet; "
-                            "remove the tensorrt section")
         if cfg.gate is not None and cfg.gate.metric == "accuracy_at_1":
             problems.append(f"{file}: gate.metric: translation is gated on bleu or chrf")
     else:

@@ -44,7 +44,11 @@ def expand(cfg: SweepConfig) -> list[Variant]:
     from qbench import registry
 
     be = cfg.backend.name
-    out = [Variant(id=b, kind="baseline", baseline=b, backend=be) for b in cfg.sweep.baselines]
+    # The fp16 baseline carries the nodes it keeps in FP32 as its exclusion, so the TensorRT layer
+    # report checks them like any other exclusion.
+    out = [Variant(id=b, kind="baseline", baseline=b, backend=be,
+                   exclusion_cfg=cfg.sweep.fp16_keep_fp32 if b == "fp16" else ExclusionCfg())
+           for b in cfg.sweep.baselines]
     sets = list(cfg.data.sets())
     combos = [
         (c, ex, fl, cs)

@@ -236,7 +236,6 @@ def test_weight_rule_is_validated_in_config(cfg_dir):
 
 @pytest.mark.parametrize("extra, needle", [
     ("sweep: {baselines: [fp32, ort_static]}", "sweep.baselines: ort_static is not available for translation"),
-    ("tensorrt: {compute_capability: SM89}", "tensorrt: engines for encoder-decoder models are not built yet"),
     ("gate: {metric: accuracy_at_1, max_drop: 0.5, per: all}", "gate.metric: translation is gated on bleu or chrf"),
     ("generation: {num_beams: 0}", "generation.num_beams"),
     ("calibration: {decoder_targets: greedy}", "calibration.decoder_targets"),
@@ -260,3 +259,36 @@ def test_translation_config_loads(cfg_dir):
     assert (cfg.task, cfg.gate.metric, cfg.gate.per, cfg.generation.num_beams) == ("translation", "chrf", "lang", 4)
     assert cfg.calibration.decoder_targets == "reference" and cfg.model.source_prefix == ""
     assert cfg.sweep.baselines == ["fp32", "ort_dynamic"]  # ort_static takes one graph: not a translation default
+
+
+def test_role_names_stand_for_their_own_exclusion_set(cfg_dir):
+    cfg = load_config(_write(cfg_dir, MINIMAL + textwrap.dedent("""\
+        sweep:
+          baselines: [fp32, fp16]
+          exclusions: [none, [layernorm, softmax], lm_head]
+          extra: [{calibrator: {name: minmax}, exclusion: [embeddings]}]
+        """)))
+    assert cfg.sweep.exclusions == ["none", "layernorm+softmax", "lm_head"]
+    assert cfg.sweep.exclusion("layernorm+softmax") == ExclusionCfg(roles=["layernorm", "softmax"])
+    assert cfg.sweep.exclusion("lm_head") == ExclusionCfg(roles=["lm_head"])
+    assert cfg.sweep.extra[0].exclusion == "embeddings"
+    ids = [v.id for v in expand(cfg)]
+    assert ids == ["fp32", "fp16", "minmax+none+s8s8", "minmax+layernorm+softmax+s8s8", "minmax+lm_head+s8s8",
+                   "minmax+embeddings+s8s8"]
+    # The fp16 baseline carries the nodes it keeps in FP32 as its exclusion (checked in the engine).
+    assert expand(cfg)[1].exclusion_cfg == ExclusionCfg(roles=["layernorm", "softmax"])
+
+
+def test_a_user_defined_set_wins_over_the_role_shorthand(cfg_dir):
+    cfg = load_config(_write(cfg_dir, MINIMAL + textwrap.dedent("""\
+        sweep:
+          exclusion_sets: {lm_head: {names: [lm_head]}}
+          exclusions: [lm_head]
+        """)))
+    assert cfg.sweep.exclusion("lm_head") == ExclusionCfg(names=["lm_head"])
+
+
+def test_a_list_of_unknown_roles_is_one_line(cfg_dir):
+    msg = _error(_write(cfg_dir, MINIMAL + "sweep: {exclusions: [none, [layernorm, softmaxx]]}\n"))
+    assert msg.endswith("cfg.yaml: sweep: Value error, a list in exclusions holds role names "
+                        "(layernorm, softmax, embeddings, lm_head); got ['layernorm', 'softmaxx']")
