@@ -11,8 +11,13 @@ header), and then the scales are TensorRT's, not ours -- ``calibrator.batches_se
 that happened. The same cache file also works without this adapter: ``save_trt_cache`` then
 ``trtexec --int8 --calib=FILE``.
 
-Importing this module is cheap: tensorrt, numpy and the CUDA bindings are imported only inside
-``make_int8_calibrator`` and the calibrator's methods.
+CUDA goes through ``qbench.backends.trt_runtime``'s adapter (``_load_cuda``: cuda-python, else pycuda),
+the same one the engine runner uses, whose cuda-python side (malloc/free, async copies, streams) did run on
+a real H100; the calibrator's own use of it (one stream, async host-to-device copies synchronized before
+``get_batch`` returns the pointers) only ran against stand-ins.
+
+Importing this module is cheap: tensorrt, numpy and the CUDA bindings (with ``trt_runtime``) are imported
+only inside ``make_int8_calibrator`` and the calibrator's methods.
 """
 
 from __future__ import annotations
@@ -60,84 +65,17 @@ def _import_tensorrt() -> Any:
     return trt
 
 
-class _CudaPython:
-    """Host-to-device copies through cuda-python's runtime API (``cuda.bindings.runtime`` or ``cuda.cudart``)."""
+def _cuda_adapter() -> Any:
+    """``trt_runtime``'s CUDA adapter (cuda-python preferred, else pycuda); BackendUnavailable if neither."""
+    from qbench.backends.trt_runtime import _load_cuda  # noqa: PLC0415 - imports numpy
 
-    name = "cuda-python"
-
-    def __init__(self, rt: Any) -> None:
-        self.rt = rt
-
-    def _check(self, err: Any, what: str) -> None:
-        if err != self.rt.cudaError_t.cudaSuccess:
-            raise RuntimeError(f"{what} failed: {err}")
-
-    def alloc(self, nbytes: int) -> Any:
-        err, ptr = self.rt.cudaMalloc(nbytes)
-        self._check(err, f"cudaMalloc({nbytes})")
-        return ptr
-
-    def htod(self, dev: Any, arr: "np.ndarray") -> None:
-        (err,) = self.rt.cudaMemcpy(
-            dev, arr.ctypes.data, arr.nbytes, self.rt.cudaMemcpyKind.cudaMemcpyHostToDevice
-        )
-        self._check(err, f"cudaMemcpy({arr.nbytes} bytes, host to device)")
-
-    def free(self, dev: Any) -> None:
-        (err,) = self.rt.cudaFree(dev)
-        self._check(err, "cudaFree")
-
-    @staticmethod
-    def pointer(dev: Any) -> int:
-        return int(dev)
-
-
-class _PyCuda:
-    """Host-to-device copies through pycuda (``pycuda.autoinit`` creates the context, as TensorRT's samples do)."""
-
-    name = "pycuda"
-
-    def __init__(self, drv: Any) -> None:
-        self.drv = drv
-
-    def alloc(self, nbytes: int) -> Any:
-        return self.drv.mem_alloc(nbytes)
-
-    def htod(self, dev: Any, arr: "np.ndarray") -> None:
-        self.drv.memcpy_htod(dev, arr)
-
-    def free(self, dev: Any) -> None:
-        dev.free()
-
-    @staticmethod
-    def pointer(dev: Any) -> int:
-        return int(dev)
-
-
-def _cuda_copier() -> Any:
     try:
-        from cuda.bindings import runtime  # noqa: PLC0415 - cuda-python >= 12.6
-
-        return _CudaPython(runtime)
-    except ImportError:
-        pass
-    try:
-        from cuda import cudart  # noqa: PLC0415 - older cuda-python
-
-        return _CudaPython(cudart)
-    except ImportError:
-        pass
-    try:
-        import pycuda.autoinit  # noqa: F401, PLC0415
-        import pycuda.driver as drv  # noqa: PLC0415
-
-        return _PyCuda(drv)
-    except ImportError:
-        pass
-    raise BackendUnavailable(
-        "backend 'tensorrt': no CUDA Python bindings to copy calibration batches to the GPU "
-        "(pip install cuda-python, or pycuda)"
-    )
+        return _load_cuda()
+    except BackendUnavailable as e:
+        raise BackendUnavailable(
+            f"backend 'tensorrt': {e} -- needed to copy calibration batches to the GPU; "
+            "or skip this adapter: save_trt_cache then trtexec --int8 --calib=FILE"
+        ) from None
 
 
 def make_int8_calibrator(
@@ -145,12 +83,16 @@ def make_int8_calibrator(
     batches: "Iterable[dict[str, np.ndarray]]",
     input_names: list[str],
     cache_path: Path | None = None,
+    device: int = 0,
 ) -> Any:
     """A ``tensorrt.IInt8EntropyCalibrator2`` that hands TensorRT qbench's scales as its calibration cache.
 
     Set it as ``config.int8_calibrator`` with ``config.set_flag(trt.BuilderFlag.INT8)``. ``batches`` are only
     consumed if TensorRT rejects the cache and calibrates itself (see the module docstring). ``cache_path``,
-    if given, receives whatever TensorRT writes back through ``write_calibration_cache``.
+    if given, receives whatever TensorRT writes back through ``write_calibration_cache``. ``device`` is the
+    CUDA device TensorRT builds on (its current device, 0 unless the caller changed it); the calibrator
+    makes it current and creates one CUDA stream there, through ``qbench.backends.trt_runtime``'s adapter.
+    Call ``free()`` after the build to release the stream and any batch buffers.
 
     Raises ``BackendUnavailable`` when tensorrt is missing or is 11+ (IInt8Calibrator removed) or when no
     CUDA Python bindings are installed; ``QuantizationError`` when the table has a non-finite amax.
@@ -165,25 +107,34 @@ def make_int8_calibrator(
         raise ConfigError(f"input_names: expected a non-empty list of tensor names, got {input_names!r}")
     header_version = trt_version_code(str(trt.__version__))
     cache_text = to_trt_cache(table, trt_version=header_version, algorithm="EntropyCalibration2")
-    copier = _cuda_copier()
+    cuda = _cuda_adapter()
 
     class QbenchEntropyCalibrator2(trt.IInt8EntropyCalibrator2):
         """Returns qbench's cache so TensorRT uses our scales; serves ``batches`` only as a fallback."""
 
         def __init__(self) -> None:
+            self._cuda: Any = None  # set first: free() / __del__ must work if __init__ fails below
+            self._stream: Any = None
+            self._buffers: dict[str, tuple[int, int]] = {}  # name -> (device pointer, capacity in bytes)
             trt.IInt8EntropyCalibrator2.__init__(self)  # pybind11 classes need the explicit base __init__
             self.cache_text = cache_text
             self.cache_bytes = cache_text.encode("utf-8")
             self.cache_path = Path(cache_path) if cache_path is not None else None
             self.input_names = names
-            self.copier = copier.name
+            self.copier = cuda.name
+            self.batch_requests = 0  # get_batch calls: > 0 means TensorRT did not take the cache
             self.batches_served = 0
             self.cache_reads = 0
             self.error: BaseException | None = None
-            self._copier = copier
             self._batches = iter(batches)
             self._done = False
-            self._buffers: dict[str, tuple[Any, int]] = {}  # name -> (device allocation, nbytes)
+            self._cuda = cuda
+            try:
+                cuda.set_device(device)
+                self._stream = cuda.stream_create()
+            except BaseException:
+                self.free()
+                raise
 
         def get_batch_size(self) -> int:
             # TensorRT <=10 ONNX networks are explicit-batch: the batch dimension is inside each array's
@@ -191,6 +142,7 @@ def make_int8_calibrator(
             return 1
 
         def get_batch(self, names: list[str], *_: Any) -> list[int] | None:
+            self.batch_requests += 1
             if self._done:
                 return None
             try:
@@ -206,9 +158,24 @@ def make_int8_calibrator(
                 log.error("qbench TensorRT calibrator: %s", e)
                 return None
 
+        def _reserve(self, name: str, nbytes: int) -> int:
+            """Device pointer with at least ``max(nbytes, 1)`` bytes for ``name``; grows, never shrinks."""
+            need = max(nbytes, 1)  # cudaMalloc(0) gives a null pointer, which TensorRT rejects
+            have = self._buffers.get(name)
+            if have is not None and have[1] >= need:
+                return have[0]
+            if have is not None:
+                del self._buffers[name]
+                self._cuda.free(have[0])
+            ptr = self._cuda.malloc(need)
+            self._buffers[name] = (ptr, need)
+            return ptr
+
         def _upload(self, batch: "dict[str, np.ndarray]", names: list[str]) -> list[int]:
             import numpy as np  # noqa: PLC0415
 
+            if self._cuda is None:
+                raise RuntimeError("the calibrator was freed")
             if self.batches_served == 0:
                 log.warning(
                     "TensorRT asked for calibration batches: it did not use qbench's cache (header %s), "
@@ -216,24 +183,27 @@ def make_int8_calibrator(
                     cache_text.split("\n", 1)[0],
                 )
             self.batches_served += 1
-            pointers = []
-            for name in names:
-                if name not in batch:
-                    from qbench.errors import DataError  # noqa: PLC0415
+            missing = [name for name in names if name not in batch]
+            if missing:
+                from qbench.errors import DataError  # noqa: PLC0415
 
-                    raise DataError(
-                        f"calibration batch {self.batches_served}: no array for TensorRT input {name!r} "
-                        f"(batch has {sorted(batch)}; input_names={self.input_names})"
-                    )
-                arr = np.ascontiguousarray(batch[name])
-                dev, size = self._buffers.get(name, (None, 0))
-                if dev is None or size < arr.nbytes:
-                    if dev is not None:
-                        self._copier.free(dev)
-                    dev = self._copier.alloc(max(arr.nbytes, 1))
-                    self._buffers[name] = (dev, max(arr.nbytes, 1))
-                self._copier.htod(dev, arr)
-                pointers.append(self._copier.pointer(dev))
+                raise DataError(
+                    f"calibration batch {self.batches_served}: no array for TensorRT input {missing[0]!r} "
+                    f"(batch has {sorted(batch)}; input_names={self.input_names})"
+                )
+            hosts = []  # kept alive until the stream is synchronized
+            pointers = []
+            try:
+                for name in names:
+                    arr = np.ascontiguousarray(batch[name])
+                    ptr = self._reserve(name, arr.nbytes)
+                    if arr.nbytes:
+                        self._cuda.memcpy_htod_async(ptr, arr, self._stream)
+                        hosts.append(arr)
+                    pointers.append(int(ptr))
+            finally:
+                if hosts:  # TensorRT reads the buffers as soon as get_batch returns
+                    self._cuda.stream_synchronize(self._stream)
             return pointers
 
         def read_calibration_cache(self) -> bytes:
@@ -247,13 +217,27 @@ def make_int8_calibrator(
                 atomic_write_bytes(self.cache_path, bytes(cache))
 
         def free(self) -> None:
-            """Release the device buffers (also done when the calibrator is garbage-collected)."""
-            buffers, self._buffers = self._buffers, {}
-            for dev, _ in buffers.values():
+            """Release the device buffers and the stream (also done when the calibrator is garbage-collected).
+
+            Safe to call twice; after it, ``get_batch`` serves nothing."""
+            cuda, stream, buffers = self._cuda, self._stream, self._buffers
+            if cuda is None:
+                return
+            self._cuda, self._stream, self._buffers, self._done = None, None, {}, True
+            steps = [(f"freeing the calibration buffer of {name!r}", cuda.free, ptr)
+                     for name, (ptr, _) in buffers.items()]
+            if stream is not None:
+                steps.insert(0, ("synchronizing the calibration stream", cuda.stream_synchronize, stream))
+                steps.append(("destroying the calibration stream", cuda.stream_destroy, stream))
+            for what, fn, arg in steps:
                 try:
-                    self._copier.free(dev)
-                except Exception as e:  # pragma: no cover - best effort at teardown
-                    log.debug("freeing a calibration buffer failed: %s", e)
+                    fn(arg)
+                except Exception as e:  # best effort at teardown
+                    log.debug("%s failed: %s", what, e)
+            try:
+                cuda.close()
+            except Exception as e:  # pragma: no cover - best effort at teardown
+                log.debug("closing the CUDA adapter failed: %s", e)
 
         def __del__(self) -> None:
             try:

@@ -274,35 +274,71 @@ def _fake_tensorrt(monkeypatch, version: str):
     return trt
 
 
-def _fake_cuda_runtime(monkeypatch):
-    """A stand-in for ``cuda.bindings.runtime`` that keeps 'device' memory in host bytearrays."""
-    mem: dict[int, bytearray] = {}
-    rt = types.ModuleType("cuda.bindings.runtime")
-    rt.cudaError_t = types.SimpleNamespace(cudaSuccess=0)
-    rt.cudaMemcpyKind = types.SimpleNamespace(cudaMemcpyHostToDevice=1)
+class _FakeCudaRuntime(types.ModuleType):
+    """A stand-in for ``cuda.bindings.runtime`` that keeps 'device' memory in host bytearrays.
 
-    def cudaMalloc(n):
-        ptr = 0x1000 * (len(mem) + 1)
-        mem[ptr] = bytearray(n)
+    Copies are really asynchronous here: ``cudaMemcpyAsync`` snapshots the host bytes and queues the copy
+    on its stream, and only ``cudaStreamSynchronize`` lands it in device memory. So a test that reads
+    device memory right after ``get_batch`` also checks that the calibrator synchronized before returning.
+    """
+
+    def __init__(self):
+        super().__init__("cuda.bindings.runtime")
+        self.mem: dict[int, bytearray] = {}
+        self.streams: dict[int, list] = {}  # live streams -> pending copies
+        self.mallocs: list[int] = []  # sizes asked for, in order
+        self.device = None
+        self._next = 0
+        self.cudaError_t = types.SimpleNamespace(cudaSuccess=0)
+        self.cudaMemcpyKind = types.SimpleNamespace(cudaMemcpyHostToDevice=1, cudaMemcpyDeviceToHost=2)
+
+    def cudaSetDevice(self, device):
+        self.device = device
+        return (0,)
+
+    def cudaMalloc(self, n):
+        assert n > 0, "cudaMalloc(0) gives a null pointer, which TensorRT rejects"
+        self._next += 1
+        ptr = 0x1000 * self._next
+        self.mem[ptr] = bytearray(n)
+        self.mallocs.append(n)
         return 0, ptr
 
-    def cudaMemcpy(dst, src, n, kind):
-        assert kind == 1 and n <= len(mem[dst])
-        mem[dst][:n] = ctypes.string_at(src, n)
+    def cudaFree(self, ptr):
+        assert not any(self.streams.values()), "freed while a copy is still queued"
+        del self.mem[ptr]
         return (0,)
 
-    def cudaFree(ptr):
-        del mem[ptr]
+    def cudaMemcpyAsync(self, dst, src, n, kind, stream):
+        assert kind == 1 and stream in self.streams and 0 < n <= len(self.mem[dst])
+        self.streams[stream].append((dst, ctypes.string_at(src, n)))
         return (0,)
 
-    rt.cudaMalloc, rt.cudaMemcpy, rt.cudaFree = cudaMalloc, cudaMemcpy, cudaFree
+    def cudaStreamCreate(self):
+        stream = 0x77 + len(self.streams)
+        self.streams[stream] = []
+        return 0, stream
+
+    def cudaStreamSynchronize(self, stream):
+        for dst, data in self.streams[stream]:
+            self.mem[dst][: len(data)] = data
+        self.streams[stream].clear()
+        return (0,)
+
+    def cudaStreamDestroy(self, stream):
+        assert not self.streams.pop(stream), "destroyed with copies still queued"
+        return (0,)
+
+
+def _fake_cuda_runtime(monkeypatch) -> _FakeCudaRuntime:
+    rt = _FakeCudaRuntime()
     cuda = types.ModuleType("cuda")
     bindings = types.ModuleType("cuda.bindings")
     bindings.runtime = rt
     cuda.bindings = bindings
     for name, mod in [("cuda", cuda), ("cuda.bindings", bindings), ("cuda.bindings.runtime", rt)]:
         monkeypatch.setitem(sys.modules, name, mod)
-    return mem
+    return rt
 
 
 def test_adapter_refuses_tensorrt_11_without_tensorrt(monkeypatch):
@@ -319,39 +355,124 @@ def test_adapter_without_cuda_bindings_raises_with_fake_tensorrt(monkeypatch):
     _fake_tensorrt(monkeypatch, "10.3.0")
     for name in ["cuda", "cuda.bindings", "cuda.bindings.runtime", "pycuda", "pycuda.autoinit", "pycuda.driver"]:
         monkeypatch.setitem(sys.modules, name, None)
-    with pytest.raises(BackendUnavailable, match="cuda-python"):
+    with pytest.raises(BackendUnavailable) as err:
         make_int8_calibrator(CalibrationTable({"x": 1.0}), [], ["x"])
+    msg = str(err.value)  # trt_runtime's message (what to install), with the calibrator's context
+    assert msg.startswith("backend 'tensorrt': no cuda-python or pycuda: pip install cuda-python (or pycuda)")
+    assert "calibration batches" in msg and "--calib" in msg and "\n" not in msg
 
 
 def test_adapter_logic_with_fake_tensorrt_and_fake_cuda(monkeypatch, tmp_path):
-    """qbench's side only (stand-in modules): the cache it serves, batch order, exhaustion, write-back."""
+    """qbench's side only (stand-in modules): the cache it serves, batch order, exhaustion, write-back,
+    device buffers (copied, synchronized, reused, grown, freed) and the one stream."""
     from qbench.trt_calibrator import make_int8_calibrator
 
     _fake_tensorrt(monkeypatch, "8.6.1")
-    mem = _fake_cuda_runtime(monkeypatch)
+    rt = _fake_cuda_runtime(monkeypatch)
     table = CalibrationTable({"x": 127.0, "mask": 12.7})
     rng = np.random.default_rng(0)
     batches = [{"x": rng.standard_normal((2, 3)).astype(np.float32), "mask": np.arange(4, dtype=np.int64)}
                for _ in range(2)]
+    batches.append({"x": rng.standard_normal((5, 3)).astype(np.float32), "mask": np.zeros(0, np.int64)})
     cal = make_int8_calibrator(table, iter(batches), ["x", "mask"], cache_path=tmp_path / "out.cache")
     assert cal.base_initialized and cal.copier == "cuda-python"
+    assert rt.device == 0 and list(rt.streams) == [0x77] and rt.mem == {}  # one stream, nothing allocated yet
     assert cal.get_batch_size() == 1
     assert cal.read_calibration_cache() == b"TRT-8601-EntropyCalibration2\nmask: 3dcccccd\nx: 3f800000\n"
-    assert cal.batches_served == 0
+    assert cal.cache_reads == 1 and cal.batches_served == 0 and cal.batch_requests == 0
 
     ptrs = cal.get_batch(["mask", "x"])
-    assert len(ptrs) == 2 and all(isinstance(p, int) for p in ptrs)
-    assert bytes(mem[ptrs[0]]) == batches[0]["mask"].tobytes()
-    assert bytes(mem[ptrs[1]]) == batches[0]["x"].tobytes()
+    assert ptrs == [0x1000, 0x2000] and all(type(p) is int for p in ptrs)
+    assert rt.mallocs == [32, 24] and rt.streams[0x77] == []  # copies landed before get_batch returned
+    assert bytes(rt.mem[ptrs[0]]) == batches[0]["mask"].tobytes()
+    assert bytes(rt.mem[ptrs[1]]) == batches[0]["x"].tobytes()
+
     ptrs2 = cal.get_batch(["x", "mask"])
-    assert bytes(mem[ptrs2[0]]) == batches[1]["x"].tobytes() and ptrs2[0] == ptrs[1]  # buffer reused
+    assert ptrs2 == [ptrs[1], ptrs[0]] and rt.mallocs == [32, 24]  # same size: buffers reused
+    assert bytes(rt.mem[ptrs2[0]]) == batches[1]["x"].tobytes()
+    assert bytes(rt.mem[ptrs2[1]]) == batches[1]["mask"].tobytes()
+
+    ptrs3 = cal.get_batch(["x", "mask"])  # x grows (5x3 floats); the empty mask keeps its 32-byte buffer
+    assert ptrs3 == [0x3000, ptrs[0]] and rt.mallocs == [32, 24, 60]
+    assert ptrs[1] not in rt.mem  # the outgrown x buffer was freed
+    assert bytes(rt.mem[ptrs3[0]]) == batches[2]["x"].tobytes()
+    assert bytes(rt.mem[ptrs3[1]]) == batches[1]["mask"].tobytes()  # nothing copied for a 0-byte array
+
     assert cal.get_batch(["x", "mask"]) is None and cal.get_batch(["x"]) is None
-    assert cal.batches_served == 2 and cal.error is None
+    assert cal.batches_served == 3 and cal.batch_requests == 5 and cal.error is None
 
     cal.write_calibration_cache(memoryview(b"TRT-8601-EntropyCalibration2\nx: 3f800000\n"))
     assert load_trt_cache(tmp_path / "out.cache").amax == {"x": 127.0}
     cal.free()
-    assert mem == {}
+    assert rt.mem == {} and rt.streams == {}  # buffers freed, stream destroyed
+    cal.free()  # twice is fine
+    assert cal.get_batch(["x"]) is None
+
+
+def test_adapter_allocates_one_byte_for_an_empty_first_batch(monkeypatch):
+    from qbench.trt_calibrator import make_int8_calibrator
+
+    _fake_tensorrt(monkeypatch, "10.3.0")
+    rt = _fake_cuda_runtime(monkeypatch)
+    cal = make_int8_calibrator(CalibrationTable({"x": 1.0}), [{"x": np.zeros((0, 4), np.float32)}], ["x"])
+    (ptr,) = cal.get_batch(["x"])
+    assert rt.mallocs == [1] and bytes(rt.mem[ptr]) == b"\0" and cal.error is None
+    cal.free()
+    assert rt.mem == {} and rt.streams == {}
+
+
+def test_adapter_uses_trt_runtime_pycuda_adapter_when_cuda_python_is_missing(monkeypatch):
+    """Without cuda-python, trt_runtime's pycuda adapter: the device's primary context is pushed for
+    the build and popped by free(); buffers are pycuda allocations, handed to TensorRT as ints."""
+    from qbench.trt_calibrator import make_int8_calibrator
+
+    _fake_tensorrt(monkeypatch, "10.3.0")
+    for name in ["cuda", "cuda.bindings", "cuda.bindings.runtime"]:
+        monkeypatch.setitem(sys.modules, name, None)
+    events: list = []
+
+    class Alloc:
+        def __init__(self, n):
+            self.n, self.ptr = n, 0x5000 + n
+
+        def __int__(self):
+            return self.ptr
+
+        def free(self):
+            events.append(("free", self.ptr))
+
+    class Ctx:
+        def push(self):
+            events.append("push")
+
+        def pop(self):
+            events.append("pop")
+
+        def detach(self):
+            events.append("detach")
+
+    class Stream:
+        def synchronize(self):
+            events.append("sync")
+
+    drv = types.ModuleType("pycuda.driver")
+    drv.init = lambda: events.append("init")
+    drv.Device = lambda i: types.SimpleNamespace(retain_primary_context=lambda: events.append(("ctx", i)) or Ctx())
+    drv.mem_alloc = lambda n: events.append(("malloc", n)) or Alloc(n)
+    drv.memcpy_htod_async = lambda dst, host, stream: events.append(("htod", dst, host.tobytes()))
+    drv.Stream = Stream
+    pycuda = types.ModuleType("pycuda")
+    pycuda.driver = drv
+    monkeypatch.setitem(sys.modules, "pycuda", pycuda)
+    monkeypatch.setitem(sys.modules, "pycuda.driver", drv)
+
+    x = np.arange(3, dtype=np.float32)
+    cal = make_int8_calibrator(CalibrationTable({"x": 1.0}), [{"x": x}], ["x"], device=1)
+    assert cal.copier == "pycuda" and events == ["init", ("ctx", 1), "push"]
+    assert cal.get_batch(["x"]) == [0x5000 + 12]
+    assert events[3:] == [("malloc", 12), ("htod", 0x5000 + 12, x.tobytes()), "sync"]
+    cal.free()
+    assert events[6:] == ["sync", ("free", 0x5000 + 12), "pop", "detach"]
 
 
 def test_adapter_missing_input_stops_calibration_with_fake_tensorrt(monkeypatch):
