@@ -1,9 +1,12 @@
 """What precision each engine layer really runs: parsed from TensorRT's DETAILED build log.
 
 TensorRT-RTX (and TensorRT >= 10 at ProfilingVerbosity.DETAILED) logs the final engine's layers as
-``Name: <layer>, LayerType: <type>, Inputs: [ {... Datatype: Int8 ...} ], Outputs: [...]``. A fused
-layer's name joins its ONNX source nodes with ``+``. The engine inspector would need a GPU to
-deserialize the engine, so the log is the only source on a CPU-only build machine.
+``Name: <layer>, LayerType: <type>, Inputs: [...], Constants: [...], Outputs: [...], TacticName: ...,
+Metadata: [ONNX Layer: <node>][ONNX Layer: <node>]``. The metadata names every ONNX node a layer
+came from, so each node can be joined to the layer that runs it. The layer *name* is not enough: a
+fused FFN layer is called ``__myl_FcAdd_myl1_15`` and only its metadata says which MatMul it holds.
+The engine inspector would need a GPU to deserialize the engine, so the log is the only source on a
+CPU-only build machine.
 """
 
 from __future__ import annotations
@@ -13,18 +16,36 @@ from dataclasses import asdict, dataclass, field
 
 import numpy as np
 
+# The precision a layer computes in: the narrowest float-like datatype among its inputs and constants.
+_COMPUTE_ORDER = ("FP4", "Int4", "FP8", "Int8", "Half", "BFloat16", "Float")
+LINEAR_OPS = ("MatMul", "Gemm")
+
 
 @dataclass
 class Layer:
     name: str
     type: str
-    inputs: list[str]    # datatypes of the inputs, in order
+    inputs: list[str]     # datatypes of the inputs, in order
     outputs: list[str]
+    constants: list[str] = field(default_factory=list)
     onnx_nodes: list[str] = field(default_factory=list)
 
     @property
     def is_gemm(self) -> bool:
-        return self.type.lower() in {"gemm", "matrixmultiply", "cask_gemm"} or "gemm" in self.type.lower()
+        return "gemm" in self.type.lower() or self.type.lower() == "matrixmultiply"
+
+    @property
+    def compute(self) -> str:
+        seen = set(self.inputs) | set(self.constants)
+        return next((d for d in _COMPUTE_ORDER if d in seen), "none")
+
+
+def _section(entry: str, key: str, nxt: tuple[str, ...]) -> str:
+    start = entry.find(f"{key}: [")
+    if start < 0:
+        return ""
+    ends = [i for i in (entry.find(f", {k}:", start) for k in nxt) if i >= 0]
+    return entry[start:min(ends) if ends else len(entry)]
 
 
 def parse_layers(log_lines: list[str]) -> list[Layer]:
@@ -35,70 +56,98 @@ def parse_layers(log_lines: list[str]) -> list[Layer]:
         return []
     layers = []
     for entry in text[start:].split("\nName: ")[1:]:
+        entry = entry.split("\n")[0]
         name = entry.split(", LayerType:")[0]
         kind = re.search(r"LayerType: ([^,]+)", entry)
-        ins = re.search(r"Inputs: \[(.*?)\], Outputs:", entry, re.S)
-        outs = re.search(r"Outputs: \[(.*?)\](, |$)", entry, re.S)
-        layers.append(Layer(
-            name=name, type=kind.group(1).strip() if kind else "?",
-            inputs=re.findall(r"Datatype: (\w+)", ins.group(1)) if ins else [],
-            outputs=re.findall(r"Datatype: (\w+)", outs.group(1)) if outs else [],
-            onnx_nodes=[n for n in re.split(r"\+", name)],
-        ))
+        dtypes = {k: re.findall(r"Datatype: (\w+)", _section(entry, k, nxt)) for k, nxt in (
+            ("Inputs", ("Constants", "Outputs")), ("Constants", ("Outputs",)), ("Outputs", ("TacticName", "Metadata")))}
+        meta = re.findall(r"\[ONNX Layer: ([^\]]+)\]", entry)
+        # Without metadata (older logs), a fused layer's name joins its sources with '+'.
+        nodes = meta or [re.sub(r"_myl\d+_\d+$", "", n) for n in name.split("+")]
+        layers.append(Layer(name=name, type=kind.group(1).strip() if kind else "?", inputs=dtypes["Inputs"],
+                            constants=dtypes["Constants"], outputs=dtypes["Outputs"], onnx_nodes=nodes))
     return layers
 
 
-def _matmul_flops_per_token(model) -> dict[str, int]:
-    """K x N of every MatMul/Gemm with a constant weight: its multiply-adds per token."""
+def linear_flops_per_token(model) -> dict[str, int]:
+    """K x N of every MatMul/Gemm with a constant weight (behind its DequantizeLinear): multiply-adds per token."""
     from onnx import numpy_helper
 
     inits = {t.name: t for t in model.graph.initializer}
-    dq_src = {n.output[0]: n.input[0] for n in model.graph.node if n.op_type == "DequantizeLinear"}
+    # A weight may reach the MatMul through DequantizeLinear and/or a Cast (the fp16 baseline's copies).
+    src = {n.output[0]: n.input[0] for n in model.graph.node if n.op_type in ("DequantizeLinear", "Cast")}
     out = {}
     for n in model.graph.node:
-        if n.op_type in ("MatMul", "Gemm") and len(n.input) > 1:
-            w = dq_src.get(n.input[1], n.input[1])
+        if n.op_type in LINEAR_OPS and len(n.input) > 1:
+            w = n.input[1]
+            while w not in inits and w in src:
+                w = src[w]
             if w in inits:
                 out[n.name] = int(np.prod(numpy_helper.to_array(inits[w]).shape[-2:]))
     return out
 
 
-def summarize(layers: list[Layer], model, excluded_nodes: list[str]) -> dict:
-    """GEMM layers by input datatype, the INT8 share of linear-layer FLOPs, and the exclusion check.
+def summarize(layers: list[Layer], model, excluded_nodes: list[str], *, keep_float: bool = False) -> dict:
+    """Linear nodes by the precision of the layer that runs them, the INT8 share of linear FLOPs,
+    and the exclusion check.
 
-    An excluded MatMul must run in a layer whose inputs are not Int8; one that does not is listed in
-    ``exclusion_violations``.
+    An excluded node holds when the layer that runs it does not compute in Int8 (``keep_float``, the
+    fp16 baseline's FP32 islands: when the layer touches Float data or fuses the node's Casts). Violations are listed; excluded nodes that no
+    layer names (folded away, e.g. a Cast) are counted as unseen, not as held.
     """
-    flops = _matmul_flops_per_token(model)
-    gemms = [layer for layer in layers if layer.is_gemm]
+    flops = linear_flops_per_token(model)
+    op_of = {n.name: n.op_type for n in model.graph.node}
+    # A node may span several layers (a LayerNorm split into two kernels): all of them are checked.
+    layers_of: dict[str, list[Layer]] = {}
+    for layer in layers:
+        for node in layer.onnx_nodes:
+            layers_of.setdefault(node, []).append(layer)
+
+    def compute(node: str) -> str:  # the narrowest precision any of the node's layers runs
+        return min((la.compute for la in layers_of[node]),
+                   key=lambda d: _COMPUTE_ORDER.index(d) if d in _COMPUTE_ORDER else len(_COMPUTE_ORDER))
+
+    def float_held(la: Layer) -> bool:
+        # Float I/O, or the layer fuses the Casts the graph puts around the node: a strongly typed
+        # build must compute it as typed, which the log cannot show from inside a fused kernel.
+        return "Float" in la.inputs + la.outputs + la.constants or any(op_of.get(x) == "Cast" for x in la.onnx_nodes)
+
     by_dtype: dict[str, int] = {}
     int8_flops = total_flops = 0
-    node_dtype: dict[str, str] = {}
-    for g in gemms:
-        dt = g.inputs[0] if g.inputs else "?"
-        by_dtype[dt] = by_dtype.get(dt, 0) + 1
-        for node in g.onnx_nodes:
-            # TensorRT-RTX suffixes fused sources with "_myl<i>_<j>"; strip it to get the ONNX node name.
-            onnx_name = re.sub(r"_myl\d+_\d+$", "", node)
-            if onnx_name in flops:
-                node_dtype[onnx_name] = dt
-    for onnx_name, f in flops.items():
-        if onnx_name in node_dtype:
+    for node, f in flops.items():
+        if node in layers_of:
+            dt = compute(node)
+            by_dtype[dt] = by_dtype.get(dt, 0) + 1
             total_flops += f
-            int8_flops += f if node_dtype[onnx_name] == "Int8" else 0
-    violations = sorted(n for n in excluded_nodes if node_dtype.get(n) == "Int8")
+            int8_flops += f if dt == "Int8" else 0
+    bad_dtypes = {"Int8", "FP8", "Int4", "FP4"}
+    held, violations, unseen = [], [], []
+    for n in excluded_nodes:
+        if n not in layers_of:
+            unseen.append(n)
+        elif compute(n) in bad_dtypes or (keep_float and not all(float_held(la) for la in layers_of[n])):
+            violations.append(n)
+        else:
+            held.append(n)
     return {
         "layers": len(layers),
-        "gemm_layers": len(gemms),
-        "gemm_layers_by_input_dtype": by_dtype,
+        "gemm_layers": sum(layer.is_gemm for layer in layers),
+        "linear_nodes_by_dtype": by_dtype,
+        "linear_nodes": len(flops),
+        "linear_nodes_seen": sum(by_dtype.values()),
         "int8_linear_flop_share": (int8_flops / total_flops) if total_flops else 0.0,
-        "linear_nodes_seen": len(node_dtype),
+        "int8_linear_flops": int8_flops,
+        "linear_flops": total_flops,
         "reformat_layers": sum("reformat" in layer.type.lower() or "reformat" in layer.name.lower()
                                for layer in layers),
-        "cast_layers": sum(layer.type.lower() == "cast" for layer in layers),
-        "exclusion_violations": violations,
+        # Standalone casts: layers that only convert (a fused cast costs no extra memory pass).
+        "cast_layers": sum(layer.type.lower() == "cast" or (bool(layer.onnx_nodes) and all(
+            op_of.get(n) == "Cast" for n in layer.onnx_nodes)) for layer in layers),
+        "excluded_held": len(held),
+        "excluded_unseen": len(unseen),
+        "exclusion_violations": sorted(violations),
     }
 
 
 def to_records(layers: list[Layer]) -> list[dict]:
-    return [asdict(layer) for layer in layers]
+    return [{**asdict(layer), "compute": layer.compute} for layer in layers]

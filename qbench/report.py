@@ -98,15 +98,68 @@ def leaderboard(df, manifest: dict) -> list[dict]:
 
 
 def _trt_cell(entry: dict | None) -> str:
-    """The TensorRT column: INT8 share of linear-layer FLOPs and GEMM datatypes, or why there is none."""
+    """The TensorRT column: INT8 share of linear-layer FLOPs and linear nodes by datatype, or why there is none."""
     if not entry:
         return ""
     if entry.get("status") != "ok":
-        err = entry.get("error", "")
-        return f"build failed: {err[:100]}…" if len(err) > 100 else f"build failed: {err}"
-    sm = entry["summary"]
-    dts = ", ".join(f"{k} {n}" for k, n in sorted(sm["gemm_layers_by_input_dtype"].items()))
-    return f"{sm['int8_linear_flop_share'] * 100:.0f}% INT8 FLOPs; GEMMs {dts}; latency not run here"
+        return "build failed (see the TensorRT table)"
+    graphs = entry["graphs"]
+    dts: dict[str, int] = {}
+    i8 = tot = 0
+    for g in graphs.values():
+        i8 += g["summary"]["int8_linear_flops"]
+        tot += g["summary"]["linear_flops"]
+        for k, n in g["summary"]["linear_nodes_by_dtype"].items():
+            dts[k] = dts.get(k, 0) + n
+    return f"{(i8 / tot if tot else 0) * 100:.0f}% INT8 · {' '.join(f'{k} {n}' for k, n in sorted(dts.items()))}"
+
+
+# What a failed TensorRT build usually means, for the reviewer who was not at the terminal.
+_TRT_HINTS = [
+    ("zero point", "TensorRT takes only symmetric INT8 Q/DQ (zero point 0); u8s8 quantizes activations as "
+                   "asymmetric UINT8. Use the s8s8 flavour for TensorRT."),
+    ("bias_DequantizeLinear", "ONNX Runtime's quantize_static writes INT32 DequantizeLinear nodes (biases), which TensorRT's "
+              "ONNX parser rejects: ORT's QDQ output is not a TensorRT artifact as is."),
+    ("timed out", "The build ran past tensorrt.build_timeout_s."),
+    ("exclusion did not hold", "An excluded node runs in INT8 in the engine: the ONNX still quantizes it, "
+                               "or TensorRT fused it with a quantized neighbour."),
+]
+
+
+_DYNAMIC_HINT = ("ONNX Runtime's quantize_dynamic quantizes asymmetrically (UINT8, non-zero zero points) and "
+                 "emits DynamicQuantizeLinear / MatMulInteger: CPU-side forms TensorRT does not take.")
+
+
+def trt_hint(error: str, variant: str = "") -> str:
+    if variant == "ort_dynamic":
+        return _DYNAMIC_HINT
+    return next((h for k, h in _TRT_HINTS if k.lower() in error.lower()), "")
+
+
+def trt_tables(manifest: dict) -> list[dict]:
+    """Per variant and graph: what the engine runs, from the build log (see qbench.layer_report)."""
+    out = []
+    for vid, info in manifest["variants"].items():
+        e = info.get("tensorrt")
+        if not e:
+            continue
+        if e.get("status") != "ok":
+            out.append({"variant": vid, "graph": "", "error": e.get("error", ""), "hint": trt_hint(e.get("error", ""), vid)})
+            continue
+        for graph, g in e["graphs"].items():
+            s = g["summary"]
+            out.append({
+                "variant": vid, "graph": graph, "error": "", "hint": "",
+                "engine_mb": g["build"]["engine_bytes"] / 1e6, "build_s": g["build"]["seconds"],
+                "cache": g["build"].get("timing_cache", ""),
+                "share": s["int8_linear_flop_share"] * 100,
+                "dtypes": ", ".join(f"{k} {n}" for k, n in sorted(s["linear_nodes_by_dtype"].items())),
+                "seen": f"{s['linear_nodes_seen']}/{s['linear_nodes']}",
+                "held": s["excluded_held"], "unseen": s["excluded_unseen"],
+                "layers": s["layers"], "reformat": s["reformat_layers"], "cast": s["cast_layers"],
+                "latency": e.get("latency", ""), "log": g["layers"],
+            })
+    return out
 
 
 # ---------------------------------------------------------------- translation: formatting
@@ -273,7 +326,7 @@ def render(run_dir: str | Path) -> Path:
     batches = list(rows[0]["lat"]) if rows else []
     mt = translation_context(df, manifest) if task == "translation" else {}
     html = _env().get_template("report.html.j2").render(
-        m=manifest, rows=rows, batches=batches, task=task, mt=mt,
+        m=manifest, rows=rows, batches=batches, task=task, mt=mt, trt=trt_tables(manifest),
         plot=_pareto_svg(df, batches, metric, label) if batches else "",
     )
     return atomic_write_text(run_dir / "report.html", html)

@@ -46,7 +46,6 @@ class Context:
     tables: dict = field(default_factory=dict)
     fp32_emb: np.ndarray | None = None
     latency_feeds: dict = field(default_factory=dict)
-    tokenizer_inputs: list = field(default_factory=lambda: ["input_ids", "attention_mask"])
     fp32_quality: float | None = None                 # retrieval: FP32's accuracy@1, for the gate
     spec: object = None                               # translation: the Seq2SeqExport
     fp32_stats: dict | None = None                    # translation: FP32's per-sample metric statistics
@@ -246,6 +245,10 @@ def _safe(s: str) -> str:
     return "".join(ch if ch.isalnum() or ch in "-_.=" else "_" for ch in s)
 
 
+def _cfg_key(v: Variant) -> str:
+    return hashlib.sha256(json.dumps(v.exclusion_cfg.model_dump()).encode()).hexdigest()[:12]
+
+
 def build_variant(ctx: Context, v: Variant) -> tuple[Path, dict]:
     """The ONNX artifact of one variant, and what the manifest should know about how it was made."""
     from qbench import baselines, registry
@@ -258,6 +261,8 @@ def build_variant(ctx: Context, v: Variant) -> tuple[Path, dict]:
         return ctx.fp32, {}
     if v.baseline == "ort_dynamic":
         return baselines.ort_dynamic(ctx.fp32, out_dir / f"{msha}-ort_dynamic.onnx"), {}
+    if v.baseline == "fp16":
+        return baselines.fp16(ctx.fp32_model(), v.exclusion_cfg, out_dir / f"{msha}-fp16-{_cfg_key(v)}.onnx")
     if v.baseline == "ort_static":
         first = next(iter(ctx.calib_sets.values()))  # ORT's own calibration gets the first set
         ids = hashlib.sha256(json.dumps([s.id for s in first]).encode()).hexdigest()[:12]
@@ -376,42 +381,6 @@ def latency_phase(ctx: Context, artifacts: dict[str, Path]) -> dict[str, list | 
     return out
 
 
-def tensorrt_phase(ctx: Context, v: Variant, artifact: Path) -> tuple[list, dict]:
-    """Build one variant's engine and prove its layer precisions. (metric tuples, manifest entry).
-
-    Raises VariantFailed when the build fails or an exclusion did not hold in the engine.
-    """
-    from qbench.backends.tensorrt import TensorRTBackend
-    from qbench.errors import VariantFailed
-    from qbench.layer_report import parse_layers, summarize, to_records
-    from qbench.qdq import load_model
-
-    tc = ctx.cfg.tensorrt
-    be = TensorRTBackend(compute_capability=tc.compute_capability, build_timeout_s=tc.build_timeout_s)
-    sha = ctx.manifest["variants"][v.id]["artifact_sha256"]  # hashed when the variant was built
-    workdir = ctx.cache / "engines" / f"{sha[:16]}-{tc.compute_capability}"
-    engine, info, log_lines = be.build(artifact, workdir, ctx.tokenizer_inputs)
-    layers = parse_layers(log_lines)
-    excluded = ctx.manifest["variants"][v.id].get("excluded_nodes", [])
-    summary = summarize(layers, load_model(artifact), excluded)
-    rel = f"tensorrt/{_safe(v.id)}.layers.json"
-    from qbench.io import atomic_write_text
-
-    atomic_write_text(ctx.run_dir / rel, json.dumps(to_records(layers), indent=1))
-    entry = {"status": "ok", "build": info, "summary": summary, "layers": rel, "engine": str(engine),
-             "latency": "not_run_here: running needs a supported GPU"}
-    if summary["exclusion_violations"]:
-        raise VariantFailed(f"exclusion did not hold in the engine: {', '.join(summary['exclusion_violations'][:5])} "
-                            f"run in Int8")
-    metrics = [("engine_mb", "all", info["engine_bytes"] / 1e6, "MB"), ("build_seconds", "all", info["seconds"], "s"),
-               ("gemm_layers", "all", summary["gemm_layers"], "count"),
-               ("int8_linear_flop_share", "all", summary["int8_linear_flop_share"], "fraction"),
-               ("reformat_layers", "all", summary["reformat_layers"], "count"),
-               ("cast_layers", "all", summary["cast_layers"], "count")]
-    metrics += [("gemm_layers", f"dtype={k}", n, "count") for k, n in sorted(summary["gemm_layers_by_input_dtype"].items())]
-    return metrics, entry
-
-
 def make_latency_feeds(ctx: Context) -> None:
     rng = np.random.default_rng(ctx.cfg.data.calibration.seed)
     if ctx.cfg.task == "translation":
@@ -478,22 +447,13 @@ def run_sweep(cfg: SweepConfig, out_root: Path | None = None) -> Path:
         write_results(rows, run_dir)
         write_manifest(ctx.manifest, run_dir)
     if cfg.tensorrt is not None:
-        for vid, art in artifacts.items():
-            trt_desc = {**by_id[vid].describe(), "backend": "tensorrt"}
-            log(f"tensorrt build ({cfg.tensorrt.compute_capability}): {vid}")
-            try:
-                metrics, entry = tensorrt_phase(ctx, by_id[vid], art)
-                rows += metric_rows(trt_desc, ctx.manifest["variants"][vid]["signature"], run_dir.name, metrics)
-                rows += metric_rows(trt_desc, ctx.manifest["variants"][vid]["signature"], run_dir.name,
-                                    [("latency", "all", float("nan"), "")], status="not_run_here")
-            except QbenchError as e:
-                entry = {"status": "failed", "error": str(e).splitlines()[0]}
-                log(f"tensorrt: {vid} failed: {entry['error']}")
-                rows += metric_rows(trt_desc, ctx.manifest["variants"][vid]["signature"], run_dir.name,
-                                    [("trt_build", "all", float("nan"), "")], status="failed")
-            ctx.manifest["variants"][vid]["tensorrt"] = entry
+        from qbench import trt_phase
+
+        def flush() -> None:
             write_results(rows, run_dir)
             write_manifest(ctx.manifest, run_dir)
+
+        trt_phase.run(ctx, by_id, artifacts, rows, flush)
     for vid, lat in latency_phase(ctx, artifacts).items():
         entry = ctx.manifest["variants"][vid]
         if isinstance(lat, str):

@@ -207,6 +207,16 @@ def build_variant(ctx, v: Variant) -> tuple[Path, dict]:
             if not (d / f"{comp}.onnx").is_file():
                 baselines.ort_dynamic(ctx.fp32 / f"{comp}.onnx", d / f"{comp}.onnx")
         return d, {}
+    if v.baseline == "fp16":
+        from qbench.sweep import _cfg_key
+
+        d = out_root / f"{msha}-fp16-{_cfg_key(v)}"
+        info: dict = {"excluded_nodes": {}, "fp16": {}, "warnings": []}
+        for comp in COMPONENTS:
+            _, i = baselines.fp16(ctx.fp32_model(comp), v.exclusion_cfg, d / f"{comp}.onnx")
+            info["excluded_nodes"][comp], info["fp16"][comp] = i["excluded_nodes"], i["fp16"]
+            info["warnings"] += [f"{comp}: {w}" for w in i["warnings"]]
+        return d, info
     if v.baseline:
         raise QbenchError(f"variant {v.id}: baseline '{v.baseline}' is not available for translation")
     tables, files = table_for(ctx, v)

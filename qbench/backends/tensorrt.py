@@ -9,6 +9,7 @@ the sweep records the latency as not run. Nothing here fabricates a number.
 from __future__ import annotations
 
 import json
+import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -23,11 +24,7 @@ class TensorRTBackend(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
     name: ClassVar[str] = "tensorrt"
     compute_capability: Literal["SM75", "SM80", "SM86", "SM89", "SM120"] = "SM89"
-    build_timeout_s: int = Field(900, ge=10)
-    # Optimization profile: (batch, sequence) for min, opt and max.
-    min_shape: tuple[int, int] = (1, 8)
-    opt_shape: tuple[int, int] = (8, 64)
-    max_shape: tuple[int, int] = (32, 128)
+    build_timeout_s: int = Field(900, ge=1)
 
     def check(self) -> None:
         from qbench.backends.trt_build import import_trt
@@ -43,22 +40,71 @@ class TensorRTBackend(BaseModel):
         return {module or "tensorrt": getattr(trt, "__version__", "absent"),
                 "trt_compute_capability": self.compute_capability}
 
-    def build(self, onnx_path: Path, workdir: Path, input_names: list[str]) -> tuple[Path, dict, list[str]]:
-        """(engine path, build info, build-log lines). A crash, timeout or parser error -> VariantFailed."""
+    def build(self, onnx_path: Path, workdir: Path, shapes: dict[str, list[list[int]]],
+              timing_cache: Path | None = None, int8_cache: Path | None = None) -> tuple[Path, dict, list[str]]:
+        """(engine path, build info, build-log lines). A crash, timeout or parser error -> VariantFailed.
+
+        ``shapes``: input name -> [min, opt, max] shape of the one optimization profile (see input_profiles).
+        ``int8_cache``: TensorRT <= 10's implicit INT8 from an FP32 graph and this calibration cache
+        (unverified: no TensorRT <= 10 where this was written; elsewhere the child refuses it).
+        """
         self.check()
-        shapes = {n: [list(self.min_shape), list(self.opt_shape), list(self.max_shape)] for n in input_names}
-        cmd = [sys.executable, "-m", "qbench.backends.trt_build", str(onnx_path), str(workdir),
-               "--cc", self.compute_capability, "--shapes", json.dumps(shapes)]
+        cmd = _child_cmd(onnx_path, workdir, self.compute_capability, shapes, timing_cache)
+        cmd += ["--int8-cache", str(int8_cache)] if int8_cache else []
         try:
             r = subprocess.run(cmd, capture_output=True, text=True, timeout=self.build_timeout_s)
         except subprocess.TimeoutExpired:
             raise VariantFailed(f"TensorRT build timed out after {self.build_timeout_s} s") from None
         if r.returncode != 0:
-            tail = (r.stderr.strip().splitlines() or [f"exit code {r.returncode}"])[-1]
-            raise VariantFailed(tail[:400])
+            # The whole stderr stays beside the engine; the row carries its last line.
+            workdir.mkdir(parents=True, exist_ok=True)
+            (workdir / "build.stderr").write_text(r.stderr)
+            lines = r.stderr.strip().splitlines()
+            if r.returncode < 0:  # killed: a crash inside the builder, or the out-of-memory killer
+                sig = signal.Signals(-r.returncode).name
+                raise VariantFailed(f"TensorRT build process killed by {sig} (a crash in the builder, or out of "
+                                    f"memory){': ' + lines[-1][:300] if lines else ''}; stderr in {workdir}/build.stderr")
+            raise VariantFailed((lines or [f"exit code {r.returncode}"])[-1][:400])
         info = json.loads((workdir / "build.json").read_text())
         return workdir / "engine.plan", info, (workdir / "build.log").read_text().splitlines()
 
-    def open(self, artifact: Path):
-        raise BackendUnavailable("not_run_here: running a TensorRT engine needs a supported GPU "
-                                 "(TensorRT-RTX refuses SM90; full TensorRT is not installed here)")
+    def open(self, engine: Path):
+        """A Session on a built engine. Needs a supported GPU; where none is, says why (BackendUnavailable)."""
+        from qbench.backends.trt_runtime import TrtSession, gpu_available
+
+        ok, why = gpu_available()
+        if not ok:
+            raise BackendUnavailable(f"not_run_here: {why}")
+        return TrtSession(engine)
+
+
+def _child_cmd(onnx_path: Path, workdir: Path, cc: str, shapes: dict, timing_cache: Path | None) -> list[str]:
+    cmd = [sys.executable, "-m", "qbench.backends.trt_build", str(onnx_path), str(workdir),
+           "--cc", cc, "--shapes", json.dumps(shapes)]
+    return cmd + (["--timing-cache", str(timing_cache)] if timing_cache else [])
+
+
+def input_profiles(model, ranges: dict[str, tuple[int, int, int]]) -> dict[str, list[list[int]]]:
+    """One optimization profile: input name -> [min, opt, max] shape, from the graph's symbolic dims.
+
+    A named dim takes ``ranges[name]``; unnamed ones fall back by what the name says (batch, past,
+    else a sequence axis). Fixed dims stay fixed. A past-K/V axis may be 0: a decoder's first step.
+    """
+    inits = {t.name for t in model.graph.initializer}
+    out = {}
+    for inp in model.graph.input:
+        if inp.name in inits:
+            continue
+        lo, opt, hi = [], [], []
+        for d in inp.type.tensor_type.shape.dim:
+            if d.dim_value > 0:
+                r = (d.dim_value,) * 3
+            else:
+                name = d.dim_param or "sequence"
+                r = ranges.get(name) or ranges["batch" if "batch" in name else "past_len" if "past" in name
+                                               else "sequence"]
+            lo.append(r[0])
+            opt.append(r[1])
+            hi.append(r[2])
+        out[inp.name] = [lo, opt, hi]
+    return out

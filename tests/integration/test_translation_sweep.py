@@ -15,6 +15,12 @@ import yaml
 
 ROOT = Path(__file__).resolve().parents[2]
 pytest.importorskip("torch")
+try:
+    import tensorrt_rtx_bindings  # noqa: F401
+
+    HAVE_TRT = True
+except ImportError:
+    HAVE_TRT = False
 
 
 @pytest.fixture(scope="module")
@@ -31,12 +37,14 @@ def run(tmp_path_factory, qbench_cache):
                  "evaluation": {"split": "test", "n": 24}},
         "calibration": {"batch_size": 16},
         "generation": {"max_new_tokens": 96, "batch_size": 12},
-        "sweep": {"baselines": ["fp32"], "calibrators": [{"name": "minmax"}],
+        "sweep": {"baselines": ["fp32", "fp16"], "calibrators": [{"name": "minmax"}],
                   "exclusion_sets": {"no_lm_head": {"roles": ["lm_head"]}}, "exclusions": ["none", "no_lm_head"]},
         "gate": {"metric": "bleu", "max_drop": 1.0, "per": "lang"},
         "measure": {"latency": {"batch_sizes": [2], "warmup": 0, "runs": 1, "rounds": 1}},
         "output": {"dir": str(tmp / "out"), "cache_dir": str(qbench_cache)},
     }
+    if HAVE_TRT:  # both graphs of every variant built as engines too (build-only here)
+        cfg["tensorrt"] = {"compute_capability": "SM89"}
     path = tmp / "cfg.yaml"
     path.write_text(yaml.safe_dump(cfg))
     import pandas as pd
@@ -55,10 +63,10 @@ def _val(df, variant, metric, sl="all"):
 def test_every_variant_ok_and_scored_per_language(run):
     df, samples, manifest, _ = run
     assert {v["status"] for v in manifest["variants"].values()} == {"ok"}
-    for v in ("fp32", "minmax+none+s8s8", "minmax+no_lm_head+s8s8"):
+    for v in ("fp32", "fp16", "minmax+none+s8s8", "minmax+no_lm_head+s8s8"):
         for m in ("bleu", "chrf"):
             assert _val(df, v, m, "lang=es") == pytest.approx(_val(df, v, m))  # one language: macro = corpus
-    assert len(samples) == 24 * 3
+    assert len(samples) == 24 * 4
 
 
 def test_bleu_and_chrf_equal_sacrebleu_on_the_written_outputs(run):
@@ -75,6 +83,7 @@ def test_bleu_and_chrf_equal_sacrebleu_on_the_written_outputs(run):
 
 def test_deltas_intervals_and_gate_are_consistent(run):
     df, _, manifest, _ = run
+    df = df[df.backend == "ort"]
     base = _val(df, "fp32", "bleu")
     for v in ("minmax+none+s8s8", "minmax+no_lm_head+s8s8"):
         d = _val(df, v, "delta_bleu")
@@ -129,6 +138,7 @@ def test_decoder_calibrated_on_fp32_greedy_outputs(run, qbench_cache, tmp_path):
     cfg["calibration"]["decoder_targets"] = "fp32_greedy"
     cfg["sweep"] = {"baselines": ["fp32"], "calibrators": [{"name": "minmax"}], "exclusions": ["none"]}
     cfg["gate"] = None
+    cfg["tensorrt"] = None
     cfg["output"]["dir"] = str(tmp_path / "out")
     path = tmp_path / "cfg.yaml"
     path.write_text(yaml.safe_dump(cfg))
@@ -141,3 +151,49 @@ def test_decoder_calibrated_on_fp32_greedy_outputs(run, qbench_cache, tmp_path):
     assert load(run_dir, v1, "encoder") == load(other, v2, "encoder")
     dec1, dec2 = load(run_dir, v1, "decoder"), load(other, v2, "decoder")
     assert dec1.keys() == dec2.keys() and dec1 != dec2
+
+
+def _trt(df, variant, metric, sl):
+    r = df[(df.variant == variant) & (df.backend == "tensorrt") & (df.metric == metric) & (df.slice == sl)]
+    assert len(r) == 1, (variant, metric, sl)
+    return float(r.value.iloc[0])
+
+
+@pytest.mark.skipif(not HAVE_TRT, reason="tensorrt-rtx wheels not installed: no engine builds")
+def test_encoder_and_decoder_build_as_engines_with_proven_precisions(run):
+    df, _, manifest, run_dir = run
+    n_enc = _val(df[df.backend == "ort"], "fp32", "nodes_float", "graph=encoder,op=MatMul")
+    for v in ("fp32", "fp16", "minmax+none+s8s8", "minmax+no_lm_head+s8s8"):
+        e = manifest["variants"][v]["tensorrt"]
+        assert e["status"] == "ok" and set(e["graphs"]) == {"encoder", "decoder"}, v
+        assert _trt(df, v, "engine_mb", "all") == pytest.approx(
+            _trt(df, v, "engine_mb", "graph=encoder") + _trt(df, v, "engine_mb", "graph=decoder"))
+        # The decoder profile starts at an empty past (the first generation step).
+        assert e["graphs"]["decoder"]["shapes"]["past.0.key"][0][2] == 0
+    # 24 linear MatMuls in the encoder (4 layers x q, k, v, out, fc1, fc2); 41 in the decoder (+ cross
+    # attention and lm_head). FP32 runs all in Float, FP16 in Half, all-INT8 in Int8.
+    assert _trt(df, "fp32", "linear_nodes", "graph=encoder,dtype=Float") == 24
+    assert _trt(df, "fp32", "linear_nodes", "graph=decoder,dtype=Float") == 41
+    assert _trt(df, "fp16", "linear_nodes", "dtype=Half") == 65
+    assert _trt(df, "minmax+none+s8s8", "linear_nodes", "dtype=Int8") == 65
+    assert _trt(df, "minmax+none+s8s8", "int8_linear_flop_share", "all") == 1.0
+    # lm_head excluded: exactly the vocabulary projection stays Float in the decoder engine.
+    v = "minmax+no_lm_head+s8s8"
+    assert _trt(df, v, "linear_nodes", "graph=decoder,dtype=Float") == 1
+    assert _trt(df, v, "linear_nodes", "graph=decoder,dtype=Int8") == 40
+    assert _trt(df, v, "linear_nodes", "graph=encoder,dtype=Int8") == 24
+    g = manifest["variants"][v]["tensorrt"]["graphs"]["decoder"]
+    layers = json.loads((run_dir / g["layers"]).read_text())
+    (head,) = [la for la in layers if "/lm_head/MatMul" in la["onnx_nodes"]]
+    assert head["compute"] == "Float" and "Int8" not in head["inputs"] + head["constants"]
+    assert g["summary"]["exclusion_violations"] == [] and g["summary"]["excluded_held"] >= 1
+    # Its FLOP share: 1 - lm_head's (d_model x vocab) over all decoder linear FLOPs, from the weights.
+    from qbench.layer_report import linear_flops_per_token
+    from qbench.qdq import load_model
+
+    flops = linear_flops_per_token(load_model(Path(manifest["model"]["onnx_path"]) / "decoder.onnx"))
+    want = 1 - flops["/lm_head/MatMul"] / sum(flops.values())
+    assert _trt(df, v, "int8_linear_flop_share", "graph=decoder") == pytest.approx(want)
+    enc = linear_flops_per_token(load_model(Path(manifest["model"]["onnx_path"]) / "encoder.onnx"))
+    assert (len(enc), len(flops)) == (24, 41)
+    assert n_enc == 32  # ONNX Runtime's count also has the 8 attention MatMuls (no weight: not linear layers)

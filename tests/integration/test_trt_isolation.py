@@ -1,0 +1,73 @@
+"""Build isolation: the TensorRT builder runs in a child process, so its crash, hang or parser error is
+one variant's failure. The crash and the hang are SIMULATED (a real child process that kills itself or
+sleeps, in place of the builder): a builder that segfaults on demand does not exist."""
+
+import sys
+
+import onnx
+import pytest
+from onnx import TensorProto, helper
+
+from qbench.backends import tensorrt as trt_backend
+from qbench.backends.tensorrt import TensorRTBackend, input_profiles
+from qbench.errors import VariantFailed
+
+pytest.importorskip("tensorrt_rtx_bindings")
+SHAPES = {"x": [[1, 4], [2, 4], [4, 4]]}
+
+
+@pytest.fixture
+def tiny(tmp_path):
+    import numpy as np
+
+    w = helper.make_tensor("w", TensorProto.FLOAT, [4, 4], np.eye(4, dtype=np.float32).ravel().tolist())
+    g = helper.make_graph([helper.make_node("MatMul", ["x", "w"], ["y"], name="mm")], "g",
+                          [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["batch", 4])],
+                          [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["batch", 4])], [w])
+    p = tmp_path / "tiny.onnx"
+    onnx.save(helper.make_model(g, opset_imports=[helper.make_opsetid("", 17)]), str(p))
+    return p
+
+
+def test_profile_from_symbolic_dims(tiny):
+    prof = input_profiles(onnx.load(str(tiny)), {"batch": (1, 2, 4), "sequence": (1, 8, 16)})
+    assert prof == SHAPES
+
+
+def test_a_real_build_of_a_tiny_graph(tiny, tmp_path):
+    engine, info, log = TensorRTBackend(compute_capability="SM89").build(tiny, tmp_path / "e", SHAPES)
+    assert engine.stat().st_size == info["engine_bytes"] > 0 and any("Layers:" in line for line in log)
+
+
+def test_a_parser_error_is_the_variants_failure(tmp_path):
+    bad = tmp_path / "bad.onnx"
+    bad.write_bytes(b"not an onnx file")
+    with pytest.raises(VariantFailed, match="TensorRT ONNX parser"):
+        TensorRTBackend().build(bad, tmp_path / "e", SHAPES)
+
+
+def test_simulated_builder_crash_becomes_a_failure_naming_the_signal(tiny, tmp_path, monkeypatch):
+    crash = "import os, signal, sys; print('builder: about to fail', file=sys.stderr); os.kill(os.getpid(), signal.SIGSEGV)"
+    monkeypatch.setattr(trt_backend, "_child_cmd", lambda *a: [sys.executable, "-c", crash])
+    with pytest.raises(VariantFailed) as e:
+        TensorRTBackend().build(tiny, tmp_path / "e", SHAPES)
+    assert str(e.value).startswith("TensorRT build process killed by SIGSEGV (a crash in the builder, or out of "
+                                   "memory): builder: about to fail; stderr in ")
+    assert (tmp_path / "e" / "build.stderr").read_text().strip() == "builder: about to fail"
+
+
+def test_simulated_builder_hang_times_out(tiny, tmp_path, monkeypatch):
+    monkeypatch.setattr(trt_backend, "_child_cmd", lambda *a: [sys.executable, "-c", "import time; time.sleep(60)"])
+    with pytest.raises(VariantFailed, match="^TensorRT build timed out after 1 s$"):
+        TensorRTBackend(build_timeout_s=1).build(tiny, tmp_path / "e", SHAPES)
+
+
+def test_implicit_int8_mode_is_refused_by_tensorrt_rtx_with_the_reason(tiny, tmp_path):
+    """TensorRT <= 10's implicit INT8 (FP32 graph + qbench's cache): TensorRT-RTX has no IInt8Calibrator."""
+    from qbench.calib import CalibrationTable
+    from qbench.trt_cache import save_trt_cache
+
+    cache = save_trt_cache(CalibrationTable(amax={"x": 1.0}), tmp_path / "c.cache")
+    with pytest.raises(VariantFailed, match=r"^implicit INT8 needs TensorRT <= 10 \(IInt8Calibrator\); found "
+                                            r"tensorrt_rtx [\d.]+: build the QDQ ONNX instead$"):
+        TensorRTBackend().build(tiny, tmp_path / "e", SHAPES, int8_cache=cache)
