@@ -69,6 +69,8 @@ class ExclusionCfg(Strict):
     names: list[str] = Field([], description="regular expressions matched against node names")
     roles: list[Literal["layernorm", "softmax", "embeddings", "lm_head", "attention_probs"]] = Field(
         [], description="structural roles (qbench.roles); attention_probs is the old name of softmax")
+    only: list[str] = Field([], description="if given, only MatMul/Gemm nodes matching one of these regular "
+                                            "expressions are quantized (the rest stay float, their tensors untouched)")
 
 
 class VariantCfg(Strict):
@@ -135,7 +137,8 @@ class SweepCfg(Strict):
         return v
 
     def exclusion(self, name: str) -> ExclusionCfg:
-        return ExclusionCfg() if name == "none" else self.exclusion_sets[name]
+        # 'auto' starts from nothing excluded; the search (qbench.search) decides the rest.
+        return ExclusionCfg() if name in ("none", "auto") else self.exclusion_sets[name]
 
 
 class BackendCfg(Strict):
@@ -183,6 +186,26 @@ class TensorRTCfg(Strict):
                                 "(exclusions do not apply; unverified here)")
 
 
+class SearchCfg(Strict):
+    """``exclude: auto``: rank quantizable units by sensitivity, then exclude the most sensitive until the
+    gate holds on a scoring subset; confirmed by the variant's evaluation on the full evaluation set."""
+
+    granularity: Literal["block", "node"] = Field(
+        "block", description="block: nodes grouped by transformer sub-block (attention, FFN, lm_head); node: each")
+    split: str = Field("calibration", description="where the scoring subset comes from; calibration samples "
+                                                 "and evaluation samples are left out of it")
+    n: int | None = Field(None, ge=2, description="scoring subset size (retrieval, or languages pooled)")
+    n_per_language: int | None = Field(16, ge=1, description="translation: scoring samples per language")
+    seed: int = 0
+    task_metric: bool = Field(True, description="also score each unit's exclusion on the task metric")
+    prefer: Literal["latency", "fewest_exclusions"] = Field(
+        "latency", description="among candidates passing the gate: the fastest measured, or the fewest excluded")
+    max_evaluations: int = Field(24, ge=2, description="gate evaluations on the scoring subset, at most")
+    max_confirmations: int = Field(4, ge=1, description="candidates checked on the full evaluation set, at most")
+    units: list[str] = Field([], description="regular expressions: search only the units whose id matches "
+                                            "(the rest stay INT8); empty = every unit")
+
+
 class OutputCfg(Strict):
     dir: str = "reports"
     cache_dir: str = ".qbench-cache"
@@ -200,6 +223,7 @@ class SweepConfig(Strict):
     tensorrt: TensorRTCfg | None = None
     generation: GenerationCfg = GenerationCfg()
     gate: GateCfg | None = None
+    search: SearchCfg = SearchCfg()
     output: OutputCfg = OutputCfg()
     # Set by load_config, not by the user: where relative paths are resolved from.
     base_dir: str = Field("", exclude=True)
@@ -289,7 +313,11 @@ def _check_plugins(cfg: SweepConfig, file: str) -> list[str]:
                             f"'{v.calibration_set}' (defined: {', '.join(cfg.data.sets())})")
     problems += _instantiate(registry.weight_rules, cfg.calibration.weights, ("calibration", "weights"), file)
     problems += _check_task(cfg, file)
-    known = ["none", *cfg.sweep.exclusion_sets]
+    known = ["none", "auto", *cfg.sweep.exclusion_sets]
+    uses_auto = "auto" in cfg.sweep.exclusions or any(v.exclusion == "auto" for v in cfg.sweep.extra)
+    if uses_auto and cfg.gate is None:
+        problems.append(f"{file}: sweep.exclusions: 'auto' searches for the fastest variant within the gate's "
+                        "budget; add a gate section (e.g. gate: {metric: bleu, max_drop: 1.0, per: lang})")
     refs = [(("sweep", "exclusions", i), x) for i, x in enumerate(cfg.sweep.exclusions)]
     refs += [(("sweep", "extra", i, "exclusion"), v.exclusion) for i, v in enumerate(cfg.sweep.extra)]
     for loc, name in refs:

@@ -117,9 +117,15 @@ def plan(model: onnx.ModelProto, excl: ExclusionCfg) -> tuple[list[onnx.NodeProt
             float_tensors.update(x for x in n.input if x)
             float_tensors.update(n.output)
     report = QdqReport(excluded_nodes=sorted(excluded), warnings=warnings)
+    only = [re.compile(p) for p in excl.only]
+    for rx in only:
+        if not any(rx.search(n.name) for n in model.graph.node if n.op_type in QUANTIZABLE):
+            report.warnings.append(f"'only' pattern '{rx.pattern}' matches no MatMul/Gemm node")
     chosen = []
     for n in model.graph.node:
         if n.op_type not in QUANTIZABLE or n.name in excluded:
+            continue
+        if only and not any(rx.search(n.name) for rx in only):
             continue
         acts = activation_inputs(n, inits)
         if any(a in float_tensors for a in acts):

@@ -51,6 +51,8 @@ class Context:
     fp32_stats: dict | None = None                    # translation: FP32's per-sample metric statistics
     fp32_hyps: list = field(default_factory=list)
     sample_frames: dict = field(default_factory=dict)  # translation: variant -> samples.parquet rows
+    search_sensitivity: dict = field(default_factory=dict)  # exclude: auto variant -> sensitivity records
+    decoded: dict = field(default_factory=dict)  # translation: artifact path -> outputs on the evaluation set
     _fp32_models: dict = field(default_factory=dict)
 
     def fp32_model(self, component: str | None = None):
@@ -381,6 +383,18 @@ def latency_phase(ctx: Context, artifacts: dict[str, Path]) -> dict[str, list | 
     return out
 
 
+def write_sensitivity(ctx: Context) -> None:
+    """sensitivity.parquet: one tidy row per (search variant, mode, unit, metric, language)."""
+    import pandas as pd
+
+    from qbench.io import atomic_write
+
+    rows = [{"variant": vid, **r} for vid, recs in ctx.search_sensitivity.items() for r in recs]
+    if rows:
+        df = pd.DataFrame(rows)
+        atomic_write(ctx.run_dir / "sensitivity.parquet", lambda p: df.to_parquet(p, index=False))
+
+
 def make_latency_feeds(ctx: Context) -> None:
     rng = np.random.default_rng(ctx.cfg.data.calibration.seed)
     if ctx.cfg.task == "translation":
@@ -429,6 +443,15 @@ def run_sweep(cfg: SweepConfig, out_root: Path | None = None) -> Path:
         entry: dict = {"status": "ok", **v.describe(), "signature": v.signature(set_sig.get(v.calib_set, ""))}
         ctx.manifest["variants"][v.id] = entry
         try:
+            if v.exclusion == "auto":  # the search decides this variant's exclusions first
+                from qbench import search
+
+                log(f"search for {v.id}: sensitivity of every unit, then the gate on a scoring subset")
+                try:
+                    v, entry["search"] = search.resolve(ctx, v)
+                finally:
+                    write_sensitivity(ctx)
+                by_id[v.id] = v
             artifact, info = (tr.build_variant if tr else build_variant)(ctx, v)
             entry.update(info)
             entry["artifact"] = str(artifact)
