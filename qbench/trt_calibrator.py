@@ -159,17 +159,9 @@ def make_int8_calibrator(
                 return None
 
         def _reserve(self, name: str, nbytes: int) -> int:
-            """Device pointer with at least ``max(nbytes, 1)`` bytes for ``name``; grows, never shrinks."""
-            need = max(nbytes, 1)  # cudaMalloc(0) gives a null pointer, which TensorRT rejects
-            have = self._buffers.get(name)
-            if have is not None and have[1] >= need:
-                return have[0]
-            if have is not None:
-                del self._buffers[name]
-                self._cuda.free(have[0])
-            ptr = self._cuda.malloc(need)
-            self._buffers[name] = (ptr, need)
-            return ptr
+            from qbench.backends.trt_runtime import reserve  # noqa: PLC0415
+
+            return reserve(self._cuda, self._buffers, name, nbytes)
 
         def _upload(self, batch: "dict[str, np.ndarray]", names: list[str]) -> list[int]:
             import numpy as np  # noqa: PLC0415

@@ -228,6 +228,21 @@ def _load_cuda() -> _CudaPython | _PyCuda:
     return _PyCuda(drv)
 
 
+def reserve(cuda: Any, buffers: dict[str, tuple[int, int]], name: str, need: int) -> int:
+    """Device pointer with at least ``need`` (> 0) bytes for ``name`` in ``buffers``; grows, never shrinks.
+    Zero-size tensors still get a real allocation: cudaMalloc(0) gives a null pointer, which TensorRT rejects."""
+    need = max(need, 1)
+    have = buffers.get(name)
+    if have is not None and have[1] >= need:
+        return have[0]
+    if have is not None:
+        del buffers[name]
+        cuda.free(have[0])
+    ptr = cuda.malloc(need)
+    buffers[name] = (ptr, need)
+    return ptr
+
+
 def _rtx_supported_ccs(trt: Any) -> frozenset[tuple[int, int]]:
     """Compute capabilities the TensorRT-RTX bindings name (``ComputeCapability.SM89`` ...)."""
     members = getattr(getattr(trt, "ComputeCapability", None), "__members__", None) or {}
@@ -371,17 +386,7 @@ class TrtSession:
     # -- buffers ------------------------------------------------------------------------------------
 
     def _reserve(self, name: str, nbytes: int, itemsize: int) -> int:
-        """Device pointer with at least ``max(nbytes, itemsize)`` bytes for ``name``; grows, never shrinks."""
-        need = max(nbytes, itemsize)
-        have = self._buffers.get(name)
-        if have is not None and have[1] >= need:
-            return have[0]
-        if have is not None:
-            del self._buffers[name]
-            self._cuda.free(have[0])
-        ptr = self._cuda.malloc(need)
-        self._buffers[name] = (ptr, need)
-        return ptr
+        return reserve(self._cuda, self._buffers, name, max(nbytes, itemsize))
 
     def _bind(self, name: str, ptr: int) -> None:
         if not self._context.set_tensor_address(name, ptr):
