@@ -507,6 +507,8 @@ def search_sections(df, manifest: dict, df_sens=None) -> list[dict]:
             "error_label": "KL" if task_of(manifest) == "translation" else "rel. MSE",
             "trace": trace, "n_pass": sum(t["pass"] for t in trace), "n_fail": sum(not t["pass"] for t in trace),
             "confirm": full,
+            "confirmations": [{"k": c["k"], "pass": c["pass"], "drop": _num(c["worst_drop"]), "where": c["worst"]}
+                              for c in s.get("confirmations") or []],
             "svg": sensitivity_svg(df_sens, vid, s.get("ranking") or [], chosen or 0) if has_sens else "",
             "has_sens_file": df_sens is not None,
         })
