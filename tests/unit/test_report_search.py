@@ -46,6 +46,7 @@ SEARCH = {
     "evaluations": len(TRACE), "passing": [3, 4], "smallest_passing": 3, "chosen_k": 4,
     "chosen_units": RANKING[:4], "prefer": "latency", "latency_p50_ms": {"k=3": 12.0, "k=4": 11.5, "batch": 1},
     "seconds": 93.4, "models_scored": 1 + 2 * len(RANKING) + len(TRACE),
+    "confirmations": [{"k": 4, "worst_drop": 0.5, "worst": "fr", "pass": True, "quality_all": 31.5, "seconds": 9.0}],
 }
 
 
@@ -289,3 +290,16 @@ def test_unit_labels_strip_shared_prefixes_and_stay_unique():
     # a collision falls back to the full ids
     clash = ["decoder:/decoder/x", "decoder:/x"]
     assert report.unit_labels(clash) == {u: u for u in clash}
+
+
+def test_confirmations_are_listed_in_preference_order(run):
+    import re as _re
+
+    m = json.loads((run / "manifest.json").read_text())
+    m["variants"][AUTO]["search"]["confirmations"] = [
+        {"k": 3, "worst_drop": 1.25, "worst": "de", "pass": False, "quality_all": 30.0, "seconds": 9.0},
+        {"k": 4, "worst_drop": 0.5, "worst": "fr", "pass": True, "quality_all": 31.5, "seconds": 9.0}]
+    (run / "manifest.json").write_text(json.dumps(m))
+    text = _re.sub(r"<[^>]+>", "", report.render(run).read_text())
+    assert ("Candidates checked on the full evaluation set, in preference order: k = 3 FAIL (worst drop 1.25, de)"
+            " · k = 4 PASS (worst drop 0.50, fr).") in text
