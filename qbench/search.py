@@ -222,14 +222,13 @@ class TranslationScorer:
         kl_by_lang: dict[str, list[float]] = {}
         num = den = 0.0
         for (ref, rows), (x, _) in zip(self.base_logits, logits):
-            ref, x = ref.astype(np.float64), x.astype(np.float64)
             p = _log_softmax(ref)
             q = _log_softmax(x)
-            kl = (np.exp(p) * (p - q)).sum(axis=1)
+            kl = (np.exp(p) * (p - q)).sum(axis=1, dtype=np.float64)
             for r, v in zip(rows, kl):
                 kl_by_lang.setdefault(self.langs[r], []).append(float(v))
-            num += float(((ref - x) ** 2).sum())
-            den += float((ref ** 2).sum())
+            num += float(((ref - x) ** 2).sum(dtype=np.float64))
+            den += float((ref ** 2).sum(dtype=np.float64))
         kl = {lang: float(np.mean(v)) for lang, v in sorted(kl_by_lang.items())}
         kl["all"] = float(np.mean([v for vs in kl_by_lang.values() for v in vs]))
         sqnr = float("inf") if num == 0 else 10 * np.log10(den / num)
@@ -348,10 +347,11 @@ class Search:
                 hi = mid
             else:
                 lo = mid
-        passing = sorted(k for k, r in tried.items() if r["pass"])
+        # k = n keeps every unit float: that is FP32 with extra steps, not an answer.
+        passing = sorted(k for k, r in tried.items() if r["pass"] and k < n)
         if not passing:
-            raise DataError(f"search: no candidate passed the gate on the scoring subset within "
-                            f"{self.evaluations} evaluations (even {max(tried)} of {n} units excluded)")
+            raise DataError(f"search: no candidate with INT8 left passed the gate on the scoring subset "
+                            f"({self.evaluations} evaluations, up to {max(tried)} of {n} units float)")
         return {"passing": passing, "smallest": passing[0]}
 
 
@@ -400,14 +400,14 @@ def pick(s: Search, ranked: list[Unit], passing: list[int]) -> tuple[int, dict]:
         if s.confirm(k):
             return k, latency
     lo, n = max(passing), len(ranked)
-    while lo < n and s.evaluations < sc.max_evaluations and len(s.confirmations) < sc.max_confirmations:
-        k = lo + max(1, (n - lo + 1) // 2)  # halve the distance to "every unit float" each time
+    while lo < n - 1 and s.evaluations < sc.max_evaluations and len(s.confirmations) < sc.max_confirmations:
+        k = min(n - 1, lo + max(1, (n - lo) // 2))  # halve the distance to "every unit float", never reach it
         row = next((r for r in s.trace if r["k"] == k), None) or s.step(ranked, k)
         if row["pass"] and k not in {c["k"] for c in s.confirmations} and s.confirm(k):
             return k, latency
         lo = k
-    raise DataError(f"search: no candidate held the gate on the full evaluation set ({len(s.confirmations)} "
-                    f"confirmation(s), {s.evaluations} subset evaluations)")
+    raise DataError(f"search: no candidate with INT8 left held the gate on the full evaluation set "
+                    f"({len(s.confirmations)} confirmation(s), {s.evaluations} subset evaluations)")
 
 
 def resolve(ctx, v) -> tuple[object, dict]:
