@@ -16,6 +16,9 @@ EPILOG = """examples:
   qbench ls calibrators
   qbench table reports/minilm-retrieval/<run_id>/tables/entropy.json entropy.cache
   qbench inspect model.onnx
+  qbench gate reports/django-multi-auto/<run_id>                 # exit 0 pass, 1 fail, 2 cannot tell
+  qbench gate reports/minilm-retrieval/<run_id> --variant minmax+none+s8s8
+  qbench compare reports/minilm-retrieval/<run_a> reports/minilm-retrieval/<run_b>
 """
 
 
@@ -39,6 +42,13 @@ def _parser() -> argparse.ArgumentParser:
     r = sub.add_parser("report", help="re-render report.html of a run directory")
     r.add_argument("run_dir")
     r.add_argument("--markdown", action="store_true", help="print the variant table as Markdown instead")
+    g = sub.add_parser("gate", help="exit 0 if a variant of a run passes its gate, 1 if not (for release pipelines)")
+    g.add_argument("run_dir")
+    g.add_argument("--variant", help="default: the run's exclude: auto variant, if it has exactly one")
+    c = sub.add_parser("compare", help="the overall metrics of two runs' shared variants, side by side")
+    c.add_argument("run_a")
+    c.add_argument("run_b")
+    c.add_argument("--metric", action="append", help="a metric to show (repeatable); default: the quality ones")
     i = sub.add_parser("inspect", help="list a model's MatMul/Gemm nodes and its structural roles (exclusion targets)")
     i.add_argument("model", help="an ONNX file")
     i.add_argument("--json", action="store_true", help="print the nodes and role groups as JSON")
@@ -135,6 +145,8 @@ def _inspect(path: str, as_json: bool) -> int:
 
 
 def _dispatch(args) -> int:
+    from pathlib import Path
+
     from qbench.config import load_config
 
     if args.cmd == "ls":
@@ -143,9 +155,18 @@ def _dispatch(args) -> int:
         return _convert_table(args.src, args.dst, args.trt_version)
     if args.cmd == "inspect":
         return _inspect(args.model, args.json)
-    if args.cmd == "report":
-        from pathlib import Path
+    if args.cmd == "gate":
+        from qbench.verdict import gate
 
+        code, line = gate(Path(args.run_dir), args.variant)
+        print(line)
+        return code
+    if args.cmd == "compare":
+        from qbench.verdict import compare
+
+        print(compare(Path(args.run_a), Path(args.run_b), args.metric))
+        return 0
+    if args.cmd == "report":
         from qbench.report import markdown, render
 
         print(markdown(Path(args.run_dir)) if args.markdown else render(Path(args.run_dir)))
