@@ -149,5 +149,16 @@ def summarize(layers: list[Layer], model, excluded_nodes: list[str], *, keep_flo
     }
 
 
+def combine(summaries: list[dict]) -> dict:
+    """Several graphs' summaries (an encoder and a decoder) as one: FLOPs and node counts added up."""
+    i8 = sum(s["int8_linear_flops"] for s in summaries)
+    tot = sum(s["linear_flops"] for s in summaries)
+    dtypes: dict[str, int] = {}
+    for s in summaries:
+        for k, n in s["linear_nodes_by_dtype"].items():
+            dtypes[k] = dtypes.get(k, 0) + n
+    return {"int8_linear_flop_share": i8 / tot if tot else 0.0, "linear_nodes_by_dtype": dtypes}
+
+
 def to_records(layers: list[Layer]) -> list[dict]:
     return [{**asdict(layer), "compute": layer.compute} for layer in layers]

@@ -36,6 +36,11 @@ def summarize(seconds: np.ndarray, batch: int) -> dict[str, float]:
     }
 
 
+def as_rows(summary: dict[str, float], batch: int) -> list[tuple[str, str, float, str]]:
+    """A latency summary as result tuples (metric, ``batch=<b>``, value, unit)."""
+    return [(k, f"batch={batch}", v, "ms" if k.endswith("_ms") else "items/s") for k, v in summary.items()]
+
+
 def interleaved(sessions: dict[str, object], feeds: dict[str, np.ndarray], warmup: int, runs: int,
                 rounds: int) -> dict[str, dict[str, float]]:
     """Per session name: latency summary over ``rounds`` round-robin rounds of ``runs`` timed runs each.

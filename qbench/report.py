@@ -104,15 +104,11 @@ def _trt_cell(entry: dict | None) -> str:
         return ""
     if entry.get("status") != "ok":
         return "build failed (see the TensorRT table)"
-    graphs = entry["graphs"]
-    dts: dict[str, int] = {}
-    i8 = tot = 0
-    for g in graphs.values():
-        i8 += g["summary"]["int8_linear_flops"]
-        tot += g["summary"]["linear_flops"]
-        for k, n in g["summary"]["linear_nodes_by_dtype"].items():
-            dts[k] = dts.get(k, 0) + n
-    return f"{(i8 / tot if tot else 0) * 100:.0f}% INT8 · {' '.join(f'{k} {n}' for k, n in sorted(dts.items()))}"
+    from qbench.layer_report import combine
+
+    c = combine([g["summary"] for g in entry["graphs"].values()])
+    dts = " ".join(f"{k} {n}" for k, n in sorted(c["linear_nodes_by_dtype"].items()))
+    return f"{c['int8_linear_flop_share'] * 100:.0f}% INT8 · {dts}"
 
 
 # What a failed TensorRT build usually means, for the reviewer who was not at the terminal.
@@ -295,17 +291,25 @@ def translation_context(df, manifest: dict) -> dict:
             "not_shown": [v for v, i in infos.items() if v != BASELINE and v not in cols]}
 
 
+GATE_METRICS = {**MT_METRICS, QUALITY: "accuracy@1"}
+
+
+def _gate_words(g: dict) -> tuple[str, str]:
+    """(the metric's name, 'in any language' | 'overall') of a gate config."""
+    metric = g.get("metric", "bleu")
+    return (GATE_METRICS.get(metric, metric),
+            "in any language" if g.get("per", "lang") == "lang" else "overall")
+
+
 def _gate_text(g: dict | None) -> str:
     if not g:
         return ""
-    what = MT_METRICS.get(g.get("metric", "bleu"), g.get("metric", "bleu"))
-    where = "in any language" if g.get("per", "lang") == "lang" else "overall"
+    what, where = _gate_words(g)
     return f"a variant fails when its {what} drops by more than {g.get('max_drop')} against FP32 {where}"
 
 
 # ---------------------------------------------------------------- exclude: auto (qbench.search)
 
-GATE_METRICS = {**MT_METRICS, QUALITY: "accuracy@1"}
 _UNIT_GRAPH = re.compile(r"^([A-Za-z_]\w*):(.*)$")  # "decoder:/decoder/layers.3/fc1" -> graph, path
 
 
@@ -458,8 +462,7 @@ def _batch_name(b) -> str:
 def _search_gate_text(g: dict) -> str:
     if not g:
         return "no gate in the manifest"
-    what = GATE_METRICS.get(g.get("metric", ""), g.get("metric", ""))
-    where = "in any language" if g.get("per", "lang") == "lang" else "overall"
+    what, where = _gate_words(g)
     return f"{what} may drop by at most {g.get('max_drop')} points against FP32 {where}"
 
 

@@ -125,13 +125,10 @@ class RetrievalScorer:
         self.base_quality = self._quality(self.base)
 
     def _embed(self, art: Path) -> np.ndarray:
-        from qbench.retrieval import embed
-        from qbench.sweep import _backend
+        from qbench.sweep import embed_pairs
 
-        be, bs = _backend(self.ctx), self.ctx.cfg.measure.eval_batch_size
-        with be.open(be.build(art, self.ctx.run_dir)) as sess:
-            return np.concatenate([embed(sess, self.ctx.tokenizer, [s.text for s in self.subset], bs),
-                                   embed(sess, self.ctx.tokenizer, [s.reference for s in self.subset], bs)])
+        q, d, _ = embed_pairs(self.ctx, art, self.subset)
+        return np.concatenate([q, d])
 
     def _quality(self, emb: np.ndarray) -> dict[str, float]:
         from qbench.retrieval import retrieval_metrics
@@ -141,15 +138,11 @@ class RetrievalScorer:
 
     def full_quality(self, art: Path) -> tuple[dict[str, float], dict[str, float]]:
         """(candidate, FP32) accuracy@1 in points on the sweep's evaluation set."""
-        from qbench.retrieval import embed, retrieval_metrics
-        from qbench.sweep import _backend
+        from qbench.retrieval import retrieval_metrics
+        from qbench.sweep import embed_pairs
 
-        ctx = self.ctx
-        be, bs = _backend(ctx), ctx.cfg.measure.eval_batch_size
-        with be.open(be.build(art, ctx.run_dir)) as sess:
-            q = embed(sess, ctx.tokenizer, [s.text for s in ctx.evalset], bs)
-            d = embed(sess, ctx.tokenizer, [s.reference for s in ctx.evalset], bs)
-        return {"all": retrieval_metrics(q, d)["accuracy_at_1"] * 100}, {"all": ctx.fp32_quality * 100}
+        q, d, _ = embed_pairs(self.ctx, art, self.ctx.evalset)
+        return {"all": retrieval_metrics(q, d)["accuracy_at_1"] * 100}, {"all": self.ctx.fp32_quality * 100}
 
     def score(self, art: Path, quality: bool = True) -> dict:
         emb = self._embed(art)
@@ -172,12 +165,11 @@ class TranslationScorer:
         gen = tr.generator(ctx, ctx.fp32)
         self.hyps0 = tr.translate(ctx, gen, subset)
         self.targets = [t or [ctx.spec.eos_token_id] for t in tr._target_ids(ctx, self.hyps0)]
-        self.base_logits = self._logits(ctx.fp32)
-        self.base_quality = self._quality(self.hyps0)
+        self.base_logits = self._logits(gen)
+        self.base_quality = self._quality(self.hyps0, subset)
 
-    def _logits(self, art: Path) -> list[tuple[np.ndarray, np.ndarray]]:
+    def _logits(self, gen) -> list[tuple[np.ndarray, np.ndarray]]:
         """Per batch: (logits over real target positions [tokens, vocab], row of each token)."""
-        gen = self.tr.generator(self.ctx, art)
         out = []
         bs = self.ctx.cfg.generation.batch_size
         for k in range(0, len(self.subset), bs):
@@ -190,35 +182,32 @@ class TranslationScorer:
             out.append((logits[mask].astype(np.float32), np.asarray(rows)[np.nonzero(mask)[0]]))
         return out
 
-    def _quality(self, hyps: list[str]) -> dict[str, float]:
+    def _quality(self, hyps: list[str], samples) -> dict[str, float]:
+        """The gate's metric per language and overall ('all': the macro mean)."""
         from qbench import mt_metrics as mm
 
-        stats = mm.sample_stats_by_lang(hyps, [s.reference for s in self.subset], self.langs)
-        df = mm.score_stats(stats, self.langs)
-        d = df[df.metric == self.metric]
+        langs = [s.language for s in samples]
+        return self._scores(mm.sample_stats_by_lang(hyps, [s.reference for s in samples], langs), langs)
+
+    def _scores(self, stats, langs) -> dict[str, float]:
+        from qbench import mt_metrics as mm
+
+        d = mm.score_stats(stats, langs)
+        d = d[d.metric == self.metric]
         return dict(zip(d.lang, d.value.astype(float)))
 
     def full_quality(self, art: Path) -> tuple[dict[str, float], dict[str, float]]:
         """(candidate, FP32) scores per language on the sweep's evaluation set; the candidate's outputs are
         kept so that the variant's own evaluation does not decode them again."""
-        from qbench import mt_metrics as mm
-
         ctx = self.ctx
         t0 = time.perf_counter()
         hyps = self.tr.translate(ctx, self.tr.generator(ctx, art), ctx.evalset)
         ctx.decoded[str(art)] = (hyps, time.perf_counter() - t0)
-        langs = [s.language for s in ctx.evalset]
-
-        def scores(stats):
-            d = mm.score_stats(stats, langs)
-            d = d[d.metric == self.metric]
-            return dict(zip(d.lang, d.value.astype(float)))
-
-        refs = [s.reference for s in ctx.evalset]
-        return scores(mm.sample_stats_by_lang(hyps, refs, langs)), scores(ctx.fp32_stats)
+        return self._quality(hyps, ctx.evalset), self._scores(ctx.fp32_stats, [s.language for s in ctx.evalset])
 
     def score(self, art: Path, quality: bool = True) -> dict:
-        logits = self._logits(art)
+        gen = self.tr.generator(self.ctx, art)  # one pair of sessions for the logits and the decoding
+        logits = self._logits(gen)
         kl_by_lang: dict[str, list[float]] = {}
         num = den = 0.0
         for (ref, rows), (x, _) in zip(self.base_logits, logits):
@@ -234,7 +223,7 @@ class TranslationScorer:
         sqnr = float("inf") if num == 0 else 10 * np.log10(den / num)
         out = {"error": kl["all"], "fidelity": {"kl": kl, "sqnr_db": {"all": sqnr}}}
         if quality:
-            out["quality"] = self._quality(self.tr.translate(self.ctx, self.tr.generator(self.ctx, art), self.subset))
+            out["quality"] = self._quality(self.tr.translate(self.ctx, gen, self.subset), self.subset)
         return out
 
 
@@ -265,10 +254,10 @@ class Search:
             from qbench.sweep import build_variant
         return build_variant(self.ctx, replace(self.variant, exclusion_cfg=excl))[0]
 
-    def gate(self, quality: dict[str, float]) -> tuple[bool, float, str]:
-        """(pass, worst drop in points, where) against FP32 on the scoring subset."""
+    def gate(self, quality: dict[str, float], base: dict[str, float] | None = None) -> tuple[bool, float, str]:
+        """(pass, worst drop in points, where) against FP32's ``base`` (default: on the scoring subset)."""
         g = self.ctx.cfg.gate
-        base = self.scorer.base_quality
+        base = self.scorer.base_quality if base is None else base
         keys = [k for k in base if k != "all"] if g.per == "lang" and len(base) > 1 else ["all"]
         drops = {k: base[k] - quality[k] for k in keys}
         where = max(sorted(drops), key=lambda k: drops[k])
@@ -313,12 +302,8 @@ class Search:
         t0 = time.perf_counter()
         row = next(r for r in self.trace if r["k"] == k)
         quality, base = self.scorer.full_quality(Path(row["artifact"]))
-        g = self.ctx.cfg.gate
-        keys = [x for x in base if x != "all"] if g.per == "lang" and len(base) > 1 else ["all"]
-        drops = {x: base[x] - quality[x] for x in keys}
-        where = max(sorted(drops), key=lambda x: drops[x])
-        ok = drops[where] <= g.max_drop
-        self.confirmations.append({"k": k, "worst_drop": drops[where], "worst": where, "pass": ok,
+        ok, drop, where = self.gate(quality, base)
+        self.confirmations.append({"k": k, "worst_drop": drop, "worst": where, "pass": ok,
                                    "quality_all": quality.get("all"), "seconds": round(time.perf_counter() - t0, 2)})
         return ok
 
@@ -362,6 +347,7 @@ def order(s: Search, passing: list[int]) -> tuple[list[int], dict]:
     if ctx.cfg.search.prefer == "fewest_exclusions" or len(passing) == 1:
         return list(passing), {}
     from qbench.measure import interleaved
+    from qbench.sweep import latency_session
 
     rows = {r["k"]: r for r in s.trace}
     b = min(ctx.latency_feeds)
@@ -369,16 +355,7 @@ def order(s: Search, passing: list[int]) -> tuple[list[int], dict]:
     sessions = {}
     try:
         for k in passing:
-            art = Path(rows[k]["artifact"])
-            if ctx.cfg.task == "translation":
-                from qbench.translation import GenerationSession
-
-                sessions[k] = GenerationSession(ctx, art)
-            else:
-                from qbench.sweep import _backend
-
-                be = _backend(ctx)
-                sessions[k] = be.open(be.build(art, ctx.run_dir))
+            sessions[k] = latency_session(ctx, Path(rows[k]["artifact"]))
         res = interleaved(sessions, ctx.latency_feeds[b], lat.warmup, lat.runs, lat.rounds)
     finally:
         for sess in sessions.values():

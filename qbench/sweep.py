@@ -291,16 +291,10 @@ def build_variant(ctx: Context, v: Variant) -> tuple[Path, dict]:
 
 def evaluate(ctx: Context, v: Variant, artifact: Path) -> list[tuple[str, str, float, str]]:
     """Quality and structure of one variant. Latency is measured later, side by side (see latency_phase)."""
-    from qbench.retrieval import embed, fidelity, retrieval_metrics
+    from qbench.retrieval import fidelity, retrieval_metrics
 
-    bs = ctx.cfg.measure.eval_batch_size
     metrics: list[tuple[str, str, float, str]] = []
-    backend = _backend(ctx)
-    with backend.open(backend.build(artifact, ctx.run_dir)) as sess:
-        t0 = time.perf_counter()
-        q = embed(sess, ctx.tokenizer, [s.text for s in ctx.evalset], bs)
-        d = embed(sess, ctx.tokenizer, [s.reference for s in ctx.evalset], bs)
-        eval_s = time.perf_counter() - t0
+    q, d, eval_s = embed_pairs(ctx, artifact, ctx.evalset)
     m = retrieval_metrics(q, d)
     if v.baseline == "fp32":
         ctx.fp32_emb = np.concatenate([q, d])
@@ -315,6 +309,29 @@ def evaluate(ctx: Context, v: Variant, artifact: Path) -> list[tuple[str, str, f
     metrics.append(("eval_seconds", "all", eval_s, "s"))
     metrics.append(("size_mb", "all", artifact.stat().st_size / 1e6, "MB"))
     return metrics + structure_metrics(ctx, v, artifact)
+
+
+def embed_pairs(ctx: Context, artifact: Path, samples) -> tuple[np.ndarray, np.ndarray, float]:
+    """(query embeddings, document embeddings, seconds spent embedding) of ``samples`` on one variant."""
+    from qbench.retrieval import embed
+
+    bs = ctx.cfg.measure.eval_batch_size
+    backend = _backend(ctx)
+    with backend.open(backend.build(artifact, ctx.run_dir)) as sess:
+        t0 = time.perf_counter()
+        q = embed(sess, ctx.tokenizer, [s.text for s in samples], bs)
+        d = embed(sess, ctx.tokenizer, [s.reference for s in samples], bs)
+        return q, d, time.perf_counter() - t0
+
+
+def latency_session(ctx: Context, artifact: Path):
+    """What latency code times for one variant: a whole translation, or one forward pass."""
+    if ctx.cfg.task == "translation":
+        from qbench.translation import GenerationSession
+
+        return GenerationSession(ctx, artifact)
+    backend = _backend(ctx)
+    return backend.open(backend.build(artifact, ctx.run_dir))
 
 
 def _backend(ctx: Context):
@@ -350,20 +367,14 @@ def latency_phase(ctx: Context, artifacts: dict[str, Path]) -> dict[str, list | 
 
     Returns, per variant id, its latency metric tuples, or an error string if its session failed.
     """
-    from qbench.measure import interleaved
+    from qbench.measure import as_rows, interleaved
 
     lat = ctx.cfg.measure.latency
-    backend = _backend(ctx)
     out: dict[str, list | str] = {vid: [] for vid in artifacts}
     sessions = {}
     for vid, art in artifacts.items():
         try:
-            if ctx.cfg.task == "translation":
-                from qbench.translation import GenerationSession
-
-                sessions[vid] = GenerationSession(ctx, art)
-            else:
-                sessions[vid] = backend.open(backend.build(art, ctx.run_dir))
+            sessions[vid] = latency_session(ctx, art)
         except Exception as e:  # noqa: BLE001 - recorded as this variant's failure
             out[vid] = f"latency: {str(e).splitlines()[0] if str(e) else type(e).__name__}"
     try:
@@ -375,8 +386,7 @@ def latency_phase(ctx: Context, artifacts: dict[str, Path]) -> dict[str, list | 
                     out[vid] = f"latency: {str(r).splitlines()[0] if str(r) else type(r).__name__}"
                     sessions.pop(vid).close()
                 elif isinstance(out[vid], list):
-                    out[vid] += [(k, f"batch={b}", val, "ms" if k.endswith("_ms") else "items/s")
-                                 for k, val in r.items()]
+                    out[vid] += as_rows(r, b)
     finally:
         for s in sessions.values():
             s.close()

@@ -59,7 +59,7 @@ def build_variant_engines(ctx, v, artifact: Path) -> tuple[list, dict]:
     """
     from qbench.backends.tensorrt import TensorRTBackend, input_profiles
     from qbench.io import atomic_write_text
-    from qbench.layer_report import parse_layers, summarize, to_records
+    from qbench.layer_report import combine, parse_layers, summarize, to_records
     from qbench.qdq import load_model
     from qbench.sweep import _safe
 
@@ -71,7 +71,6 @@ def build_variant_engines(ctx, v, artifact: Path) -> tuple[list, dict]:
     timing = engines_dir / f"timing-{tc.compute_capability}.cache"
     metrics: list[tuple[str, str, float, str]] = []
     entry: dict = {"status": "ok", "profile": {k: list(r) for k, r in ranges.items()}, "graphs": {}}
-    totals = {"engine_mb": 0.0, "build_seconds": 0.0, "int8": 0, "flops": 0, "dtypes": {}}
     violations: list[str] = []
     implicit = tc.int8_mode == "implicit" and v.kind == "qbench"
     for graph, path, excluded in _graphs(Path(artifact), vm.get("excluded_nodes", [])):
@@ -96,21 +95,15 @@ def build_variant_engines(ctx, v, artifact: Path) -> tuple[list, dict]:
         violations += [f"{graph}:{n}" for n in s["exclusion_violations"]]
         sl = "all" if graph == "model" else f"graph={graph}"
         metrics += _graph_metrics(sl, info, s)
-        totals["engine_mb"] += info["engine_bytes"] / 1e6
-        totals["build_seconds"] += info["seconds"]
-        totals["int8"] += s["int8_linear_flops"]
-        totals["flops"] += s["linear_flops"]
-        for k, n in s["linear_nodes_by_dtype"].items():
-            totals["dtypes"][k] = totals["dtypes"].get(k, 0) + n
-    if len(entry["graphs"]) > 1:
-        metrics += [("engine_mb", "all", totals["engine_mb"], "MB"),
-                    ("build_seconds", "all", totals["build_seconds"], "s"),
-                    ("int8_linear_flop_share", "all", totals["int8"] / totals["flops"] if totals["flops"] else 0.0,
-                     "fraction")]
-        metrics += [("linear_nodes", f"dtype={k}", n, "count") for k, n in sorted(totals["dtypes"].items())]
+    graphs = entry["graphs"].values()
+    if len(graphs) > 1:  # an encoder and a decoder: the variant's 'all' slice adds them up
+        c = combine([g["summary"] for g in graphs])
+        metrics += [("engine_mb", "all", sum(g["build"]["engine_bytes"] for g in graphs) / 1e6, "MB"),
+                    ("build_seconds", "all", sum(g["build"]["seconds"] for g in graphs), "s"),
+                    ("int8_linear_flop_share", "all", c["int8_linear_flop_share"], "fraction")]
+        metrics += [("linear_nodes", f"dtype={k}", n, "count") for k, n in sorted(c["linear_nodes_by_dtype"].items())]
     if violations:
-        entry.update(status="failed", error=f"exclusion did not hold in the engine: {', '.join(violations[:5])}")
-        raise VariantFailed(entry["error"])
+        raise VariantFailed(f"exclusion did not hold in the engine: {', '.join(violations[:5])}")
     return metrics, entry
 
 
@@ -146,7 +139,7 @@ def gpu_latency_rows(ctx, v, entry: dict) -> list[tuple[str, str, float, str]]:
     time of whole greedy/beam generation through the encoder and decoder engines, as ORT is timed.
     """
     from qbench.backends.trt_runtime import TrtSession, gpu_latency
-    from qbench.measure import summarize, time_runs
+    from qbench.measure import as_rows, summarize, time_runs
 
     lat = ctx.cfg.measure.latency
     rows = []
@@ -154,8 +147,7 @@ def gpu_latency_rows(ctx, v, entry: dict) -> list[tuple[str, str, float, str]]:
     if "model" in graphs:
         with TrtSession(Path(graphs["model"]["engine"])) as sess:
             for b, feeds in ctx.latency_feeds.items():
-                r = gpu_latency(sess, feeds, lat.warmup, lat.runs * lat.rounds)
-                rows += [(k, f"batch={b}", val, "ms" if k.endswith("_ms") else "items/s") for k, val in r.items()]
+                rows += as_rows(gpu_latency(sess, feeds, lat.warmup, lat.runs * lat.rounds), b)
         return rows
     from qbench.generate import Generator
 
@@ -166,8 +158,7 @@ def gpu_latency_rows(ctx, v, entry: dict) -> list[tuple[str, str, float, str]]:
         for b, feeds in ctx.latency_feeds.items():
             secs = time_runs(lambda: gen.generate(feeds["input_ids"], feeds["attention_mask"], g.max_new_tokens,
                                                   g.num_beams), lat.warmup, lat.runs * lat.rounds)
-            r = summarize(secs, b)
-            rows += [(k, f"batch={b}", val, "ms" if k.endswith("_ms") else "items/s") for k, val in r.items()]
+            rows += as_rows(summarize(secs, b), b)
     finally:
         enc.close()
         dec.close()

@@ -41,16 +41,16 @@ def gate(run_dir: Path, variant: str | None = None) -> tuple[int, str]:
     info = variants[variant]
     if info.get("status") != "ok":
         return FAIL, f"{variant}: FAIL (the variant failed: {info.get('error', 'no reason recorded')})"
-    rows = df[(df.variant == variant) & (df.backend == info.get("backend", "ort")) & (df.metric == "gate")]
-    if rows.empty:
+    from qbench.report import _gate, _values
+
+    g = _gate(_values(df[df.backend == info.get("backend", "ort")]), variant)
+    if g is None or g["pass"] is None:
         raise DataError(f"{run_dir}: variant '{variant}' has no gate result (fp32 is the reference, not gated)")
-    passed = bool(rows.value.iloc[0] == 1.0)
-    worst = df[(df.variant == variant) & (df.metric == "worst_lang_drop")]
+    passed = g["pass"]
     where = ""
-    if not worst.empty:
-        w = worst.iloc[0]
+    if g["lang"] is not None:
         unit = "points" if cfg_gate.get("metric") == "accuracy_at_1" else cfg_gate.get("metric", "")
-        where = f": worst drop {w.value:.2f} {unit}" + ("" if w.slice == "all" else f" ({w.slice.split('=', 1)[1]})")
+        where = f": worst drop {g['drop']:.2f} {unit}" + ("" if g["lang"] == "all" else f" ({g['lang']})")
     line = (f"{variant}: {'PASS' if passed else 'FAIL'}{where}, budget {cfg_gate.get('max_drop')} "
             f"per {cfg_gate.get('per')}")
     return (PASS if passed else FAIL), line

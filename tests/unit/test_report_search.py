@@ -3,12 +3,12 @@
 from __future__ import annotations
 
 import json
-from html.parser import HTMLParser
 from pathlib import Path
 
 import pandas as pd
 import pytest
 
+from html_doc import parse
 from qbench import report
 from qbench.results import metric_rows, write_manifest, write_results
 
@@ -105,47 +105,10 @@ def run(tmp_path) -> Path:
     return tmp_path
 
 
-class _Doc(HTMLParser):
+def _doc(html: str):
     """Every <table id=...> as rows of (tr class, [cell text]); the text of every <h2>."""
-
-    def __init__(self):
-        super().__init__()
-        self.tables: dict[str, list[tuple[str, list[str]]]] = {}
-        self.h2: list[str] = []
-        self._id = self._cell = self._h2 = None
-
-    def handle_starttag(self, tag, attrs):
-        a = dict(attrs)
-        if tag == "table":
-            self._id = a.get("id")
-            self.tables[self._id] = []
-        elif tag == "tr" and self._id is not None:
-            self.tables[self._id].append((a.get("class") or "", []))
-        elif tag in ("td", "th") and self._id is not None:
-            self._cell = []
-        elif tag == "h2":
-            self._h2 = []
-
-    def handle_endtag(self, tag):
-        if tag in ("td", "th") and self._cell is not None:
-            self.tables[self._id][-1][1].append("".join(self._cell).strip())
-            self._cell = None
-        elif tag == "table":
-            self._id = None
-        elif tag == "h2" and self._h2 is not None:
-            self.h2.append("".join(self._h2).strip())
-            self._h2 = None
-
-    def handle_data(self, data):
-        if self._cell is not None:
-            self._cell.append(data)
-        if self._h2 is not None:
-            self._h2.append(data)
-
-
-def _doc(html: str) -> _Doc:
-    d = _Doc()
-    d.feed(html)
+    d = parse(html)
+    d.tables = {k: [(cls, [t for t, _ in cells]) for cls, cells in rows] for k, rows in d.tables.items()}
     return d
 
 

@@ -3,12 +3,12 @@
 from __future__ import annotations
 
 import json
-from html.parser import HTMLParser
 from pathlib import Path
 
 import pandas as pd
 import pytest
 
+from html_doc import parse
 from qbench import report
 from qbench.cli import main
 from qbench.results import metric_rows, write_manifest, write_results
@@ -103,40 +103,9 @@ def mt_run(tmp_path) -> Path:
     return tmp_path
 
 
-class _Tables(HTMLParser):
-    """Every <table id=...>: rows of (text, class) cells; every <tr class=...> of the document by its cells."""
-
-    def __init__(self):
-        super().__init__()
-        self.tables: dict[str, list[list[tuple[str, str]]]] = {}
-        self._id = self._cell = None
-
-    def handle_starttag(self, tag, attrs):
-        a = dict(attrs)
-        if tag == "table":
-            self._id = a.get("id")
-            self.tables[self._id] = []
-        elif tag == "tr" and self._id is not None:
-            self.tables[self._id].append([])
-        elif tag in ("td", "th") and self._id is not None:
-            self._cell = [[], a.get("class") or ""]
-
-    def handle_endtag(self, tag):
-        if tag in ("td", "th") and self._cell is not None:
-            self.tables[self._id][-1].append(("".join(self._cell[0]).strip(), self._cell[1]))
-            self._cell = None
-        elif tag == "table":
-            self._id = None
-
-    def handle_data(self, data):
-        if self._cell is not None:
-            self._cell[0].append(data)
-
-
 def _tables(html: str) -> dict:
-    p = _Tables()
-    p.feed(html)
-    return p.tables
+    """Every <table id=...>: rows of (text, class) cells."""
+    return {k: [cells for _, cells in rows] for k, rows in parse(html).tables.items()}
 
 
 def _grid(table) -> dict[str, dict[str, tuple[str, str]]]:
