@@ -10,23 +10,35 @@ from __future__ import annotations
 from pathlib import Path
 from typing import ClassVar
 
-from qbench.calib import CalibrationTable, Calibrator, TensorStats
+from qbench.calib import CalibrationTable, Calibrator, TensorStats, _listed
 from qbench.errors import ConfigError, QuantizationError
 
 
 def load_table(path: Path) -> CalibrationTable:
-    """A qbench table (``.json``) or a TensorRT cache (anything else), by content, not by name."""
-    from qbench.trt_cache import from_trt_cache
+    """A qbench table (``.json``) or a TensorRT cache (anything else), by content, not by name.
 
-    try:
-        text = Path(path).read_text(encoding="utf-8")
-    except OSError as e:
-        raise ConfigError(f"{path}: cannot read calibration table: {e.strerror}") from None
-    if text.lstrip().startswith("{"):
+    Every problem is a one-line ``ConfigError`` naming the file (and, for a cache, the line).
+    """
+    import json
+
+    from qbench.trt_cache import decode_cache_bytes, from_trt_cache, read_file_bytes
+
+    data = read_file_bytes(Path(path), "calibration table")
+    text = decode_cache_bytes(data, source=str(path))
+    if text.lstrip("\ufeff \t\r\n").startswith("{"):
         try:
-            return CalibrationTable.from_json(text)
-        except (ValueError, KeyError, TypeError) as e:
-            raise ConfigError(f"{path}: not a qbench calibration table ({type(e).__name__})") from None
+            table = CalibrationTable.from_json(text.lstrip("\ufeff"))
+        except RecursionError:
+            raise ConfigError(f"{path}: not a qbench calibration table (JSON nested too deeply)") from None
+        except json.JSONDecodeError as e:
+            raise ConfigError(f"{path}: not a qbench calibration table (invalid JSON: {e})") from None
+        except ValueError as e:  # from_json says what is wrong, on one line
+            raise ConfigError(f"{path}: not a qbench calibration table ({e})") from None
+        bad = table.invalid()  # a file's problem here, so a ConfigError naming it (not check_finite's)
+        if bad:
+            raise ConfigError(f"{path}: amax must be finite and non-negative; {len(bad)} tensor(s) are not: "
+                              + _listed(bad))
+        return table
     return from_trt_cache(text, source=str(path))
 
 
@@ -41,8 +53,9 @@ class FromTable(Calibrator):
         loaded = load_table(Path(self.path))
         missing = sorted(set(stats) - set(loaded.amax))
         if missing:
-            raise QuantizationError(f"{self.path}: {len(missing)} tensor(s) the model quantizes are not in the "
-                                    f"table: " + ", ".join(missing[:5]) + (" ..." if len(missing) > 5 else ""))
+            raise QuantizationError(f"{self.path}: {len(missing)} tensor(s) the model quantizes (of {len(stats)}) "
+                                    f"are not in the table: " + _listed(missing)
+                                    + f" (the table has {len(loaded.amax)}; is it for another model?)")
         return CalibrationTable({t: loaded.amax[t] for t in sorted(stats)}, calibrator=self.signature())
 
     def amax(self, t: TensorStats) -> float:  # pragma: no cover - table() is the whole rule here

@@ -78,6 +78,12 @@ class Calibrator(BaseModel):
         return plugin_signature(self, self.key_params)
 
 
+def _listed(names: list[str], limit: int = 5) -> str:
+    """``a, b, c`` -- or the first ``limit`` and ``(+N more)``: a list that keeps an error on one short line."""
+    shown = ", ".join(str(n) for n in names[:limit])
+    return shown + (f" (+{len(names) - limit} more)" if len(names) > limit else "")
+
+
 @dataclass
 class CalibrationTable:
     """tensor name -> amax (per tensor). Saved as JSON; the QDQ builder reads nothing else."""
@@ -93,17 +99,37 @@ class CalibrationTable:
 
     @classmethod
     def from_json(cls, text: str) -> "CalibrationTable":
+        """Parse ``to_json``'s output. Anything else is a ``ValueError`` saying what is wrong (one line)."""
         d = json.loads(text)
-        return cls({k: float(v) for k, v in d["amax"].items()}, d.get("calibrator", ""))
+        if not isinstance(d, dict):
+            raise ValueError(f"expected a JSON object with an 'amax' mapping, got {type(d).__name__}")
+        if not isinstance(d.get("amax"), dict):
+            raise ValueError("no 'amax' mapping of tensor name -> amax" if "amax" not in d
+                             else f"'amax' must map tensor names to numbers, got {type(d['amax']).__name__}")
+        amax: dict[str, float] = {}
+        for k, v in d["amax"].items():
+            if isinstance(v, bool) or not isinstance(v, (int, float)):
+                raise ValueError(f"amax of tensor {k[:60]!r} is not a number: {str(v)[:40]!r}")
+            amax[k] = float(v)
+        calibrator = d.get("calibrator", "")
+        if not isinstance(calibrator, str):
+            raise ValueError(f"'calibrator' must be a string, got {type(calibrator).__name__}")
+        return cls(amax, calibrator)
 
     def save(self, path: Path) -> None:
+        """Written atomically; a file that cannot be written is io.atomic_write's StorageError."""
         from qbench.io import atomic_write_text
 
         atomic_write_text(path, self.to_json())
 
+    def invalid(self) -> list[str]:
+        """Tensors whose amax is not a usable range: non-finite or negative."""
+        return [k for k, v in self.amax.items() if not math.isfinite(v) or v < 0]
+
     def check_finite(self) -> None:
         from qbench.errors import QuantizationError
 
-        bad = [k for k, v in self.amax.items() if not math.isfinite(v) or v < 0]
+        bad = self.invalid()
         if bad:
-            raise QuantizationError(f"calibration table has non-finite amax for tensor(s): {', '.join(bad[:5])}")
+            raise QuantizationError(f"calibration table has a non-finite or negative amax for {len(bad)} tensor(s): "
+                                    + _listed(bad))

@@ -14,7 +14,7 @@ from typing import Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
-from qbench.errors import ConfigError
+from qbench.errors import ConfigError, one_line
 
 
 class Strict(BaseModel):
@@ -24,27 +24,27 @@ class Strict(BaseModel):
 class ModelCfg(Strict):
     source: str = Field(description="pkg:<python package>, a local directory, or a Hugging Face hub id")
     pooling: Literal["mean", "cls"] = Field("mean", description="retrieval: how token states become one vector")
-    max_length: int = Field(128, ge=8, le=4096)
+    max_length: int = Field(128, ge=8, le=4096, description="tokens per input; longer inputs are truncated")
     source_prefix: str = Field("", description="translation: put before every source, '{lang}' = the sample's "
                                                "language (multilingual models: '>>{lang}<< ')")
-    opset: int = Field(17, ge=13, le=21)
+    opset: int = Field(17, ge=13, le=21, description="ONNX opset of the export (cached per opset)")
 
 
 class CalibSetCfg(Strict):
-    split: str = "calibration"
-    n: int = Field(512, ge=1)
-    seed: int = 0
+    split: str = Field("calibration", description="a split name of the dataset manifest")
+    n: int = Field(512, ge=1, description="samples drawn by the sampler")
+    seed: int = Field(0, description="the sampler's seed")
     sampler: dict[str, Any] = Field({"name": "random"}, description="{name: ..., <sampler parameters>}")
 
 
 class EvalSetCfg(Strict):
-    split: str = "evaluation"
+    split: str = Field("evaluation", description="a split name of the dataset manifest")
     n: int | None = Field(None, ge=2, description="first n samples of the split; null = all")
     n_per_language: int | None = Field(None, ge=1, description="then at most this many per language, in file order")
 
 
 class DataCfg(Strict):
-    manifest: str
+    manifest: str = Field(description="the dataset manifest (YAML), relative to the config file")
     calibration: CalibSetCfg = CalibSetCfg()
     calibration_sets: dict[str, CalibSetCfg] = Field(
         {}, description="named calibration sets crossed in the grid; replaces `calibration` when given")
@@ -55,8 +55,9 @@ class DataCfg(Strict):
 
 
 class CalibrationCfg(Strict):
-    batch_size: int = Field(32, ge=1)
-    histogram_bins: int = Field(2048, ge=128, le=1 << 16)
+    batch_size: int = Field(32, ge=1, description="samples per batch of the statistics pass")
+    histogram_bins: int = Field(2048, ge=128, le=1 << 16, description="bins of the activation histograms "
+                                "(entropy, percentile, MSE calibrators)")
     histogram: Literal["lattice", "trt"] = Field(
         "lattice", description="lattice: one pass, power-of-two bins; trt: two passes, bins over [0, absmax] as TensorRT")
     weights: dict[str, Any] = Field({"name": "per_channel"}, description="weight rule: per_channel | per_tensor")
@@ -65,7 +66,7 @@ class CalibrationCfg(Strict):
 
 
 class ExclusionCfg(Strict):
-    op_types: list[str] = []
+    op_types: list[str] = Field([], description="ONNX op types whose nodes stay float, e.g. [Softmax]")
     names: list[str] = Field([], description="regular expressions matched against node names")
     roles: list[Literal["layernorm", "softmax", "embeddings", "lm_head", "attention_probs"]] = Field(
         [], description="structural roles (qbench.roles); attention_probs is the old name of softmax")
@@ -74,9 +75,9 @@ class ExclusionCfg(Strict):
 
 
 class VariantCfg(Strict):
-    calibrator: dict[str, Any]
-    exclusion: str = "none"
-    flavor: Literal["s8s8", "u8s8"] = "s8s8"
+    calibrator: dict[str, Any] = Field(description="{name: ..., <calibrator parameters>} (qbench ls calibrators)")
+    exclusion: str = Field("none", description="an exclusion set name, a role name, or auto")
+    flavor: Literal["s8s8", "u8s8"] = Field("s8s8", description="activation/weight integer types")
     calibration_set: str | None = Field(None, description="a data.calibration_sets name; default: the first set")
 
 
@@ -86,11 +87,13 @@ ROLE_NAMES = ("layernorm", "softmax", "embeddings", "lm_head")
 
 class SweepCfg(Strict):
     baselines: list[Baseline] = ["fp32", "ort_dynamic", "ort_static"]
-    calibrators: list[dict[str, Any]] = [{"name": "minmax"}]
+    calibrators: list[dict[str, Any]] = Field([{"name": "minmax"}], description="{name: ..., <parameters>} each; "
+                                              "crossed in the grid (qbench ls calibrators)")
     exclusion_sets: dict[str, ExclusionCfg] = Field({}, description="named exclusion sets; 'none' is built in")
     exclusions: list[str] = Field(["none"], description="exclusion set names crossed in the grid; a role name "
                                   "(layernorm, softmax, embeddings, lm_head) or a list of them needs no definition")
-    flavors: list[Literal["s8s8", "u8s8"]] = ["s8s8"]
+    flavors: list[Literal["s8s8", "u8s8"]] = Field(["s8s8"], description="s8s8: INT8 activations and weights "
+                                                   "(TensorRT); u8s8: UINT8 activations (ONNX Runtime CPU's fast path)")
     extra: list[VariantCfg] = Field([], description="single variants outside the grid")
     fp16_keep_fp32: ExclusionCfg = Field(
         ExclusionCfg(roles=["layernorm", "softmax"]),
@@ -104,8 +107,8 @@ class SweepCfg(Strict):
         The set is named by its roles joined with '+', so ``[layernorm, softmax]`` becomes
         ``layernorm+softmax``; a set the user defined under that name wins.
         """
-        if not isinstance(data, dict):
-            return data
+        if not isinstance(data, dict) or not isinstance(data.get("exclusion_sets") or {}, dict):
+            return data  # not a mapping: the fields' own validation says so, with the key path
         sets = dict(data.get("exclusion_sets") or {})
 
         def name_of(item: Any) -> Any:
@@ -142,28 +145,28 @@ class SweepCfg(Strict):
 
 
 class BackendCfg(Strict):
-    name: Literal["ort"] = "ort"
-    threads: int = Field(2, ge=1)
+    name: Literal["ort"] = Field("ort", description="the backend that evaluates and times variants")
+    threads: int = Field(2, ge=1, description="intra-op threads of each ONNX Runtime session")
 
 
 class LatencyCfg(Strict):
-    batch_sizes: list[int] = [1, 32]
-    warmup: int = Field(3, ge=0)
+    batch_sizes: list[int] = Field([1, 32], description="one latency measurement per batch size")
+    warmup: int = Field(3, ge=0, description="untimed runs per variant before each round")
     runs: int = Field(10, ge=1, description="timed runs per variant per round")
     rounds: int = Field(5, ge=1, description="round-robin rounds over all variants")
 
 
 class MeasureCfg(Strict):
-    eval_batch_size: int = Field(32, ge=1)
+    eval_batch_size: int = Field(32, ge=1, description="retrieval: samples per batch of the evaluation")
     latency: LatencyCfg = LatencyCfg()
 
 
 class GenerationCfg(Strict):
     """translation: how every variant decodes (the same for all, so quality differences are the variant's)."""
 
-    num_beams: int = Field(1, ge=1, le=16)
-    max_new_tokens: int = Field(128, ge=1, le=1024)
-    batch_size: int = Field(32, ge=1)
+    num_beams: int = Field(1, ge=1, le=16, description="1: greedy decoding")
+    max_new_tokens: int = Field(128, ge=1, le=1024, description="generated tokens per output, at most")
+    batch_size: int = Field(32, ge=1, description="sources decoded together")
 
 
 class GateCfg(Strict):
@@ -179,7 +182,7 @@ class TensorRTCfg(Strict):
 
     compute_capability: Literal["SM75", "SM80", "SM86", "SM89", "SM120"] = Field(
         "SM89", description="TensorRT-RTX's build target; full TensorRT builds for the GPU it runs on")
-    build_timeout_s: int = Field(900, ge=10)
+    build_timeout_s: int = Field(900, ge=10, description="a build still running after this fails its variant")
     int8_mode: Literal["explicit", "implicit"] = Field(
         "explicit", description="explicit: the QDQ ONNX, strongly typed (TensorRT >= 10, TensorRT-RTX); implicit: "
                                 "TensorRT <= 10 only, the FP32 ONNX plus qbench's table as a calibration cache "
@@ -196,7 +199,7 @@ class SearchCfg(Strict):
                                                  "and evaluation samples are left out of it")
     n: int | None = Field(None, ge=2, description="scoring subset size (retrieval, or languages pooled)")
     n_per_language: int | None = Field(16, ge=1, description="translation: scoring samples per language")
-    seed: int = 0
+    seed: int = Field(0, description="draws the scoring subset")
     task_metric: bool = Field(True, description="also score each unit's exclusion on the task metric")
     prefer: Literal["latency", "fewest_exclusions"] = Field(
         "latency", description="among candidates passing the gate: the fastest measured, or the fewest excluded")
@@ -206,14 +209,50 @@ class SearchCfg(Strict):
                                             "(the rest stay INT8); empty = every unit")
 
 
+class ExecutorCfg(Strict):
+    """Where variants run. ``isolate``: each variant's build and evaluation in a child process, so that a
+    crash, a hang or running out of memory fails that variant only. ``workers``: several variants at once
+    (each in its own child). ``kind: ray``: each variant a Ray task on a cluster; ``output.cache_dir`` and
+    the run directory must then be on a filesystem every node shares. Changing this section never blocks
+    ``--resume``."""
+
+    kind: Literal["local", "ray"] = Field("local", description="local: this machine (one variant after another, "
+                                          "or a pool of `workers` children); ray: Ray tasks on a cluster "
+                                          "(pip install \"qbench-workbench[ray]\"); `qbench sweep --executor` "
+                                          "overrides it")
+    isolate: bool = Field(False, description="run each variant in a child process (costs the child's start-up, "
+                                             "about a second per variant on a small model); always on with "
+                                             "workers > 1 or ray")
+    workers: int | None = Field(None, ge=1, description="variants at once. local: N > 1 runs a pool of N child "
+                                                        "processes (null: 1); ray: at most N tasks in flight "
+                                                        "(null: all, the cluster's resources decide)")
+    timeout_s: int | None = Field(None, ge=1, description="with isolate, workers or ray: a variant still running "
+                                                         "after this fails (null: no limit)")
+    memory_mb: int | None = Field(None, ge=256, description="with isolate, workers or ray: the child's address-space "
+                                                           "limit (RLIMIT_AS; null: no limit); ray also requests "
+                                                           "it as the task's memory")
+    address: str | None = Field(None, description="ray: the cluster to join: auto (the one `ray start` runs on "
+                                                  "this machine, or RAY_ADDRESS), HOST:PORT of its head, or null "
+                                                  "(RAY_ADDRESS if set, else a private Ray instance on this "
+                                                  "machine for this sweep)")
+    cpus_per_job: float | None = Field(None, gt=0, description="ray: CPUs each variant's task requests "
+                                                               "(num_cpus; null: backend.threads, the threads "
+                                                               "its ONNX Runtime sessions run)")
+    gpus_per_job: float = Field(0, ge=0, description="ray: GPUs each variant's task requests (num_gpus); Ray pins "
+                                                     "CUDA_VISIBLE_DEVICES per task and the variant's child "
+                                                     "inherits it")
+
+
 class OutputCfg(Strict):
-    dir: str = "reports"
-    cache_dir: str = ".qbench-cache"
+    dir: str = Field("reports", description="runs are written to <dir>/<name>/<run id>/")
+    cache_dir: str = Field(".qbench-cache", description="exports, statistics and QDQ artifacts, reused by content "
+                                                      "key (env QBENCH_CACHE overrides)")
 
 
 class SweepConfig(Strict):
-    name: str = Field(pattern=r"^[A-Za-z0-9_.-]+$")
-    task: Literal["retrieval", "translation"] = "retrieval"
+    name: str = Field(pattern=r"^[A-Za-z0-9_.-]+$", description="the sweep's name: the run directory's parent")
+    task: Literal["retrieval", "translation"] = Field("retrieval", description="what the model does, and so how "
+                                                      "variants are evaluated")
     model: ModelCfg
     data: DataCfg
     calibration: CalibrationCfg = CalibrationCfg()
@@ -224,6 +263,7 @@ class SweepConfig(Strict):
     generation: GenerationCfg = GenerationCfg()
     gate: GateCfg | None = None
     search: SearchCfg = SearchCfg()
+    executor: ExecutorCfg = ExecutorCfg()
     output: OutputCfg = OutputCfg()
     # Set by load_config, not by the user: where relative paths are resolved from.
     base_dir: str = Field("", exclude=True)
@@ -370,25 +410,36 @@ def load_config(path: str | Path) -> SweepConfig:
     path = Path(path)
     file = str(path)
     try:
-        text = path.read_text(encoding="utf-8")
+        data = path.read_bytes()
     except FileNotFoundError:
-        raise ConfigError(f"{file}: config file not found") from None
-    except OSError as e:
-        raise ConfigError(f"{file}: cannot read: {e.strerror}") from None
+        raise ConfigError(one_line(f"{file}: config file not found")) from None
+    except (OSError, ValueError) as e:  # a directory, no permission, a NUL byte in the name
+        raise ConfigError(one_line(f"{file}: cannot read: {getattr(e, 'strerror', None) or e}")) from None
+    try:
+        text = data.decode("utf-8")
+    except UnicodeDecodeError as e:
+        line = data[: e.start].count(b"\n") + 1
+        raise ConfigError(one_line(f"{file}: line {line}: not UTF-8 text (byte {e.start})")) from None
     try:
         raw = yaml.safe_load(text)
     except yaml.YAMLError as e:
         mark = getattr(e, "problem_mark", None)
         where = f"line {mark.line + 1}" if mark else "(parse)"
-        raise ConfigError(f"{file}: {where}: malformed YAML: {getattr(e, 'problem', e)}") from None
+        problem = str(getattr(e, "problem", None) or e).strip().splitlines() or [type(e).__name__]
+        raise ConfigError(one_line(f"{file}: {where}: malformed YAML: {problem[0]}")) from None
+    except RecursionError:
+        raise ConfigError(one_line(f"{file}: (parse): malformed YAML: nested too deeply")) from None
     if not isinstance(raw, dict):
-        raise ConfigError(f"{file}: (top level): expected a mapping of keys, got {type(raw).__name__}")
+        raise ConfigError(one_line(f"{file}: (top level): expected a mapping of keys, got {type(raw).__name__}"))
+    bad = [k for k in raw if not isinstance(k, str)]  # YAML allows null, number and list keys
+    if bad:
+        raise ConfigError(one_line(f"{file}: {str(bad[0])[:40]!r}: unknown key (keys are names, e.g. 'model')"))
     if "base_dir" in raw:
         raise ConfigError(f"{file}: base_dir: unknown key")
     try:
         cfg = SweepConfig(**raw, base_dir=str(path.resolve().parent))
     except ValidationError as e:
-        raise ConfigError("\n".join(format_errors(e, file, SweepConfig))) from None
+        raise ConfigError("\n".join(map(one_line, format_errors(e, file, SweepConfig)))) from None
     problems = _check_plugins(cfg, file)
     from qbench.errors import ModelError
     from qbench.export import resolve_source
@@ -397,8 +448,13 @@ def load_config(path: str | Path) -> SweepConfig:
         resolve_source(cfg.model_source())  # local paths and pkg: sources are checked now, hub ids at load time
     except ModelError as e:
         problems.append(f"{file}: model.source: {e}")
-    if not cfg.manifest_path().is_file():
-        problems.append(f"{file}: data.manifest: file not found: {cfg.manifest_path()}")
-    if problems:
-        raise ConfigError("\n".join(problems))
+    except (OSError, ValueError, RuntimeError) as e:  # a NUL byte, a name too long, an unknown ~user
+        problems.append(f"{file}: model.source: not a usable path ({e})")
+    try:
+        if not cfg.manifest_path().is_file():
+            problems.append(f"{file}: data.manifest: file not found: {cfg.manifest_path()}")
+    except (OSError, ValueError, RuntimeError) as e:
+        problems.append(f"{file}: data.manifest: not a usable path ({e})")
+    if problems:  # one line each: a key or name with a line break in it cannot split one in two
+        raise ConfigError("\n".join(map(one_line, problems)))
     return cfg

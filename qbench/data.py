@@ -6,7 +6,9 @@ Parquet files under datasets/, or a hub dataset (path, name, split) for users wh
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
+import logging
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
@@ -14,7 +16,7 @@ from typing import Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-from qbench.errors import ConfigError, DataError
+from qbench.errors import ConfigError, DataError, one_line
 
 
 class _Strict(BaseModel):
@@ -58,20 +60,48 @@ class Sample:
 
 
 def load_manifest(path: Path) -> Manifest:
+    """Read and validate a dataset manifest. Every problem is a ``ConfigError('<file>: <key>: <problem>')``."""
     from qbench.config import format_errors
 
     try:
-        raw = yaml.safe_load(Path(path).read_text(encoding="utf-8"))
+        data = Path(path).read_bytes()
     except FileNotFoundError:
-        raise ConfigError(f"{path}: dataset manifest not found") from None
+        raise _config_error(f"{path}: dataset manifest not found") from None
+    except (OSError, ValueError) as e:  # a directory, no permission, a NUL byte in the name
+        raise _config_error(f"{path}: cannot read dataset manifest: {getattr(e, 'strerror', None) or e}") from None
+    try:
+        text = data.decode("utf-8")
+    except UnicodeDecodeError as e:
+        line = data[: e.start].count(b"\n") + 1
+        raise _config_error(f"{path}: line {line}: not UTF-8 text (byte {e.start}); a manifest is YAML") from None
+    try:
+        raw = yaml.safe_load(text)
     except yaml.YAMLError as e:
-        raise ConfigError(f"{path}: malformed YAML: {getattr(e, 'problem', e)}") from None
+        mark = getattr(e, "problem_mark", None)
+        where = f"line {mark.line + 1}: " if mark else ""
+        raise _config_error(f"{path}: {where}malformed YAML: {_one_line(getattr(e, 'problem', None) or e)}") from None
+    except RecursionError:
+        raise _config_error(f"{path}: malformed YAML: nested too deeply") from None
     if not isinstance(raw, dict):
-        raise ConfigError(f"{path}: (top level): expected a mapping")
+        raise _config_error(f"{path}: (top level): expected a mapping of keys, got {type(raw).__name__}")
+    bad = [k for k in raw if not isinstance(k, str)]  # YAML allows null, number and list keys
+    if bad or "path" in raw:  # 'path' is set here, by the loader
+        raise _config_error(f"{path}: {repr(bad[0])[:40] if bad else 'path'}: unknown key")
     try:
         return Manifest(**raw, path=str(Path(path).resolve()))
     except ValidationError as e:
-        raise ConfigError("\n".join(format_errors(e, str(path), Manifest))) from None
+        raise ConfigError("\n".join(map(one_line, format_errors(e, str(path), Manifest)))) from None
+
+
+def _config_error(msg: str) -> ConfigError:
+    """A one-problem ConfigError: a line break in the user's text (a key, a split name) cannot split it in two."""
+    return ConfigError(one_line(msg))
+
+
+def _one_line(msg: object) -> str:
+    """The first line of an exception's text (never empty): what a one-line error quotes of it."""
+    text = str(msg).strip()
+    return text.splitlines()[0][:200] if text else type(msg).__name__
 
 
 def sha256_file(path: Path) -> str:
@@ -84,40 +114,97 @@ def sha256_file(path: Path) -> str:
 
 def split_file(m: Manifest, split: str) -> Path:
     if split not in m.splits:
-        raise ConfigError(f"{m.path}: splits: no split '{split}' (has: {', '.join(m.splits)})")
-    return (Path(m.path).parent / m.splits[split]).resolve()
+        raise _config_error(f"{m.path}: splits: no split '{split}' (has: {', '.join(m.splits) or 'none'})")
+    try:
+        return (Path(m.path).parent / m.splits[split]).resolve()
+    except (OSError, ValueError) as e:  # a NUL byte, a symlink loop
+        raise _config_error(f"{m.path}: splits.{split}: not a usable path: {m.splits[split][:80]!r} ({e})") from None
+
+
+def _is_file(f: Path) -> bool:
+    try:
+        return f.is_file()
+    except (OSError, ValueError):  # a name too long for the file system
+        return False
 
 
 def load_split(m: Manifest, split: str) -> list[Sample]:
-    """Load one split as Samples. Local files are checked against the manifest's sha256."""
+    """Load one split as Samples. Local files are checked against the manifest's sha256.
+
+    An unreadable file, a file with no rows, or a row with no text is a ``DataError`` naming the file.
+    """
     import datasets as hf
 
     hf.disable_progress_bars()
     if m.source.kind == "local":
         f = split_file(m, split)
-        if not f.is_file():
+        if not _is_file(f):
             raise DataError(f"{m.path}: splits.{split}: file not found: {f}")
         want = m.sha256.get(m.splits[split])
         if want and sha256_file(f) != want:
             raise DataError(f"{f}: sha256 does not match the manifest (the file changed)")
-        ds = hf.load_dataset(m.source.format, data_files={split: str(f)}, split=split)
+        if f.stat().st_size < 4096 and not f.read_bytes().strip():
+            raise DataError(f"{m.path}: splits.{split}: {f} is empty (no samples)")
+        try:
+            with _quiet_datasets():
+                ds = hf.load_dataset(m.source.format, data_files={split: str(f)}, split=split)
+        except Exception as e:  # noqa: BLE001 - pyarrow/datasets raise many types for a file they cannot parse
+            raise DataError(f"{f}: cannot read split '{split}' as {m.source.format} ({_root_cause(e)})") from None
+        where = str(f)
     else:
         if split not in m.splits:
-            raise ConfigError(f"{m.path}: splits: no split '{split}'")
-        ds = hf.load_dataset(m.source.path, m.source.name, split=m.splits[split])
-    return _to_samples(ds, m, split)
+            raise _config_error(f"{m.path}: splits: no split '{split}' (has: {', '.join(m.splits) or 'none'})")
+        try:
+            with _quiet_datasets():
+                ds = hf.load_dataset(m.source.path, m.source.name, split=m.splits[split])
+        except Exception as e:  # noqa: BLE001 - offline, no such dataset, no such split: the user's to fix
+            raise DataError(f"{m.path}: splits.{split}: cannot load hub dataset {m.source.path!r} "
+                            f"split {m.splits[split]!r} ({_root_cause(e)})") from None
+        where = f"hub dataset {m.source.path!r} split {m.splits[split]!r}"
+    if len(ds) == 0:
+        raise DataError(f"{m.path}: splits.{split}: {where} has no samples")
+    return _to_samples(ds, m, split, where)
 
 
-def _to_samples(ds, m: Manifest, split: str) -> list[Sample]:
+@contextlib.contextmanager
+def _quiet_datasets():
+    """``datasets`` logs a parse failure itself (several lines) before raising it: we report it once, ourselves."""
+    logger = logging.getLogger("datasets")
+    level = logger.level
+    logger.setLevel(logging.CRITICAL)
+    try:
+        yield
+    finally:
+        logger.setLevel(level)
+
+
+def _root_cause(e: BaseException) -> str:
+    """``Type: first line`` of the innermost cause: ``datasets`` wraps pyarrow's precise error in a vague one."""
+    seen = {id(e)}
+    while (e.__cause__ or e.__context__) is not None and id(e.__cause__ or e.__context__) not in seen:
+        e = e.__cause__ or e.__context__
+        seen.add(id(e))
+    text = str(e).strip()
+    return f"{type(e).__name__}: {text.splitlines()[0][:200]}" if text else type(e).__name__
+
+
+def _to_samples(ds, m: Manifest, split: str, where: str = "") -> list[Sample]:
     f = m.fields
     cols = set(ds.column_names)
     for key in ("id", "text", "reference", "language", "label"):
         col = getattr(f, key)
         if col is not None and col not in cols:
-            raise ConfigError(f"{m.path}: fields.{key}: column '{col}' not in split '{split}' "
-                              f"(columns: {', '.join(sorted(cols))})")
+            raise _config_error(f"{m.path}: fields.{key}: column '{col}' not in split '{split}' "
+                                f"(columns: {', '.join(sorted(cols)) or 'none'})")
     data = ds.to_dict()
     n = len(ds)
+    for key in ("text", "reference"):  # a missing text would silently become the string 'None'
+        col = getattr(f, key)
+        if col is not None:
+            row = next((i for i, v in enumerate(data[col]) if v is None), None)
+            if row is not None:
+                raise DataError(f"{where or m.path}: split '{split}' row {row}: column '{col}' (fields.{key}) "
+                                "is null")
     get = lambda col, i, default=None: data[col][i] if col else default  # noqa: E731
     return [
         Sample(

@@ -90,10 +90,14 @@ def resolve_source(source: str) -> str:
     """
     if source.startswith("pkg:"):
         return _resolve_package(source[len("pkg:"):].strip())
-    path = Path(source).expanduser()
-    if path.is_dir():
-        return str(path.resolve())
-    if path.exists():
+    try:
+        path = Path(source).expanduser()
+        if path.is_dir():
+            return str(path.resolve())
+        exists = path.exists()
+    except (OSError, ValueError, RuntimeError) as e:  # a NUL byte, a name too long, an unknown ~user
+        raise ModelError(f"model path is not usable: {source[:200]!r} ({e})") from None
+    if exists:
         raise ModelError(f"model path is not a directory: {source}")
     if _looks_like_path(source):
         raise ModelError(f"model path not found: {source}")
@@ -118,12 +122,16 @@ def _resolve_package(name: str) -> str:
     if spec is None:
         hint = name.replace("_", "-")
         raise ModelError(f"model package not installed: {name} (pip install {hint})")
-    module = importlib.import_module(name)
-    if hasattr(module, "get_model_path"):
-        path = Path(module.get_model_path())
-    elif module.__file__ is not None:
+    try:
+        module = importlib.import_module(name)
+        path = Path(module.get_model_path()) if hasattr(module, "get_model_path") else None
+    except Exception as e:  # noqa: BLE001 - a broken package is the user's to fix, not our bug
+        reason = (str(e).strip().splitlines() or [""])[0][:200]
+        raise ModelError(f"model package {name} cannot be loaded ({type(e).__name__}"
+                         f"{': ' + reason if reason else ''})") from None
+    if path is None and module.__file__ is not None:
         path = Path(module.__file__).parent / "model"
-    else:
+    elif path is None:
         raise ModelError(f"package {name} has neither get_model_path() nor a 'model' directory")
     if not path.is_dir():
         raise ModelError(f"package {name} has no model directory at {path}")

@@ -20,9 +20,9 @@ import numpy as np
 import onnx
 from onnx import TensorProto, helper, numpy_helper
 
-from qbench.calib import CalibrationTable, scale_of
+from qbench.calib import CalibrationTable, _listed, scale_of
 from qbench.config import ExclusionCfg
-from qbench.errors import ModelError, QuantizationError
+from qbench.errors import ModelError, QuantizationError, one_line
 from qbench.roles import NAME_HINTS, canonical_role, find_roles, stable_names
 
 QUANTIZABLE = {"MatMul", "Gemm"}
@@ -40,13 +40,49 @@ class QdqReport:
     warnings: list[str] = field(default_factory=list)
 
 
+# Opsets a model may declare: QDQ with per-channel weights (DequantizeLinear's axis) needs 13; above what the
+# installed onnx package knows, neither its checker nor ONNX Runtime can be trusted with the graph.
+MIN_OPSET = 13
+
+
+def max_opset() -> int:
+    return onnx.defs.onnx_opset_version()
+
+
 def load_model(path: Path) -> onnx.ModelProto:
+    """Parse an ONNX file; a missing, unreadable or unsupported one is a one-line ModelError naming it."""
+    path = Path(path)
     try:
-        return onnx.load(str(path))
-    except FileNotFoundError:
-        raise ModelError(f"{path}: model file not found") from None
+        if not path.exists():
+            raise ModelError(f"{path}: model file not found")
+        if path.is_dir():
+            raise ModelError(f"{path}: is a directory, not an ONNX model file")
+    except (OSError, ValueError) as e:  # a NUL byte or an over-long name
+        raise ModelError(f"{path}: not a usable model path ({e})") from None
+    try:
+        model = onnx.load(str(path))
+    except OSError as e:  # the file itself, or its external data next to it
+        raise ModelError(f"{path}: cannot read the ONNX model ({type(e).__name__}: "
+                         f"{e.strerror or e}{f': {e.filename}' if e.filename else ''})") from None
     except Exception as e:  # onnx raises DecodeError and friends for a corrupt file
         raise ModelError(f"{path}: not a readable ONNX model ({type(e).__name__})") from None
+    check_model_header(model, path)
+    return model
+
+
+def check_model_header(model: onnx.ModelProto, path: Path | str) -> None:
+    """A graph and a supported default-domain opset, or a ModelError naming ``path``.
+
+    An empty or foreign file can parse as an (empty) ModelProto: protobuf has no magic number.
+    """
+    if not model.HasField("graph") or not (model.graph.node or model.graph.input or model.graph.output):
+        raise ModelError(f"{path}: not an ONNX model (no graph; an empty or foreign file?)")
+    opset = next((o.version for o in model.opset_import if o.domain in ("", "ai.onnx")), None)
+    if opset is None:
+        raise ModelError(f"{path}: the model declares no ONNX (ai.onnx) opset")
+    if not MIN_OPSET <= opset <= max_opset():
+        raise ModelError(f"{path}: ONNX opset {opset} is not supported (qbench needs {MIN_OPSET}..{max_opset()}: "
+                         "QDQ with per-channel weights needs 13); re-export the model with another opset")
 
 
 def _initializers(model: onnx.ModelProto) -> dict[str, onnx.TensorProto]:
@@ -70,6 +106,11 @@ def calibration_tensors(model: onnx.ModelProto) -> list[str]:
         if node.op_type in QUANTIZABLE:
             for x in activation_inputs(node, inits):
                 out[x] = None
+    if not out:
+        n = sum(node.op_type in QUANTIZABLE for node in model.graph.node)
+        raise ModelError(f"model graph '{model.graph.name}': nothing to quantize: "
+                         + ("no MatMul/Gemm node" if not n else f"its {n} MatMul/Gemm node(s) read no activation")
+                         + " (qbench quantizes the activation inputs of MatMul and Gemm)")
     return list(out)
 
 
@@ -104,7 +145,7 @@ def match_exclusions(model: onnx.ModelProto, excl: ExclusionCfg) -> tuple[set[st
                 warnings.append(f"exclusion role '{role}' matches {len(unnamed)} unnamed node(s) "
                                 f"(e.g. {unnamed[0]}); exclusions address nodes by name, so those stay in")
             matched |= {real[name] for name in found if real[name]}
-    return matched, warnings
+    return matched, [one_line(w) for w in warnings]  # each is logged as one line
 
 
 def plan(model: onnx.ModelProto, excl: ExclusionCfg) -> tuple[list[onnx.NodeProto], QdqReport]:
@@ -120,7 +161,7 @@ def plan(model: onnx.ModelProto, excl: ExclusionCfg) -> tuple[list[onnx.NodeProt
     only = [re.compile(p) for p in excl.only]
     for rx in only:
         if not any(rx.search(n.name) for n in model.graph.node if n.op_type in QUANTIZABLE):
-            report.warnings.append(f"'only' pattern '{rx.pattern}' matches no MatMul/Gemm node")
+            report.warnings.append(one_line(f"'only' pattern '{rx.pattern}' matches no MatMul/Gemm node"))
     chosen = []
     for n in model.graph.node:
         if n.op_type not in QUANTIZABLE or n.name in excluded:
@@ -164,8 +205,8 @@ def build_qdq(fp32_model: Path | onnx.ModelProto, table: CalibrationTable, excl:
     chosen, report = plan(model, excl)
     missing = [t for t in report.quantized_tensors if t not in table.amax]
     if missing:
-        raise QuantizationError(f"calibration table lacks {len(missing)} tensor(s) the model quantizes: "
-                                + ", ".join(missing[:8]) + (" ..." if len(missing) > 8 else ""))
+        raise QuantizationError(f"calibration table lacks {len(missing)} of the {len(report.quantized_tensors)} "
+                                f"tensor(s) the model quantizes: {_listed(missing, 8)}")
     _insert(model, chosen, report.quantized_tensors, table, flavor, weights)
     verify_scales(model, table, fp32, weights)
     atomic_write_bytes(out_path, model.SerializeToString())
@@ -262,7 +303,7 @@ def verify_scales(model: onnx.ModelProto, table: CalibrationTable, fp32: onnx.Mo
             bad.append(src)
     if bad:
         raise QuantizationError(f"{len(bad)} Q/DQ scale(s) did not come from the calibration table: "
-                                + ", ".join(bad[:8]))
+                                + _listed(bad, 8))
 
 
 def op_counts(model: onnx.ModelProto) -> dict[str, Counter]:

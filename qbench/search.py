@@ -24,6 +24,7 @@ from __future__ import annotations
 import hashlib
 import json
 import re
+import tempfile
 import time
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -246,13 +247,19 @@ class Search:
     sensitivity: list[dict] = field(default_factory=list)
     confirmations: list[dict] = field(default_factory=list)
 
-    def build(self, excl: ExclusionCfg) -> Path:
-        """The QDQ artifact of this variant with ``excl``: the sweep's table, cached by content."""
-        if self.ctx.cfg.task == "translation":
-            from qbench.translation import build_variant
-        else:
-            from qbench.sweep import build_variant
-        return build_variant(self.ctx, replace(self.variant, exclusion_cfg=excl))[0]
+    def build(self, excl: ExclusionCfg, out_dir: Path | None = None) -> Path:
+        """The QDQ artifact of this variant with ``excl``: the sweep's table, cached by content (or in
+        ``out_dir``)."""
+        from qbench.sweep import task_module
+
+        return task_module(self.ctx).build_variant(self.ctx, replace(self.variant, exclusion_cfg=excl), out_dir)[0]
+
+    def score_throwaway(self, excl: ExclusionCfg, quality: bool) -> dict:
+        """Score a sensitivity model, built in a scratch directory and deleted once scored. Two such models
+        per unit are never an answer, so they stay out of the cache: on a 1 GB translation model with 30
+        units, cached they would leave 60 GB behind."""
+        with tempfile.TemporaryDirectory(prefix=".scratch-", dir=self.ctx.cache) as d:
+            return self.scorer.score(self.build(excl, Path(d)), quality=quality)
 
     def gate(self, quality: dict[str, float], base: dict[str, float] | None = None) -> tuple[bool, float, str]:
         """(pass, worst drop in points, where) against FP32's ``base`` (default: on the scoring subset)."""
@@ -270,9 +277,9 @@ class Search:
         self._record("all_int8", "", all8)
         gain = {}
         for u in self.units:
-            q_only = self.scorer.score(self.build(exclusion_for([], only=[u])), quality=False)
+            q_only = self.score_throwaway(exclusion_for([], only=[u]), quality=False)
             self._record("quantize_only", u.id, q_only)
-            ex = self.scorer.score(self.build(exclusion_for([u])), quality=task)
+            ex = self.score_throwaway(exclusion_for([u]), quality=task)
             self._record("exclude_only", u.id, ex)
             gain[u.id] = all8["error"] - ex["error"]
         return sorted(self.units, key=lambda u: (-gain[u.id], u.id))

@@ -20,7 +20,7 @@ from typing import Iterable, Iterator
 import numpy as np
 
 from qbench.calib import TensorStats
-from qbench.errors import DataError
+from qbench.errors import DataError, ModelError
 
 STATS_VERSION = 2  # 2: statistics taken with graph optimizations off
 MIN_BIN_WIDTH = 2.0 ** -40
@@ -172,12 +172,17 @@ def collect(model_path: Path, tensors: list[str], batches: Iterable[dict[str, np
         # No graph fusions: the statistics describe the tensors as the ONNX graph defines them (a fused
         # kernel may never materialise one), and match ONNX Runtime's own calibrators bit for bit.
         so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
-        sess = ort.InferenceSession(str(aug), so, providers=["CPUExecutionProvider"])
+        try:
+            sess = ort.InferenceSession(str(aug), so, providers=["CPUExecutionProvider"])
+        except Exception as e:  # noqa: BLE001 - ORT's Fail/InvalidGraph: the model is the user's to fix
+            raise ModelError(f"{model_path}: ONNX Runtime cannot load the model for the statistics pass: "
+                             f"{(str(e).strip().splitlines() or [type(e).__name__])[0][:300]}") from None
         graph_inputs = {i.name for i in sess.get_inputs()}
         roles: dict[str, list[str]] | None = None
-        n_batches = 0
+        n_batches = first = 0  # first: index of the batch's first sample in the calibration set
         for bi, feeds in enumerate(batches):
             n_batches += 1
+            rows = len(next(iter(feeds.values()))) if feeds else 0
             mask2d = feeds[mask_input].astype(bool) if mask_input in feeds else None
             feeds = {k: v for k, v in feeds.items() if k in graph_inputs}
             if roles is None and mask2d is not None:
@@ -186,13 +191,17 @@ def collect(model_path: Path, tensors: list[str], batches: Iterable[dict[str, np
                 m = token_mask(roles[name], mask2d, arr.shape) if (roles and mask2d is not None) else None
                 vals = arr[m] if m is not None else arr
                 if not np.isfinite(vals).all():
+                    nan = int(np.isnan(vals).sum())
                     bad = int((~np.isfinite(vals)).sum())
-                    raise DataError(f"tensor '{name}': {bad} non-finite value(s) at valid positions "
-                                    f"in calibration batch {bi}")
+                    kinds = ", ".join(f"{c} {k}" for c, k in ((nan, "NaN"), (bad - nan, "inf")) if c)
+                    where = f" (samples {first}..{first + rows - 1} of the set)" if rows else ""
+                    raise DataError(f"tensor '{name}': {bad} non-finite value(s) ({kinds}) at valid positions "
+                                    f"in calibration batch {bi}{where}")
                 if fixed_top is None:
                     update(stats[name], vals, bins)
                 else:
                     update_fixed(stats[name], vals, bins, fixed_top[name])
+            first += rows
     if n_batches == 0:
         raise DataError("calibration set is empty: no batch reached the statistics pass")
     return stats

@@ -11,25 +11,29 @@ import hashlib
 import json
 import os
 import platform
+import signal
 import sys
+import threading
 import time
 import traceback
-from dataclasses import dataclass, field
+from contextlib import contextmanager
+from dataclasses import dataclass, field, replace
 from datetime import datetime, timezone
 from pathlib import Path
 
 import numpy as np
 
-from qbench import __version__
+from qbench import __version__, progress
 from qbench.config import SweepConfig, build_plugin
-from qbench.errors import QbenchError
+from qbench.errors import ConfigError, DataError, QbenchError
 from qbench.variants import Variant, expand
 
 QDQ_VERSION = 1
 
 
-def log(msg: str) -> None:
-    print(f"[qbench {time.strftime('%H:%M:%S')}] {msg}", file=sys.stderr, flush=True)
+def log(msg: str, warning: bool = False) -> None:
+    """A timestamped line on stderr, drawn above the progress bars; ``--quiet`` keeps only warnings."""
+    progress.echo(f"[qbench {time.strftime('%H:%M:%S')}] {msg}", important=warning)
 
 
 @dataclass
@@ -96,10 +100,13 @@ def versions() -> dict:
     return out
 
 
-def prepare(cfg: SweepConfig, run_dir: Path) -> Context:
-    from qbench import registry
-    from qbench.data import data_hashes, load_manifest, load_split
-    from qbench.registry import plugin_signature
+def prepare(cfg: SweepConfig, run_dir: Path, data: dict | None = None, model_sha256: str | None = None) -> Context:
+    """The sweep's context: the FP32 model (exported or from the cache), the data sets, the manifest's head.
+
+    ``data`` (what ``load_data`` returned) and ``model_sha256`` come from the parent with a variant's job
+    (qbench.isolate), so a child neither reloads nor re-samples the data (importing Hugging Face datasets
+    alone costs a child 0.6 s; a remote worker then needs no data files) nor hashes the model again (a
+    second per GB of model)."""
     from qbench.export import export_encoder
     from qbench.tokenize import Tokenizer
 
@@ -109,43 +116,20 @@ def prepare(cfg: SweepConfig, run_dir: Path) -> Context:
     if cfg.task == "translation":
         from qbench import translation
 
-        model_entry = translation.prepare_model(ctx)
+        model_entry = translation.prepare_model(ctx, model_sha256)
         hit = ctx.spec.from_cache
     else:
         exp = export_encoder(cfg.model_source(), cache / "models", opset=cfg.model.opset, pooling=cfg.model.pooling)
         ctx.fp32 = exp.onnx_path
         ctx.tokenizer = Tokenizer(exp.tokenizer_dir, max_length=cfg.model.max_length)
         hit = exp.from_cache
-        model_entry = {"source": exp.source, "resolved": exp.resolved, "onnx_sha256": _sha(exp.onnx_path),
-                       "onnx_path": str(exp.onnx_path), "tokenizer_dir": str(exp.tokenizer_dir),
-                       "export_key": exp.key, "export_max_abs_diff": exp.max_abs_diff, "opset": exp.opset}
+        model_entry = {"source": exp.source, "resolved": exp.resolved,
+                       "onnx_sha256": model_sha256 or _sha(exp.onnx_path), "onnx_path": str(exp.onnx_path),
+                       "tokenizer_dir": str(exp.tokenizer_dir), "export_key": exp.key,
+                       "export_max_abs_diff": exp.max_abs_diff, "opset": exp.opset}
     log(f"model {cfg.model.source}: {'cached' if hit else 'exported'} ({time.perf_counter() - t0:.1f}s)")
-    man = load_manifest(cfg.manifest_path())
-    ev = load_split(man, cfg.data.evaluation.split)
-    ctx.evalset = ev[: cfg.data.evaluation.n] if cfg.data.evaluation.n else ev
-    if cfg.data.evaluation.n_per_language:
-        kept, seen = [], {}
-        for s in ctx.evalset:
-            seen[s.language] = seen.get(s.language, 0) + 1
-            if seen[s.language] <= cfg.data.evaluation.n_per_language:
-                kept.append(s)
-        ctx.evalset = kept
-    if any(s.reference is None for s in ctx.evalset):
-        raise QbenchError(f"{man.path}: fields.reference: the {cfg.task} task needs a reference field")
-    sets_info = {}
-    pools: dict[str, list] = {}
-    for name, c in cfg.data.sets().items():
-        if c.split not in pools:
-            pools[c.split] = load_split(man, c.split)
-        sampler = build_plugin(registry.samplers, c.sampler)
-        chosen = [pools[c.split][i] for i in sampler.select(pools[c.split], c.n, c.seed)]
-        overlap = {s.id for s in chosen} & {s.id for s in ctx.evalset}
-        if overlap:
-            raise QbenchError(f"{man.path}: calibration set '{name}' and the evaluation set share {len(overlap)} "
-                              f"sample id(s), e.g. {sorted(overlap)[0]}")
-        ctx.calib_sets[name] = chosen
-        sets_info[name] = {"split": c.split, "sampler": plugin_signature(sampler), "n": len(chosen), "seed": c.seed,
-                           "sample_ids": [s.id for s in chosen]}
+    data = data or load_data(cfg)
+    ctx.evalset, ctx.calib_sets = data["evalset"], data["calib_sets"]
     ctx.manifest = {
         "qbench_version": __version__, "run_id": run_dir.name, "sweep": cfg.name, "task": cfg.task,
         "gate": cfg.gate.model_dump() if cfg.gate else None,
@@ -153,13 +137,64 @@ def prepare(cfg: SweepConfig, run_dir: Path) -> Context:
         "config": json.loads(cfg.model_dump_json()),
         "versions": {**versions(), **_backend(ctx).versions()}, "host": host_info(),
         "model": model_entry,
-        "data": {"manifest": str(cfg.manifest_path()), "name": man.name, "sha256": data_hashes(man),
-                 "calibration": next(iter(sets_info.values())), "calibration_sets": sets_info,
-                 "evaluation": {"split": cfg.data.evaluation.split, "n": len(ctx.evalset)}},
+        "data": data["entry"],
         "statistics": {}, "statistics_passes": 0,
+        "complete": False,  # True once every phase finished; a killed run is resumable (qbench sweep --resume)
         "variants": {},
     }
     return ctx
+
+
+def load_data(cfg: SweepConfig) -> dict:
+    """The evaluation set and the calibration sets (samples), and the manifest's ``data`` entry (hashes, sample
+    ids): {"evalset", "calib_sets", "entry"}."""
+    from qbench import registry
+    from qbench.data import data_hashes, load_manifest, load_split
+    from qbench.registry import plugin_signature
+
+    man = load_manifest(cfg.manifest_path())
+    ev = load_split(man, cfg.data.evaluation.split)
+    evalset = ev[: cfg.data.evaluation.n] if cfg.data.evaluation.n else ev
+    if cfg.data.evaluation.n_per_language:
+        kept, seen = [], {}
+        for s in evalset:
+            seen[s.language] = seen.get(s.language, 0) + 1
+            if seen[s.language] <= cfg.data.evaluation.n_per_language:
+                kept.append(s)
+        evalset = kept
+    if any(s.reference is None for s in evalset):
+        raise ConfigError(f"{man.path}: fields.reference: the {cfg.task} task needs a reference field")
+    sets_info, calib_sets = {}, {}
+    pools: dict[str, list] = {}
+    for name, c in cfg.data.sets().items():
+        if c.split not in pools:
+            pools[c.split] = load_split(man, c.split)
+        sampler = build_plugin(registry.samplers, c.sampler)
+        try:
+            picked = sampler.select(pools[c.split], c.n, c.seed)
+        except DataError as e:  # name the config key and the pool, not only the sampler
+            key = f"data.calibration_sets.{name}" if cfg.data.calibration_sets else "data.calibration"
+            raise DataError(f"{key}.sampler: {e} (pool: split '{c.split}' of {man.path})") from None
+        chosen = [pools[c.split][i] for i in picked]
+        overlap = {s.id for s in chosen} & {s.id for s in evalset}
+        if overlap:
+            raise DataError(f"{man.path}: calibration set '{name}' and the evaluation set share {len(overlap)} "
+                            f"sample id(s), e.g. {sorted(overlap)[0]}")
+        calib_sets[name] = chosen
+        sets_info[name] = {"split": c.split, "sampler": plugin_signature(sampler), "n": len(chosen), "seed": c.seed,
+                           "sample_ids": [s.id for s in chosen]}
+    entry = {"manifest": str(cfg.manifest_path()), "name": man.name, "sha256": data_hashes(man),
+             "calibration": next(iter(sets_info.values())), "calibration_sets": sets_info,
+             "evaluation": {"split": cfg.data.evaluation.split, "n": len(evalset)}}
+    return {"evalset": evalset, "calib_sets": calib_sets, "entry": entry}
+
+
+def _artifact_sha(ctx: Context, artifact: Path) -> str:
+    """sha256 of a variant's artifact; the FP32 baseline's is the model's, hashed once in ``prepare`` (a second
+    per GB of model, not to be spent again per run and per resume)."""
+    if Path(artifact) == Path(ctx.fp32):
+        return ctx.manifest["model"]["onnx_sha256"]
+    return _sha(artifact)
 
 
 def _sha(path: Path) -> str:
@@ -190,7 +225,8 @@ def ensure_stats(ctx: Context, set_name: str) -> dict:
     texts = [s.text for s in samples]
 
     def batches():
-        return (ctx.tokenizer.encode_batch(b) for b in st.iter_batches(texts, cc.batch_size))
+        return progress.iterate((ctx.tokenizer.encode_batch(b) for b in st.iter_batches(texts, cc.batch_size)),
+                                f"statistics '{set_name}'", -(-len(texts) // cc.batch_size), "batch")
 
     stats, hit, secs = cached_stats(ctx, key, ctx.fp32, tensors, batches)
     ctx.stats[set_name] = stats
@@ -251,12 +287,15 @@ def _cfg_key(v: Variant) -> str:
     return hashlib.sha256(json.dumps(v.exclusion_cfg.model_dump()).encode()).hexdigest()[:12]
 
 
-def build_variant(ctx: Context, v: Variant) -> tuple[Path, dict]:
-    """The ONNX artifact of one variant, and what the manifest should know about how it was made."""
+def build_variant(ctx: Context, v: Variant, out_dir: Path | None = None) -> tuple[Path, dict]:
+    """The ONNX artifact of one variant, and what the manifest should know about how it was made.
+
+    Artifacts go to the cache's ``variants/`` (reused by content key), or to ``out_dir`` for a throwaway
+    build (the search's sensitivity models)."""
     from qbench import baselines, registry
     from qbench.qdq import build_qdq, load_model, plan, verify_scales
 
-    out_dir = ctx.cache / "variants"
+    out_dir = out_dir or ctx.cache / "variants"
     out_dir.mkdir(parents=True, exist_ok=True)
     msha = ctx.manifest["model"]["onnx_sha256"][:16]
     if v.baseline == "fp32":
@@ -283,10 +322,28 @@ def build_variant(ctx: Context, v: Variant) -> tuple[Path, dict]:
     else:
         rep = build_qdq(fp32, table, v.exclusion_cfg, v.flavor, out, weights)
     for w in rep.warnings:
-        log(f"warning: variant {v.id}: {w}")
+        log(f"warning: variant {v.id}: {w}", warning=True)
     return out, {"qdq_key": key, "qdq_cache_hit": hit,
                  "table": table_file, "quantized_tensors": len(rep.quantized_tensors),
                  "excluded_nodes": rep.excluded_nodes, "warnings": rep.warnings}
+
+
+def task_module(ctx: Context):
+    """Where the sweep's task builds, evaluates and calibrates: qbench.translation, or this module (retrieval).
+    Both have build_variant(ctx, v, out_dir=None), evaluate(ctx, v, artifact) and ensure_stats(ctx, set_name)."""
+    if ctx.cfg.task == "translation":
+        from qbench import translation
+
+        return translation
+    return sys.modules[__name__]
+
+
+def build_and_evaluate(ctx: Context, v: Variant) -> tuple[Path, dict, list[tuple[str, str, float, str]]]:
+    """(artifact, build info, metrics) of one variant, built and evaluated in this process for the sweep's
+    task: what every executor runs, in process or in a child."""
+    task = task_module(ctx)
+    artifact, info = task.build_variant(ctx, v)
+    return artifact, info, task.evaluate(ctx, v, artifact)
 
 
 def evaluate(ctx: Context, v: Variant, artifact: Path) -> list[tuple[str, str, float, str]]:
@@ -317,7 +374,9 @@ def embed_pairs(ctx: Context, artifact: Path, samples) -> tuple[np.ndarray, np.n
 
     bs = ctx.cfg.measure.eval_batch_size
     backend = _backend(ctx)
-    with backend.open(backend.build(artifact, ctx.run_dir)) as sess:
+    with (backend.open(backend.build(artifact, ctx.run_dir)) as sess,
+          progress.task("evaluation", total=2 * len(samples), unit="text") as t):
+        sess = progress.counted(sess, t, samples=True)
         t0 = time.perf_counter()
         q = embed(sess, ctx.tokenizer, [s.text for s in samples], bs)
         d = embed(sess, ctx.tokenizer, [s.reference for s in samples], bs)
@@ -380,7 +439,10 @@ def latency_phase(ctx: Context, artifacts: dict[str, Path]) -> dict[str, list | 
     try:
         for b, feeds in ctx.latency_feeds.items():
             log(f"latency at batch {b}: {len(sessions)} variants x {lat.rounds} rounds x {lat.runs} runs")
-            res = interleaved(sessions, feeds, lat.warmup, lat.runs, lat.rounds)
+            calls = lat.warmup + lat.runs + (lat.rounds - 1) * (1 + lat.runs)  # measure.interleaved's, per variant
+            with progress.task(f"latency batch={b}", total=len(sessions) * calls, unit="run") as t:
+                res = interleaved({k: progress.counted(s, t) for k, s in sessions.items()}, feeds, lat.warmup,
+                                  lat.runs, lat.rounds)
             for vid, r in res.items():
                 if isinstance(r, Exception):
                     out[vid] = f"latency: {str(r).splitlines()[0] if str(r) else type(r).__name__}"
@@ -421,80 +483,307 @@ def make_latency_feeds(ctx: Context) -> None:
     ctx.manifest["latency_inputs"] = info
 
 
-def run_sweep(cfg: SweepConfig, out_root: Path | None = None) -> Path:
+class Interrupted(BaseException):
+    """SIGINT or SIGTERM during a sweep: a BaseException, so no variant's ``except Exception`` swallows it."""
+
+    def __init__(self, signum: int):
+        super().__init__(signal.Signals(signum).name)
+        self.signum = signum
+        self.exit_code = 128 + signum  # 130 for SIGINT, 143 for SIGTERM: what a shell reports for the signal
+
+
+@contextmanager
+def _signals_raise():
+    """Turn SIGINT/SIGTERM into ``Interrupted`` for the duration (main thread only; elsewhere a no-op)."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def handler(signum, _frame):
+        raise Interrupted(signum)
+
+    old = {s: signal.signal(s, handler) for s in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        yield
+    finally:
+        for s, h in old.items():
+            signal.signal(s, h)
+
+
+def _is_latency_row(r: dict) -> bool:
+    """A row of the side-by-side latency phase (re-measured for every variant when a run resumes)."""
+    return r["backend"] != "tensorrt" and str(r["slice"]).startswith("batch=")
+
+
+def run_sweep(cfg: SweepConfig, out_root: Path | None = None, resume: Path | None = None,
+              retry_failed: bool = False, config_path: str = "") -> Path:
+    """Run every variant of ``cfg`` into a new run directory, or finish the run ``resume``."""
+    from qbench import executors
+    from qbench import resume as resuming
+
+    executors.check(cfg)
+    prev = None
+    if resume is not None:
+        prev = resuming.load(resume)
+        resuming.check_config(prev, cfg, config_path or cfg.name)
+        run_dir = Path(resume)
+    else:
+        run_dir = Path(out_root or cfg.output.dir) / cfg.name / run_id_for(cfg)
+    ctx = prepare(cfg, run_dir)
+    if config_path:
+        ctx.manifest["config_file"] = str(Path(config_path).resolve())
+    if prev is not None:
+        resuming.check_inputs(prev, ctx.manifest)
+    with _signals_raise():
+        return _run(ctx, prev, retry_failed)
+
+
+def _run(ctx: Context, prev, retry_failed: bool) -> Path:
+    from qbench import executors
+
+    variants = expand(ctx.cfg)
+    # The executor first, before any directory is made: a Ray cluster that cannot be reached fails here.
+    runner = executors.make(ctx, len(variants))
+    try:
+        return _run_on(ctx, prev, retry_failed, runner, variants)
+    finally:
+        runner.close(cancel=True)  # a no-op once the variants finished (closed then, before latency)
+
+
+def _create_run_dir(ctx: Context) -> None:
+    """The run directory appears with its manifest in it, never empty: it is made under a hidden name and
+    renamed, so a run killed at any moment is either absent or resumable."""
+    from qbench.results import write_manifest
+
+    tmp = ctx.run_dir.parent / f".{ctx.run_dir.name}.creating"
+    tmp.mkdir(parents=True, exist_ok=True)
+    write_manifest(ctx.manifest, tmp)
+    os.rename(tmp, ctx.run_dir)
+
+
+def _run_on(ctx: Context, prev, retry_failed: bool, runner, variants: list[Variant]) -> Path:
     from qbench import report
     from qbench.results import metric_rows, write_manifest, write_results
 
-    variants = expand(cfg)
+    cfg, run_dir = ctx.cfg, ctx.run_dir
     variants.sort(key=lambda v: v.baseline != "fp32")  # fp32 first: every fidelity is measured against it
-    run_dir = Path(out_root or cfg.output.dir) / cfg.name / run_id_for(cfg)
-    ctx = prepare(cfg, run_dir)
     tr = None
     if cfg.task == "translation":
         from qbench import translation as tr
-    run_dir.mkdir(parents=True, exist_ok=True)  # only once the model and data loaded: no empty runs
     make_latency_feeds(ctx)
+    if not run_dir.exists():  # only once the model and data loaded: no empty runs
+        _create_run_dir(ctx)
     rows: list[dict] = []
     artifacts: dict[str, Path] = {}
     by_id = {v.id: v for v in variants}
     sets = ctx.manifest["data"]["calibration_sets"]
     set_sig = {k: f"{k}:{i['sampler']}[n={i['n']},s={i['seed']}]" for k, i in sets.items()}
+    done: dict[str, dict] = {}
+    if prev is not None:
+        done = _take_over(ctx, prev, retry_failed, by_id, rows, artifacts)
+        if len(done) == len(variants) and prev.manifest.get("complete"):
+            log(f"{run_dir}: every variant finished already; nothing to resume")
+            report.render(run_dir)
+            return run_dir
+        rows[:] = [r for r in rows if not _is_latency_row(r)]  # measured again, side by side, at the end
 
     def fail(v: Variant, entry: dict, err: str) -> None:
         entry.update(status="failed", error=err)
-        log(f"variant {v.id} failed: {err}")
+        log(f"variant {v.id} failed: {err}", warning=True)
         rows[:] = [r for r in rows if r["variant"] != v.id]
         rows.extend(metric_rows(v.describe(), entry["signature"], run_dir.name,
                                 [("status", "all", float("nan"), "")], status="failed"))
 
-    for i, v in enumerate(variants, 1):
-        t0 = time.perf_counter()
-        log(f"variant {i}/{len(variants)}: {v.id}")
-        entry: dict = {"status": "ok", **v.describe(), "signature": v.signature(set_sig.get(v.calib_set, ""))}
-        ctx.manifest["variants"][v.id] = entry
+    def flush() -> None:
+        if tr:
+            tr.write_samples(ctx)
+        write_results(rows, run_dir)
+        write_manifest(ctx.manifest, run_dir)
+
+    todo = [v for v in variants if v.id not in done]
+    if prev is not None:
+        log(f"resuming {run_dir}: {len(done)} variant(s) finished, {len(todo)} to run")
+    flush()  # a run directory always holds a manifest, so even a run killed in its first variant resumes
+    entry: dict = {}
+    try:
+        if todo and runner.isolated:
+            # One statistics pass per calibration set, here: the children read it from the cache.
+            for name in {v.calib_set for v in todo if v.kind == "qbench"}:
+                task_module(ctx).ensure_stats(ctx, name)
+        _run_variants(ctx, runner, todo, by_id, set_sig, rows, artifacts, fail, flush)
+        runner.close(cancel=False)  # (on an exception, _run cancels what still runs)
+        if cfg.tensorrt is not None:
+            from qbench import trt_phase
+
+            pending = {k: a for k, a in artifacts.items() if "tensorrt" not in ctx.manifest["variants"][k]}
+            with progress.task("tensorrt builds", total=len(pending), unit="variant") as t:
+                def trt_flush() -> None:  # trt_phase calls it after each variant
+                    flush()
+                    t.advance()
+
+                trt_phase.run(ctx, by_id, pending, rows, trt_flush)
+        for vid, lat in latency_phase(ctx, artifacts).items():
+            entry = ctx.manifest["variants"][vid]
+            if isinstance(lat, str):
+                fail(by_id[vid], entry, lat)
+            else:
+                rows += metric_rows(by_id[vid].describe(), entry["signature"], run_dir.name, lat)
+    except Interrupted as e:
+        # Abandon what was running: finished variants stay; the unfinished one has no rows and no "done".
+        running = [vid for vid, en in ctx.manifest["variants"].items() if not en.get("done")]
+        rows[:] = [r for r in rows if r["variant"] not in running and not _is_latency_row(r)]
+        for vid in running:
+            ctx.manifest["variants"][vid].update(status="interrupted")
+        ctx.manifest["interrupted"] = {"signal": str(e), "utc": datetime.now(timezone.utc).isoformat(timespec="seconds")}
+        flush()
+        log(f"interrupted by {e}: {sum(1 for en in ctx.manifest['variants'].values() if en.get('done'))} variant(s) "
+            f"kept in {run_dir}; finish it with: qbench sweep CONFIG --resume {run_dir}", warning=True)
+        raise
+    ctx.manifest.pop("interrupted", None)
+    ctx.manifest["complete"] = True
+    flush()
+    report.render(run_dir)
+    log(f"wrote {run_dir}/results.parquet, manifest.json, report.html")
+    return run_dir
+
+
+def _run_variants(ctx: Context, runner, todo: list[Variant], by_id: dict, set_sig: dict, rows: list,
+                  artifacts: dict, fail, flush) -> None:
+    """Run ``todo`` on ``runner`` (qbench.executors): FP32 alone first (every fidelity metric is measured
+    against it), then as many at once as the executor has slots. A variant is recorded the moment it
+    finishes, in the order they finish: its rows, its manifest entry marked ``done``, results and manifest
+    rewritten (``flush``); so a killed run resumes, with any executor. A failure is the variant's failed row.
+    ``exclude: auto`` variants run their search here, in this process, before their job is submitted."""
+    from qbench import isolate
+    from qbench.results import metric_rows
+
+    in_flight: dict[str, tuple[Variant, dict, float]] = {}  # id -> (variant, manifest entry, start)
+    queue = list(todo)
+    started = 0
+
+    def settle(v: Variant, entry: dict, t0: float, work) -> bool:
+        """Run ``work`` (a submission, or taking a finished job's result); a failure becomes the variant's
+        failed row and ends it. True if ``work`` went through."""
         try:
+            work()
+            return True
+        except Exception as e:  # a crashing variant becomes a failed row; the sweep goes on
+            if isinstance(e, isolate.ChildBug):
+                entry["traceback"] = e.child_traceback
+            elif not isinstance(e, QbenchError):
+                entry["traceback"] = traceback.format_exc()
+                traceback.print_exc()
+            fail(v, entry, str(e).splitlines()[0] if str(e) else type(e).__name__)
+            end(entry, t0)
+            return False
+
+    def end(entry: dict, t0: float) -> None:
+        entry["seconds"] = round(time.perf_counter() - t0, 2)
+        entry["done"] = True
+        flush()
+        bar.advance()
+
+    def launch(v: Variant) -> None:
+        nonlocal started
+        started += 1
+        t0 = time.perf_counter()
+        log(f"variant {started}/{len(todo)}: {v.id}")
+        entry = {"status": "ok", **v.describe(), "signature": v.signature(set_sig.get(v.calib_set, ""))}
+        ctx.manifest["variants"][v.id] = entry
+        resolved = [v]
+
+        def submit() -> None:
             if v.exclusion == "auto":  # the search decides this variant's exclusions first
                 from qbench import search
 
                 log(f"search for {v.id}: sensitivity of every unit, then the gate on a scoring subset")
                 try:
-                    v, entry["search"] = search.resolve(ctx, v)
+                    resolved[0], entry["search"] = search.resolve(ctx, v)
                 finally:
                     write_sensitivity(ctx)
-                by_id[v.id] = v
-            artifact, info = (tr.build_variant if tr else build_variant)(ctx, v)
-            entry.update(info)
-            entry["artifact"] = str(artifact)
-            entry["artifact_sha256"] = _sha(artifact)
-            rows += metric_rows(v.describe(), entry["signature"], run_dir.name,
-                                (tr.evaluate if tr else evaluate)(ctx, v, artifact))
-            artifacts[v.id] = artifact
-        except Exception as e:  # a crashing variant becomes a failed row; the sweep goes on
-            if not isinstance(e, QbenchError):
-                entry["traceback"] = traceback.format_exc()
-                traceback.print_exc()
-            fail(v, entry, str(e).splitlines()[0] if str(e) else type(e).__name__)
-        entry["seconds"] = round(time.perf_counter() - t0, 2)
-        if tr:
-            tr.write_samples(ctx)
-        write_results(rows, run_dir)
-        write_manifest(ctx.manifest, run_dir)
-    if cfg.tensorrt is not None:
-        from qbench import trt_phase
+                by_id[v.id] = resolved[0]
+                entry["resolved_exclusion"] = resolved[0].exclusion_cfg.model_dump()
+            runner.submit(ctx, resolved[0])
 
-        def flush() -> None:
-            write_results(rows, run_dir)
-            write_manifest(ctx.manifest, run_dir)
+        if settle(resolved[0], entry, t0, submit):
+            in_flight[v.id] = (resolved[0], entry, t0)
 
-        trt_phase.run(ctx, by_id, artifacts, rows, flush)
-    for vid, lat in latency_phase(ctx, artifacts).items():
-        entry = ctx.manifest["variants"][vid]
-        if isinstance(lat, str):
-            fail(by_id[vid], entry, lat)
-        else:
-            rows += metric_rows(by_id[vid].describe(), entry["signature"], run_dir.name, lat)
-    write_results(rows, run_dir)
-    write_manifest(ctx.manifest, run_dir)
-    report.render(run_dir)
-    log(f"wrote {run_dir}/results.parquet, manifest.json, report.html")
-    return run_dir
+    def record(d, v: Variant, entry: dict) -> None:
+        entry["executor"] = dict(d.where)
+        artifact, info, metrics = d.get()
+        info = dict(info)
+        entry["executor"].update(info.pop("executor", {}))
+        entry.update(info)
+        entry["artifact"] = str(artifact)
+        entry["artifact_sha256"] = _artifact_sha(ctx, artifact)
+        rows.extend(metric_rows(v.describe(), entry["signature"], ctx.run_dir.name, metrics))
+        artifacts[v.id] = artifact
+
+    with progress.task("variants", total=len(todo), unit="variant") as bar:
+        while queue or in_flight:
+            while (queue and len(in_flight) < runner.slots
+                   and not any(rv.baseline == "fp32" for rv, _, _ in in_flight.values())):
+                launch(queue.pop(0))
+            if not in_flight:
+                continue
+            bar.note = ", ".join(in_flight)
+            for d in runner.wait(ctx):
+                v, entry, t0 = in_flight.pop(d.variant.id)
+                if settle(v, entry, t0, lambda: record(d, v, entry)):
+                    if runner.slots > 1:
+                        node = entry["executor"].get("node")
+                        log(f"variant {v.id}: done{f' on node {node[:8]}' if node else ''} "
+                            f"({time.perf_counter() - t0:.1f}s)")
+                    end(entry, t0)
+
+
+def _same_artifact(ctx: Context, vid: str, artifact: Path, want: str | None) -> None:
+    """A resumed variant's rows were measured on the artifact its manifest entry hashed; the one about to be
+    re-timed (and built as an engine) must be that same file. A rebuild from a pruned cache gives the same
+    bytes unless qbench or a library it quantizes with changed since; then the run cannot be resumed."""
+    got = _artifact_sha(ctx, artifact)
+    if want and got != want:
+        raise DataError(f"cannot resume: variant {vid}'s artifact, rebuilt from the cache, differs from the one "
+                        f"its rows were measured on (sha256 {got[:12]}, recorded {want[:12]}): qbench or a "
+                        "library changed since that run; run the sweep again without --resume")
+
+
+def _take_over(ctx: Context, prev, retry_failed: bool, by_id: dict, rows: list, artifacts: dict) -> dict[str, dict]:
+    """Adopt the finished variants of ``prev``: their manifest entries, rows, samples, sensitivity records
+    and artifacts (rebuilt from the cache when it was cleared: the same table gives the same bytes). When
+    anything is left to run, FP32 is evaluated again in memory: the reference every later variant is
+    compared with; its rows stay the ones on disk."""
+    from qbench.config import ExclusionCfg
+
+    done = {vid: e for vid, e in prev.finished(retry_failed).items() if vid in by_id}
+    m = ctx.manifest
+    m["created_utc"] = prev.manifest.get("created_utc", m["created_utc"])
+    m["resumed"] = prev.manifest.get("resumed", []) + [
+        {"utc": datetime.now(timezone.utc).isoformat(timespec="seconds"), "kept": sorted(done),
+         "retry_failed": retry_failed}]
+    for key in ("metric_signatures", "statistics", "statistics_passes", "tensorrt"):
+        if key in prev.manifest:
+            m[key] = prev.manifest[key]
+    rows += [r for r in prev.rows if r["variant"] in done]
+    for vid, e in done.items():
+        m["variants"][vid] = e
+        if e.get("resolved_exclusion") is not None:
+            by_id[vid] = replace(by_id[vid], exclusion_cfg=ExclusionCfg(**e["resolved_exclusion"]))
+    if prev.samples is not None and ctx.cfg.task == "translation":
+        for vid, frame in prev.samples.groupby("variant", sort=False):
+            if vid in done:
+                ctx.sample_frames[vid] = frame.reset_index(drop=True)
+    for r in prev.sensitivity:
+        if r["variant"] in done:
+            ctx.search_sensitivity.setdefault(r["variant"], []).append(
+                {k: v for k, v in r.items() if k != "variant"})
+    ok = [vid for vid, e in done.items() if e.get("status") == "ok"]
+    if len(done) < len(by_id) or not prev.manifest.get("complete"):
+        for vid in ok:  # cache hits unless the cache was cleared
+            artifacts[vid] = task_module(ctx).build_variant(ctx, by_id[vid])[0]
+            _same_artifact(ctx, vid, artifacts[vid], done[vid].get("artifact_sha256"))
+        if "fp32" in done and "fp32" in by_id:
+            frames = dict(ctx.sample_frames)
+            task_module(ctx).evaluate(ctx, by_id["fp32"], artifacts["fp32"])
+            ctx.sample_frames.update(frames)  # the rows on disk stay as they are
+    return done

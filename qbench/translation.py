@@ -18,6 +18,7 @@ from pathlib import Path
 
 import numpy as np
 
+from qbench import progress
 from qbench.config import build_plugin
 from qbench.errors import DataError, QbenchError
 from qbench.variants import Variant
@@ -26,8 +27,9 @@ COMPONENTS = ("encoder", "decoder")
 BOOTSTRAP = 1000  # resamples for every confidence interval
 
 
-def prepare_model(ctx) -> dict:
-    """Export (cached) and open the tokenizer; returns the manifest's model entry."""
+def prepare_model(ctx, sha256: str | None = None) -> dict:
+    """Export (cached) and open the tokenizer; returns the manifest's model entry (``sha256``: the graphs'
+    hash, where the caller already has it)."""
     from qbench.export_seq2seq import export_seq2seq
     from qbench.tokenize import Tokenizer
 
@@ -41,7 +43,7 @@ def prepare_model(ctx) -> dict:
     ctx.tokenizer = Tokenizer(exp.tokenizer_dir, max_length=cfg.model.max_length)
     return {"source": exp.source, "resolved": exp.resolved, "export_key": exp.key, "opset": exp.opset,
             "exporter": exp.exporter, "model_type": exp.model_type,
-            "onnx_sha256": dir_sha256(ctx.fp32),
+            "onnx_sha256": sha256 or dir_sha256(ctx.fp32),
             "onnx_path": str(ctx.fp32), "tokenizer_dir": str(exp.tokenizer_dir),
             "export_max_abs_diff": max(exp.encoder_max_abs_diff, exp.decoder_max_abs_diff,
                                        exp.decoder_past_max_abs_diff),
@@ -85,11 +87,13 @@ def translate(ctx, gen, samples) -> list[str]:
     texts = sources(ctx, samples)
     order = sorted(range(len(texts)), key=lambda i: len(texts[i]))
     out: dict[int, str] = {}
-    for k in range(0, len(order), g.batch_size):
-        idx = order[k:k + g.batch_size]
-        enc = ctx.tokenizer.encode_batch([texts[i] for i in idx])
-        ids = gen.generate(enc["input_ids"], enc["attention_mask"], g.max_new_tokens, g.num_beams)
-        out.update(zip(idx, ctx.tokenizer.decode_batch(ids)))
+    with progress.task("decoding", total=len(texts), unit="sample") as t:
+        for k in range(0, len(order), g.batch_size):
+            idx = order[k:k + g.batch_size]
+            enc = ctx.tokenizer.encode_batch([texts[i] for i in idx])
+            ids = gen.generate(enc["input_ids"], enc["attention_mask"], g.max_new_tokens, g.num_beams)
+            out.update(zip(idx, ctx.tokenizer.decode_batch(ids)))
+            t.advance(len(idx))
     return [out[i] for i in range(len(texts))]
 
 
@@ -115,11 +119,13 @@ def ensure_stats(ctx, set_name: str) -> dict:
         kw = {} if comp == "encoder" else {"mask_input": "target_mask", "seq_inputs": ["input_ids"]}
 
         def batches(comp=comp):
+            n = -(-len(samples) // cc.batch_size)
             if comp == "encoder":
-                return _encoder_batches(ctx, samples)
+                return progress.iterate(_encoder_batches(ctx, samples), f"statistics '{set_name}' encoder", n, "batch")
             if not targets:  # decoded once, and only when the decoder's statistics are not cached
                 targets.update(_calibration_targets(ctx, samples))
-            return _decoder_batches(ctx, samples, targets)
+            return progress.iterate(_decoder_batches(ctx, samples, targets), f"statistics '{set_name}' decoder", n,
+                                    "batch")
 
         stats, hit, secs = cached_stats(ctx, key, ctx.fp32 / f"{comp}.onnx", tensors, batches, **kw)
         out[comp] = stats
@@ -153,7 +159,8 @@ def _calibration_targets(ctx, samples) -> dict[str, list[int]]:
         gen = generator(ctx, ctx.fp32)
         g = ctx.cfg.generation
         ids = []
-        for b in [samples[k:k + g.batch_size] for k in range(0, len(samples), g.batch_size)]:
+        batches = [samples[k:k + g.batch_size] for k in range(0, len(samples), g.batch_size)]
+        for b in progress.iterate(batches, "calibration targets (FP32 greedy)", unit="batch"):
             enc = ctx.tokenizer.encode_batch(sources(ctx, b))
             ids += gen.generate(enc["input_ids"], enc["attention_mask"], g.max_new_tokens, 1)
     return {s.id: (t or [ctx.spec.eos_token_id]) for s, t in zip(samples, ids)}
@@ -192,11 +199,13 @@ def table_for(ctx, v: Variant) -> tuple[dict, dict]:
     return ctx.tables[k]
 
 
-def build_variant(ctx, v: Variant) -> tuple[Path, dict]:
+def build_variant(ctx, v: Variant, out_root: Path | None = None) -> tuple[Path, dict]:
+    """The encoder and decoder artifacts of one variant (a directory), in the cache's ``variants/`` or in
+    ``out_root`` for a throwaway build (as sweep.build_variant)."""
     from qbench import baselines, registry
     from qbench.qdq import build_qdq, load_model, plan, verify_scales
 
-    out_root = ctx.cache / "variants"
+    out_root = out_root or ctx.cache / "variants"
     msha = ctx.manifest["model"]["onnx_sha256"][:16]
     if v.baseline == "fp32":
         return ctx.fp32, {}

@@ -173,22 +173,33 @@ def from_trt_cache(text: str, *, source: str = "<cache>") -> CalibrationTable:
 def save_trt_cache(
     table: CalibrationTable, path: Path, *, trt_version: int = 10000, algorithm: str = "EntropyCalibration2"
 ) -> Path:
-    """Write ``to_trt_cache(table)`` atomically (the old file survives a crash)."""
+    """Write ``to_trt_cache(table)`` atomically (the old file survives a crash; a file that cannot be
+    written is io.atomic_write's StorageError)."""
     from qbench.io import atomic_write_text
 
     return atomic_write_text(Path(path), to_trt_cache(table, trt_version=trt_version, algorithm=algorithm))
 
 
+def decode_cache_bytes(data: bytes, *, source: str = "<cache>") -> str:
+    """A cache file's bytes as text; ``ConfigError('<source>:<line>: not UTF-8 text ...')`` otherwise."""
+    try:
+        return data.decode("utf-8")
+    except UnicodeDecodeError as e:
+        line = data[: e.start].count(b"\n") + 1
+        raise ConfigError(f"{source}:{line}: not UTF-8 text (byte {e.start}); "
+                          "is this an engine, not a cache?") from None
+
+
+def read_file_bytes(path: Path, what: str) -> bytes:
+    """The bytes of ``path``; ``ConfigError('<path>: cannot read <what>: <reason>')`` if it cannot be read."""
+    try:
+        return Path(path).read_bytes()
+    except (OSError, ValueError) as e:  # missing, a directory, no permission, a NUL byte in the name
+        raise ConfigError(f"{path}: cannot read {what}: {getattr(e, 'strerror', None) or e}") from None
+
+
 def load_trt_cache(path: Path) -> CalibrationTable:
     """Read a TensorRT calibration cache file; errors name the file and the line."""
     path = Path(path)
-    try:
-        data = path.read_bytes()
-    except OSError as e:
-        raise ConfigError(f"{path}: cannot read TensorRT calibration cache: {e.strerror or e}") from None
-    try:
-        text = data.decode("utf-8")
-    except UnicodeDecodeError as e:
-        line = data[: e.start].count(b"\n") + 1
-        raise ConfigError(f"{path}:{line}: not UTF-8 text (byte {e.start}); is this an engine, not a cache?") from None
-    return from_trt_cache(text, source=str(path))
+    data = read_file_bytes(path, "TensorRT calibration cache")
+    return from_trt_cache(decode_cache_bytes(data, source=str(path)), source=str(path))

@@ -200,7 +200,7 @@ def run(ctx, variants: dict, artifacts: dict[str, Path], rows: list[dict], flush
             if not isinstance(e, QbenchError):  # a bug: keep its traceback
                 entry["traceback"] = traceback.format_exc()
                 traceback.print_exc()
-            log(f"tensorrt: {vid} failed: {entry['error']}")
+            log(f"tensorrt: {vid} failed: {entry['error']}", warning=True)
             rows += metric_rows(desc, sig, ctx.run_dir.name, [("trt_build", "all", float("nan"), "")],
                                 status="failed")
         entry["seconds"] = round(time.perf_counter() - t0, 2)

@@ -7,28 +7,26 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from qbench.errors import ConfigError, DataError
+from qbench.errors import ConfigError
 
 # Exit codes of `qbench gate`: 0 the variant passes its gate, 1 it fails (or the variant itself failed),
-# 2 the question cannot be answered (no such run or variant, no gate in the run) -- QbenchError's code.
+# 2 the question cannot be answered (no such run or variant, no gate in the run): always raised as ConfigError,
+# whose exit code is 2 (see qbench.errors).
 PASS, FAIL = 0, 1
-
-
-def _load(run_dir: Path):
-    from qbench.results import load
-
-    if not (Path(run_dir) / "results.parquet").is_file() or not (Path(run_dir) / "manifest.json").is_file():
-        raise DataError(f"{run_dir}: not a qbench run directory (no results.parquet and manifest.json)")
-    return load(run_dir)
 
 
 def gate(run_dir: Path, variant: str | None = None) -> tuple[int, str]:
     """(exit code, one line) for ``variant``'s gate; by default the run's one ``exclude: auto`` variant."""
-    df, manifest = _load(run_dir)
+    from qbench.results import load
+
+    df, manifest = load(run_dir)
     cfg_gate = (manifest.get("config") or {}).get("gate") or manifest.get("gate")
     if not cfg_gate:
         raise ConfigError(f"{run_dir}: the run has no gate (add a gate section to the config and run it again)")
     variants = manifest.get("variants", {})
+    if manifest.get("complete") is False:  # runs before resumable sweeps have no "complete" key: finished
+        raise ConfigError(f"{run_dir}: the run did not finish (killed or interrupted); finish it with "
+                          f"qbench sweep --resume {run_dir}, then gate it")
     if variant is None:
         auto = [v for v, info in variants.items() if info.get("exclusion") == "auto"]
         if len(auto) != 1:
@@ -45,7 +43,7 @@ def gate(run_dir: Path, variant: str | None = None) -> tuple[int, str]:
 
     g = _gate(_values(df[df.backend == info.get("backend", "ort")]), variant)
     if g is None or g["pass"] is None:
-        raise DataError(f"{run_dir}: variant '{variant}' has no gate result (fp32 is the reference, not gated)")
+        raise ConfigError(f"{run_dir}: variant '{variant}' has no gate result (fp32 is the reference, not gated)")
     passed = g["pass"]
     where = ""
     if g["lang"] is not None:
@@ -60,7 +58,9 @@ def compare(run_a: Path, run_b: Path, metrics: list[str] | None = None) -> str:
     """The overall ('all' slice) metrics of the variants two runs share, side by side, with B - A."""
     import pandas as pd
 
-    (da, ma), (db, mb) = _load(run_a), _load(run_b)
+    from qbench.results import load
+
+    (da, ma), (db, mb) = load(run_a), load(run_b)
     keep = metrics or ["accuracy_at_1", "bleu", "chrf", "delta_bleu", "delta_chrf", "gate", "worst_lang_drop",
                        "exact_match_vs_fp32", "cosine_vs_fp32", "size_mb", "int8_linear_flop_share"]
 

@@ -1,4 +1,5 @@
 import os
+import shutil
 from pathlib import Path
 
 import pytest
@@ -9,10 +10,28 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
 
 
+_SESSION_CACHES: list[Path] = []
+
+
 @pytest.fixture(scope="session")
 def qbench_cache(tmp_path_factory) -> Path:
     """One qbench cache for the whole test session, so the model is exported once."""
-    return tmp_path_factory.mktemp("qbench-cache")
+    path = tmp_path_factory.mktemp("qbench-cache")
+    _SESSION_CACHES.append(path)
+    return path
+
+
+@pytest.fixture(scope="module", autouse=True)
+def _drop_built_artifacts():
+    """After each test module, delete the QDQ artifacts and engines it left in the session's cache. Exports,
+    statistics and TensorRT's timing cache stay: they are what sharing the cache across modules saves. Kept,
+    the suite's artifacts reach 6 GB, more free disk than a CI machine may have (CI once failed on ENOSPC)."""
+    yield
+    for cache in _SESSION_CACHES:
+        shutil.rmtree(cache / "variants", ignore_errors=True)
+        for engine in (cache / "engines").glob("*"):  # (no match when the directory does not exist)
+            if engine.is_dir():  # an engine directory; the timing caches are files
+                shutil.rmtree(engine, ignore_errors=True)
 
 
 @pytest.fixture(scope="session")
@@ -40,3 +59,37 @@ def one_torch_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(before)
+
+
+@pytest.fixture(scope="session")
+def small_mt_run(tmp_path_factory, qbench_cache) -> Path:
+    """A real translation sweep, small: the project's multilingual Marian (English -> 28 languages), 2 held-out
+    strings per language, FP32 + ort_dynamic + minmax, a per-language BLEU gate, latency at batch 1 and 8.
+    Opened by the browser tests and executed on by the notebook test: one sweep for both.
+    About 10 s with the model already exported in the session's cache, 25 s without."""
+    pytest.importorskip("torch")
+    import yaml
+
+    from qbench.config import load_config
+    from qbench.sweep import run_sweep
+
+    tmp = tmp_path_factory.mktemp("small-mt")
+    cfg = {
+        "name": "small-mt", "task": "translation",
+        "model": {"source": str(ROOT / "examples/models/marian-django-multi"), "max_length": 128,
+                  "source_prefix": ">>{lang}<< "},
+        "data": {"manifest": str(ROOT / "datasets/django_multi.yaml"),
+                 "calibration": {"split": "calibration", "n": 28, "seed": 0, "sampler": {"name": "lang_balanced"}},
+                 "evaluation": {"split": "test", "n_per_language": 2}},
+        "calibration": {"batch_size": 28},
+        "generation": {"max_new_tokens": 48, "batch_size": 64},
+        "sweep": {"baselines": ["fp32", "ort_dynamic"], "calibrators": [{"name": "minmax"}], "exclusions": ["none"]},
+        # two sentences per language: drops are noisy, so the budget is wide (the test reads the outcome)
+        "gate": {"metric": "bleu", "max_drop": 10.0, "per": "lang"},
+        "backend": {"name": "ort", "threads": 2},
+        "measure": {"latency": {"batch_sizes": [1, 8], "warmup": 0, "runs": 1, "rounds": 1}},
+        "output": {"dir": str(tmp / "out"), "cache_dir": str(qbench_cache)},
+    }
+    path = tmp / "sweep.yaml"
+    path.write_text(yaml.safe_dump(cfg))
+    return run_sweep(load_config(path))

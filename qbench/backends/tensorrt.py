@@ -9,8 +9,6 @@ the sweep records the latency as not run. Nothing here fabricates a number.
 from __future__ import annotations
 
 import json
-import signal
-import subprocess
 import sys
 from pathlib import Path
 from typing import ClassVar, Literal
@@ -18,6 +16,7 @@ from typing import ClassVar, Literal
 from pydantic import BaseModel, ConfigDict, Field
 
 from qbench.errors import BackendUnavailable, VariantFailed
+from qbench.isolate import run_limited
 
 
 class TensorRTBackend(BaseModel):
@@ -51,19 +50,13 @@ class TensorRTBackend(BaseModel):
         self.check()
         cmd = _child_cmd(onnx_path, workdir, self.compute_capability, shapes, timing_cache)
         cmd += ["--int8-cache", str(int8_cache)] if int8_cache else []
-        try:
-            r = subprocess.run(cmd, capture_output=True, text=True, timeout=self.build_timeout_s)
-        except subprocess.TimeoutExpired:
-            raise VariantFailed(f"TensorRT build timed out after {self.build_timeout_s} s") from None
-        if r.returncode != 0:
-            # The whole stderr stays beside the engine; the row carries its last line.
-            workdir.mkdir(parents=True, exist_ok=True)
-            (workdir / "build.stderr").write_text(r.stderr)
+        # In its own process group, under isolate's rules: a timeout or an interrupted sweep kills the builder
+        # and anything it started, and it dies with the sweep. Its stderr stays beside the engine.
+        workdir.mkdir(parents=True, exist_ok=True)
+        r = run_limited(cmd, "TensorRT build", self.build_timeout_s, None, stderr_file=workdir / "build.stderr",
+                        timeout_key="tensorrt.build_timeout_s")
+        if r.returncode != 0:  # the child's own error (a parser or builder failure): its last line
             lines = r.stderr.strip().splitlines()
-            if r.returncode < 0:  # killed: a crash inside the builder, or the out-of-memory killer
-                sig = signal.Signals(-r.returncode).name
-                raise VariantFailed(f"TensorRT build process killed by {sig} (a crash in the builder, or out of "
-                                    f"memory){': ' + lines[-1][:300] if lines else ''}; stderr in {workdir}/build.stderr")
             raise VariantFailed((lines or [f"exit code {r.returncode}"])[-1][:400])
         info = json.loads((workdir / "build.json").read_text())
         return workdir / "engine.plan", info, (workdir / "build.log").read_text().splitlines()

@@ -145,5 +145,5 @@ def test_cli_inspect(t5, tmp_path):
     bad = tmp_path / "truncated.onnx"
     bad.write_bytes(t5.read_bytes()[: t5.stat().st_size // 2])
     r = _cli(bad)
-    assert r.returncode == 2 and r.stdout == ""
+    assert r.returncode == 4 and r.stdout == ""
     assert r.stderr.strip() == f"{bad}: not a readable ONNX model (DecodeError)"

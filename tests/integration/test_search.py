@@ -106,6 +106,17 @@ def test_trace_is_doubling_then_bisection_and_the_choice_passes(two_runs):
         assert t["pass"] == (t["worst_drop"] <= 5.0)
 
 
+def test_only_the_searched_candidates_stay_in_the_cache(two_runs, qbench_cache):
+    """The 2 x 29 sensitivity models are built in scratch and deleted once scored; what stays in the cache
+    is what the trace scored against the gate (the chosen variant among them), reused by the second run."""
+    v = json.loads((two_runs[0] / "manifest.json").read_text())["variants"]["entropy+auto+s8s8"]
+    kept = {p.name for p in (qbench_cache / "variants").iterdir()}
+    # one artifact per distinct k scored (each k excludes a different set of units), the chosen one among them
+    assert len(kept) == len({t["k"] for t in v["search"]["trace"]}) <= 12 < 2 * v["search"]["units"]
+    assert v["qdq_key"] in kept
+    assert not list(qbench_cache.glob(".scratch-*"))
+
+
 def test_chosen_exclusions_are_exactly_the_chosen_units_nodes(two_runs):
     run = two_runs[0]
     m = json.loads((run / "manifest.json").read_text())

@@ -196,9 +196,8 @@ def test_second_export_hits_cache(case: Case) -> None:
     assert [p.name for p in case.cache.iterdir()] == [case.spec.key]  # no temp dir left behind
 
 
+@pytest.mark.parametrize("case", ["marian"], indirect=True)  # one family is enough
 def test_cache_hit_needs_neither_torch_nor_transformers(case: Case) -> None:
-    if case.family != "marian":
-        pytest.skip("one family is enough")
     code = ("import sys; from pathlib import Path; from qbench.export_seq2seq import export_seq2seq;"
             f"r = export_seq2seq({str(case.source)!r}, Path({str(case.cache)!r}));"
             "assert r.from_cache; bad = {'torch', 'transformers'} & set(sys.modules);"

@@ -3,6 +3,8 @@ one variant's failure. The crash and the hang are SIMULATED (a real child proces
 sleeps, in place of the builder): a builder that segfaults on demand does not exist."""
 
 import sys
+import time
+from pathlib import Path
 
 import onnx
 import pytest
@@ -51,15 +53,25 @@ def test_simulated_builder_crash_becomes_a_failure_naming_the_signal(tiny, tmp_p
     monkeypatch.setattr(trt_backend, "_child_cmd", lambda *a: [sys.executable, "-c", crash])
     with pytest.raises(VariantFailed) as e:
         TensorRTBackend().build(tiny, tmp_path / "e", SHAPES)
-    assert str(e.value).startswith("TensorRT build process killed by SIGSEGV (a crash in the builder, or out of "
-                                   "memory): builder: about to fail; stderr in ")
+    assert str(e.value) == ("TensorRT build killed by SIGSEGV (a crash in native code, or out of memory): "
+                            f"builder: about to fail; stderr in {tmp_path / 'e' / 'build.stderr'}")
     assert (tmp_path / "e" / "build.stderr").read_text().strip() == "builder: about to fail"
 
 
-def test_simulated_builder_hang_times_out(tiny, tmp_path, monkeypatch):
-    monkeypatch.setattr(trt_backend, "_child_cmd", lambda *a: [sys.executable, "-c", "import time; time.sleep(60)"])
-    with pytest.raises(VariantFailed, match="^TensorRT build timed out after 1 s$"):
-        TensorRTBackend(build_timeout_s=1).build(tiny, tmp_path / "e", SHAPES)
+def test_simulated_builder_hang_times_out_and_its_children_die_with_it(tiny, tmp_path, monkeypatch):
+    """The hung 'builder' started a child of its own (as a builder's worker would): the timeout kills both."""
+    pid_file = tmp_path / "grandchild.pid"
+    hang = ("import subprocess, sys, time; "
+            "p = subprocess.Popen([sys.executable, '-c', 'import time; time.sleep(60)']); "
+            f"open({str(pid_file)!r}, 'w').write(str(p.pid)); time.sleep(60)")
+    monkeypatch.setattr(trt_backend, "_child_cmd", lambda *a: [sys.executable, "-c", hang])
+    with pytest.raises(VariantFailed, match=r"^TensorRT build timed out after 3 s \(tensorrt.build_timeout_s\)$"):
+        TensorRTBackend(build_timeout_s=3).build(tiny, tmp_path / "e", SHAPES)
+    grandchild = Path("/proc") / pid_file.read_text()
+    deadline = time.monotonic() + 10
+    while grandchild.exists() and " Z " not in (grandchild / "stat").read_text() and time.monotonic() < deadline:
+        time.sleep(0.05)  # killed, then reaped by init (or left a zombie for a moment)
+    assert not grandchild.exists() or " Z " in (grandchild / "stat").read_text()
 
 
 def test_implicit_int8_mode_is_refused_by_tensorrt_rtx_with_the_reason(tiny, tmp_path):

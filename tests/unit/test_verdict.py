@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import json
 import pytest
 
 from qbench.cli import main
@@ -71,3 +72,14 @@ def test_compare_lists_shared_metrics_and_the_difference(tmp_path, capsys):
     table = {r.split()[0]: r.split()[3:] for r in out[3:]}
     assert table["minmax+auto+s8s8"] == ["29.8000", "29.5000", "-0.3000"]
     assert table["fp32"] == ["30.0000", "30.0000", "+0.0000"]
+
+
+def test_gate_refuses_an_unfinished_run(tmp_path, capsys):
+    run = _run(tmp_path / "r", 0.2)
+    m = json.loads((run / "manifest.json").read_text())
+    (run / "manifest.json").write_text(json.dumps({**m, "complete": False}))
+    assert main(["gate", str(run)]) == 2
+    assert capsys.readouterr().err.strip() == (f"{run}: the run did not finish (killed or interrupted); finish it "
+                                               f"with qbench sweep --resume {run}, then gate it")
+    (run / "manifest.json").write_text(json.dumps({**m, "complete": True}))
+    assert main(["gate", str(run)]) == 0
