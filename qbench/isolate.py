@@ -154,7 +154,9 @@ def run_limited(cmd: list[str], what: str, timeout_s: int | None, memory_mb: int
         stderr_file.write_text(err)
     if p.returncode < 0:
         sig = signal.Signals(-p.returncode).name
-        mem = f"; memory limit {memory_mb} MB" if memory_mb else ""
+        # Worded as the child's own out-of-memory message is, so that one limit gives one reason whichever
+        # way the kernel or the allocator reported it (a failed malloc in native code often aborts)
+        mem = f" (executor.memory_mb: {memory_mb} MB)" if memory_mb else ""
         lines = err.strip().splitlines()
         kept = f"; stderr in {stderr_file}" if stderr_file is not None and err else ""
         raise VariantFailed(f"{what} killed by {sig} (a crash in native code, or out of memory{mem})"
