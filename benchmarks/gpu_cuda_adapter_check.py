@@ -1,7 +1,7 @@
 """Run on a machine with an NVIDIA GPU and cuda-python (no TensorRT needed): checks the cuda-python adapter of
 qbench.backends.trt_runtime on a real device, and TrtSession's buffer logic on REAL device memory, driven by a
 fake TensorRT engine (y = 2x). Usage, from the repo root: python benchmarks/gpu_cuda_adapter_check.py"""
-import sys, time
+import sys
 sys.path.insert(0, ".")
 sys.path.insert(0, "tests/unit")
 import numpy as np

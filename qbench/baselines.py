@@ -7,29 +7,22 @@ padded batches make ORT's MinMax see the additive -inf attention mask and collap
 
 from __future__ import annotations
 
-import contextlib
 import logging
 from pathlib import Path
 
 import numpy as np
 
+from qbench.logs import quiet_logger
 
-@contextlib.contextmanager
-def _quiet_root_logger():
-    """ORT's quantizer logs 'consider pre-processing' on the root logger; we run it as users do, on purpose."""
-    root = logging.getLogger()
-    level = root.level
-    root.setLevel(logging.ERROR)
-    try:
-        yield
-    finally:
-        root.setLevel(level)
+
+# ORT's quantizer logs 'consider pre-processing' on the root logger; we run it as users do, on purpose.
+_QUIET_ORT = (None, logging.ERROR)
 
 
 def ort_dynamic(fp32: Path, out: Path) -> Path:
     from onnxruntime.quantization import quantize_dynamic
 
-    with _quiet_root_logger():
+    with quiet_logger(*_QUIET_ORT):
         quantize_dynamic(str(fp32), str(out))
     return out
 
@@ -52,7 +45,7 @@ def ort_static(fp32: Path, out: Path, tokenizer, texts: list[str]) -> Path:
     # CalibMaxIntermediateOutputs only bounds memory (MinMax merges every k samples); results are unchanged.
     # ORT 1.32 raises "No data is collected" when k divides the sample count exactly, so avoid that.
     k = 64 if len(feeds) % 64 else 63
-    with _quiet_root_logger():
+    with quiet_logger(*_QUIET_ORT):
         quantize_static(str(fp32), str(out), _Reader(feeds), extra_options={"CalibMaxIntermediateOutputs": k})
     return out
 

@@ -6,7 +6,6 @@ Parquet files under datasets/, or a hub dataset (path, name, split) for users wh
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
 import logging
 from dataclasses import dataclass
@@ -16,7 +15,8 @@ from typing import Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-from qbench.errors import ConfigError, DataError, one_line
+from qbench.errors import ConfigError, DataError, first_line, one_line
+from qbench.logs import quiet_logger
 
 
 class _Strict(BaseModel):
@@ -79,7 +79,7 @@ def load_manifest(path: Path) -> Manifest:
     except yaml.YAMLError as e:
         mark = getattr(e, "problem_mark", None)
         where = f"line {mark.line + 1}: " if mark else ""
-        raise _config_error(f"{path}: {where}malformed YAML: {_one_line(getattr(e, 'problem', None) or e)}") from None
+        raise _config_error(f"{path}: {where}malformed YAML: {first_line(getattr(e, 'problem', None) or e, 200)}") from None
     except RecursionError:
         raise _config_error(f"{path}: malformed YAML: nested too deeply") from None
     if not isinstance(raw, dict):
@@ -96,12 +96,6 @@ def load_manifest(path: Path) -> Manifest:
 def _config_error(msg: str) -> ConfigError:
     """A one-problem ConfigError: a line break in the user's text (a key, a split name) cannot split it in two."""
     return ConfigError(one_line(msg))
-
-
-def _one_line(msg: object) -> str:
-    """The first line of an exception's text (never empty): what a one-line error quotes of it."""
-    text = str(msg).strip()
-    return text.splitlines()[0][:200] if text else type(msg).__name__
 
 
 def sha256_file(path: Path) -> str:
@@ -146,7 +140,8 @@ def load_split(m: Manifest, split: str) -> list[Sample]:
         if f.stat().st_size < 4096 and not f.read_bytes().strip():
             raise DataError(f"{m.path}: splits.{split}: {f} is empty (no samples)")
         try:
-            with _quiet_datasets():
+            # datasets logs a parse failure itself (several lines) before raising it: we report it once
+            with quiet_logger("datasets", logging.CRITICAL):
                 ds = hf.load_dataset(m.source.format, data_files={split: str(f)}, split=split)
         except Exception as e:  # noqa: BLE001 - pyarrow/datasets raise many types for a file they cannot parse
             raise DataError(f"{f}: cannot read split '{split}' as {m.source.format} ({_root_cause(e)})") from None
@@ -155,7 +150,7 @@ def load_split(m: Manifest, split: str) -> list[Sample]:
         if split not in m.splits:
             raise _config_error(f"{m.path}: splits: no split '{split}' (has: {', '.join(m.splits) or 'none'})")
         try:
-            with _quiet_datasets():
+            with quiet_logger("datasets", logging.CRITICAL):
                 ds = hf.load_dataset(m.source.path, m.source.name, split=m.splits[split])
         except Exception as e:  # noqa: BLE001 - offline, no such dataset, no such split: the user's to fix
             raise DataError(f"{m.path}: splits.{split}: cannot load hub dataset {m.source.path!r} "
@@ -166,26 +161,13 @@ def load_split(m: Manifest, split: str) -> list[Sample]:
     return _to_samples(ds, m, split, where)
 
 
-@contextlib.contextmanager
-def _quiet_datasets():
-    """``datasets`` logs a parse failure itself (several lines) before raising it: we report it once, ourselves."""
-    logger = logging.getLogger("datasets")
-    level = logger.level
-    logger.setLevel(logging.CRITICAL)
-    try:
-        yield
-    finally:
-        logger.setLevel(level)
-
-
 def _root_cause(e: BaseException) -> str:
     """``Type: first line`` of the innermost cause: ``datasets`` wraps pyarrow's precise error in a vague one."""
     seen = {id(e)}
     while (e.__cause__ or e.__context__) is not None and id(e.__cause__ or e.__context__) not in seen:
         e = e.__cause__ or e.__context__
         seen.add(id(e))
-    text = str(e).strip()
-    return f"{type(e).__name__}: {text.splitlines()[0][:200]}" if text else type(e).__name__
+    return f"{type(e).__name__}: {first_line(e, 200)}" if str(e).strip() else type(e).__name__
 
 
 def _to_samples(ds, m: Manifest, split: str, where: str = "") -> list[Sample]:

@@ -99,6 +99,16 @@ def one_line(text: object) -> str:
     return "".join(c if c.isprintable() else repr(c)[1:-1] for c in str(text))
 
 
+def first_line(err: object, limit: int | None = 300) -> str:
+    """The first non-blank line of ``str(err)``, at most ``limit`` characters (None: all of it); an
+    exception whose text is empty is named by its type. What a message quotes of a library's error, which
+    may run to pages."""
+    for line in str(err).splitlines():
+        if line.strip():
+            return line.strip()[:limit]
+    return type(err).__name__ if isinstance(err, BaseException) else ""
+
+
 EXIT_CODES = {cls.__name__: cls.exit_code for cls in (QbenchError, ConfigError, DataError, ModelError,
                                                      BackendUnavailable, QuantizationError, VariantFailed,
                                                      StorageError)}

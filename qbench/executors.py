@@ -28,7 +28,7 @@ from pathlib import Path
 from typing import Callable
 
 from qbench import isolate
-from qbench.errors import BackendUnavailable, ConfigError, VariantFailed
+from qbench.errors import BackendUnavailable, ConfigError, VariantFailed, first_line
 
 RAY_HINT = 'pip install "qbench-workbench[ray]"'
 _POLL_S = 0.5  # waits wake up this often, so that Ctrl-C and SIGTERM are handled at once
@@ -160,7 +160,7 @@ class RayExecutor:
                     ray.init(address=ex.address, logging_level=logging.WARNING, log_to_driver=False, **kw)
                 except (OSError, ValueError, RuntimeError) as e:
                     raise ConfigError(f"executor.address: {ex.address or 'null (a local Ray instance)'}: "
-                                      f"{(str(e).splitlines() or [type(e).__name__])[0]}") from None
+                                      f"{first_line(e, None)}") from None
         self.cpus = ex.cpus_per_job or ctx.cfg.backend.threads
         opts = {"num_cpus": self.cpus, "num_gpus": ex.gpus_per_job, "max_retries": 0,
                 "retry_exceptions": False, "scheduling_strategy": "SPREAD"}
@@ -210,8 +210,7 @@ class RayExecutor:
             try:
                 ans = ray.get(ref)
             except ray.exceptions.RayError as e:  # the worker, or its node, died: this variant fails
-                msg = (str(e).strip().splitlines() or [""])[0][:300]
-                err = VariantFailed(f"variant {v.id}'s Ray task failed ({type(e).__name__})" + (f": {msg}" if msg else ""))
+                err = VariantFailed(f"variant {v.id}'s Ray task failed ({type(e).__name__}): {first_line(e)}")
                 out.append(Done(v, lambda err=err: _raise(err), {"kind": "ray"}))
                 continue
             if "error" in ans:

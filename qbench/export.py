@@ -23,7 +23,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from qbench.errors import ConfigError, ModelError
+from qbench.errors import ConfigError, ModelError, first_line
 
 # Bump when the graph layout (wrapper, input/output names, exporter settings) changes,
 # so stale cache entries are not mistaken for the new format.
@@ -126,7 +126,7 @@ def _resolve_package(name: str) -> str:
         module = importlib.import_module(name)
         path = Path(module.get_model_path()) if hasattr(module, "get_model_path") else None
     except Exception as e:  # noqa: BLE001 - a broken package is the user's to fix, not our bug
-        reason = (str(e).strip().splitlines() or [""])[0][:200]
+        reason = first_line(e, 200)
         raise ModelError(f"model package {name} cannot be loaded ({type(e).__name__}"
                          f"{': ' + reason if reason else ''})") from None
     if path is None and module.__file__ is not None:
@@ -314,7 +314,7 @@ def _load_hf(source: str, resolved: str, revision: str | None) -> tuple[Any, Any
                                           attn_implementation="eager")
         tokenizer = AutoTokenizer.from_pretrained(resolved, revision=revision)
     except Exception as err:  # any load failure is the user's model, not our bug
-        reason = (str(err).strip().splitlines() or [type(err).__name__])[0]
+        reason = first_line(err, None)
         where = f" ({resolved})" if resolved != source else ""
         raise ModelError(f"cannot load model {source}{where}: {reason}") from err
     if not getattr(tokenizer, "is_fast", False):

@@ -27,7 +27,7 @@ from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Any
 
-from qbench.errors import ModelError
+from qbench.errors import ModelError, first_line
 from qbench.export import (TOKENIZER_FILES, _export_record, _validate_settings, cache_key,
                            resolve_source)
 
@@ -249,7 +249,7 @@ def _load_model(source: str, resolved: str, revision: str | None) -> Any:
         model = AutoModelForSeq2SeqLM.from_pretrained(resolved, revision=revision, dtype=torch.float32,
                                                       attn_implementation="eager")
     except Exception as err:  # any load failure is the user's model, not our bug
-        reason = (str(err).strip().splitlines() or [type(err).__name__])[0]
+        reason = first_line(err, None)
         where = f" ({resolved})" if resolved != source else ""
         raise ModelError(f"cannot load seq2seq model {source}{where}: {reason}") from err
     if not getattr(model.config, "is_encoder_decoder", False):

@@ -22,7 +22,7 @@ from collections.abc import Mapping, Sequence
 
 import numpy as np
 
-from qbench.errors import ConfigError, DataError
+from qbench.errors import ConfigError, DataError, first_line
 
 METRICS = ("bleu", "chrf")
 BLEU_COLUMNS = ("hyp_len", "ref_len", *(f"match_{n}" for n in range(1, 5)), *(f"total_{n}" for n in range(1, 5)))
@@ -394,6 +394,6 @@ def load_metric(name: str, **kwargs):
     try:
         return evaluate.load(name, **kwargs)
     except Exception as err:  # evaluate raises FileNotFoundError, ConnectionError, hub errors...: all one cause
-        first = (str(err).strip().splitlines() or [type(err).__name__])[0]
+        first = first_line(err, None)
         raise ConfigError(f"metric {name!r} is not shipped with qbench ({', '.join(LOCAL_METRICS)}) and loading it "
                           f"needs the Hugging Face hub, online: {first}") from err

@@ -20,7 +20,7 @@ import numpy as np
 import onnx
 from onnx import TensorProto, helper, numpy_helper
 
-from qbench.calib import CalibrationTable, _listed, scale_of
+from qbench.calib import CalibrationTable, _listed
 from qbench.config import ExclusionCfg
 from qbench.errors import ModelError, QuantizationError, one_line
 from qbench.roles import NAME_HINTS, canonical_role, find_roles, stable_names

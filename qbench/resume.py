@@ -17,7 +17,7 @@ import json
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from qbench.errors import ConfigError, DataError
+from qbench.errors import ConfigError, DataError, first_line
 
 # Config keys that only say where things are written or how they are run: changing them does not change
 # a result.
@@ -63,7 +63,7 @@ def load(run_dir: str | Path) -> Previous:
         try:
             rows = pd.read_parquet(d / "results.parquet").to_dict("records")
         except Exception as e:  # noqa: BLE001 - any parquet failure means the same thing here
-            raise DataError(f"{d / 'results.parquet'}: unreadable ({str(e).splitlines()[0]}); run the sweep "
+            raise DataError(f"{d / 'results.parquet'}: unreadable ({first_line(e, None)}); run the sweep "
                             "again without --resume") from e
     for tmp in d.glob(".*.tmp"):  # atomic_write's temporaries of a killed run: never complete, never read
         tmp.unlink(missing_ok=True)

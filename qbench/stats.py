@@ -20,7 +20,7 @@ from typing import Iterable, Iterator
 import numpy as np
 
 from qbench.calib import TensorStats
-from qbench.errors import DataError, ModelError
+from qbench.errors import DataError, ModelError, first_line
 
 STATS_VERSION = 2  # 2: statistics taken with graph optimizations off
 MIN_BIN_WIDTH = 2.0 ** -40
@@ -176,7 +176,7 @@ def collect(model_path: Path, tensors: list[str], batches: Iterable[dict[str, np
             sess = ort.InferenceSession(str(aug), so, providers=["CPUExecutionProvider"])
         except Exception as e:  # noqa: BLE001 - ORT's Fail/InvalidGraph: the model is the user's to fix
             raise ModelError(f"{model_path}: ONNX Runtime cannot load the model for the statistics pass: "
-                             f"{(str(e).strip().splitlines() or [type(e).__name__])[0][:300]}") from None
+                             f"{first_line(e)}") from None
         graph_inputs = {i.name for i in sess.get_inputs()}
         roles: dict[str, list[str]] | None = None
         n_batches = first = 0  # first: index of the batch's first sample in the calibration set

@@ -25,7 +25,7 @@ import numpy as np
 
 from qbench import __version__, progress
 from qbench.config import SweepConfig, build_plugin
-from qbench.errors import ConfigError, DataError, QbenchError
+from qbench.errors import ConfigError, DataError, QbenchError, first_line
 from qbench.variants import Variant, expand
 
 QDQ_VERSION = 1
@@ -435,7 +435,7 @@ def latency_phase(ctx: Context, artifacts: dict[str, Path]) -> dict[str, list | 
         try:
             sessions[vid] = latency_session(ctx, art)
         except Exception as e:  # noqa: BLE001 - recorded as this variant's failure
-            out[vid] = f"latency: {str(e).splitlines()[0] if str(e) else type(e).__name__}"
+            out[vid] = f"latency: {first_line(e, None)}"
     try:
         for b, feeds in ctx.latency_feeds.items():
             log(f"latency at batch {b}: {len(sessions)} variants x {lat.rounds} rounds x {lat.runs} runs")
@@ -445,7 +445,7 @@ def latency_phase(ctx: Context, artifacts: dict[str, Path]) -> dict[str, list | 
                                   lat.runs, lat.rounds)
             for vid, r in res.items():
                 if isinstance(r, Exception):
-                    out[vid] = f"latency: {str(r).splitlines()[0] if str(r) else type(r).__name__}"
+                    out[vid] = f"latency: {first_line(r, None)}"
                     sessions.pop(vid).close()
                 elif isinstance(out[vid], list):
                     out[vid] += as_rows(r, b)
@@ -673,7 +673,7 @@ def _run_variants(ctx: Context, runner, todo: list[Variant], by_id: dict, set_si
             elif not isinstance(e, QbenchError):
                 entry["traceback"] = traceback.format_exc()
                 traceback.print_exc()
-            fail(v, entry, str(e).splitlines()[0] if str(e) else type(e).__name__)
+            fail(v, entry, first_line(e, None))
             end(entry, t0)
             return False
 

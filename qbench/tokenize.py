@@ -14,7 +14,7 @@ from typing import Any
 
 import numpy as np
 
-from qbench.errors import ConfigError, ModelError
+from qbench.errors import ConfigError, ModelError, first_line
 
 
 class Tokenizer:
@@ -36,7 +36,7 @@ class Tokenizer:
         try:
             self._tok = _HfTokenizer.from_file(str(path))
         except Exception as err:  # a corrupt file is the user's model, not our bug
-            raise ModelError(f"cannot read {path}: {str(err).splitlines()[0]}") from err
+            raise ModelError(f"cannot read {path}: {first_line(err, None)}") from err
         self.pad_token = _pad_token(config, path)
         pad_id = self._tok.token_to_id(self.pad_token)
         if pad_id is None:

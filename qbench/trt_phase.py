@@ -15,7 +15,7 @@ import time
 import traceback
 from pathlib import Path
 
-from qbench.errors import QbenchError, VariantFailed
+from qbench.errors import QbenchError, VariantFailed, first_line
 
 
 def dim_ranges(ctx) -> dict[str, tuple[int, int, int]]:
@@ -188,7 +188,7 @@ def run(ctx, variants: dict, artifacts: dict[str, Path], rows: list[dict], flush
                     rows += metric_rows(desc, sig, ctx.run_dir.name, gpu_latency_rows(ctx, v, entry))
                     entry["latency"] = "measured"
                 except Exception as e:  # noqa: BLE001 - a runtime failure is this variant's, not the sweep's
-                    entry["latency"] = f"failed: {str(e).splitlines()[0] if str(e) else type(e).__name__}"
+                    entry["latency"] = f"failed: {first_line(e, None)}"
                     rows += metric_rows(desc, sig, ctx.run_dir.name, [("latency", "all", float("nan"), "")],
                                         status="failed")
             else:
@@ -196,7 +196,7 @@ def run(ctx, variants: dict, artifacts: dict[str, Path], rows: list[dict], flush
                 rows += metric_rows(desc, sig, ctx.run_dir.name, [("latency", "all", float("nan"), "")],
                                     status="not_run_here")
         except Exception as e:  # a failing build is this variant's failed row; the sweep goes on
-            entry = {"status": "failed", "error": (str(e).splitlines() or [type(e).__name__])[0]}
+            entry = {"status": "failed", "error": first_line(e, None)}
             if not isinstance(e, QbenchError):  # a bug: keep its traceback
                 entry["traceback"] = traceback.format_exc()
                 traceback.print_exc()

@@ -8,7 +8,7 @@ from typing import ClassVar
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field
 
-from qbench.errors import BackendUnavailable, ModelError
+from qbench.errors import BackendUnavailable, ModelError, first_line
 
 
 class OrtSession:
@@ -23,7 +23,7 @@ class OrtSession:
         try:
             self._sess = ort.InferenceSession(str(path), so, providers=providers)
         except Exception as e:  # ORT raises its own Fail/InvalidGraph types; the first line is the useful part
-            raise ModelError(f"{path}: ONNX Runtime cannot load the model: {str(e).splitlines()[0][:300]}") from None
+            raise ModelError(f"{path}: ONNX Runtime cannot load the model: {first_line(e)}") from None
         self.input_names = [i.name for i in self._sess.get_inputs()]
         self.output_names = [o.name for o in self._sess.get_outputs()]
         self.threads = threads
