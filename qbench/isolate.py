@@ -34,7 +34,7 @@ import threading
 import traceback
 from pathlib import Path
 
-from qbench.errors import VariantFailed
+from qbench.errors import VariantFailed, first_line
 
 try:
     import resource
@@ -42,7 +42,8 @@ except ImportError:  # not on Windows: no memory limit there
     resource = None  # type: ignore[assignment]
 
 # How failed allocations read in the messages of the libraries a variant runs (errno ENOMEM, C++).
-_OOM_MARKS = ("Cannot allocate memory", "std::bad_alloc", "failed to map segment", "Failed to allocate memory")
+_OOM_MARKS = ("Cannot allocate memory", "std::bad_alloc", "failed to map segment", "Failed to allocate memory",
+              "Unable to allocate")  # the last: numpy's
 # protobuf reports a failed allocation as a parse error: under a 400 MB limit, the 87 MB MiniLM export that
 # loads fine without one reads as "not a readable ONNX model (DecodeError)". Under a limit, say both.
 _PARSE_MARK = "not a readable ONNX model (DecodeError)"
@@ -192,8 +193,12 @@ def run_job(payload: bytes, jobs_dir: Path, what: str, timeout_s: int | None = N
                     stderr_file=job / "stderr.txt", running=running)
         res_path = job / "result.pkl"
         if not res_path.is_file():
+            # It died before it could answer: in its imports, or reading its job (a MemoryError there is
+            # the memory limit too)
             tail = (job / "stderr.txt").read_text().strip().splitlines()[-1:] if (job / "stderr.txt").is_file() else []
-            raise VariantFailed(f"{what} ended without a result" + (f": {tail[0][:300]}" if tail else ""))
+            last = tail[0][:300] if tail else ""
+            why = _out_of_memory(last, memory_mb, last.split(":")[0] == "MemoryError") or last
+            raise VariantFailed(f"{what} ended without a result" + (f": {why}" if why else ""))
         res = res_path.read_bytes()
         failed = bool(pickle.loads(res).get("error"))
         return res
@@ -205,6 +210,20 @@ def run_job(payload: bytes, jobs_dir: Path, what: str, timeout_s: int | None = N
             shutil.rmtree(job, ignore_errors=True)
         elif not any(job.iterdir()):
             job.rmdir()
+
+
+def _out_of_memory(msg: str, limit: int | None, memory_error: bool) -> str | None:
+    """The reason to give for a failure whose message is ``msg`` when it reads as exhausted memory (None
+    when it does not). Exhausted memory surfaces wherever an allocation failed (numpy, an mmap in pyarrow,
+    ORT's arena, protobuf's parser): the cause goes first, the place after it, and ``limit`` (the
+    executor's memory_mb) is named, as the signal path names it."""
+    named = f" (executor.memory_mb: {limit} MB)" if limit else ""
+    if memory_error or any(m in msg for m in _OOM_MARKS):
+        detail = msg if msg and not (memory_error and msg.split(":")[0] == "MemoryError") else ""
+        return f"out of memory{named}" + (f": {detail}" if detail else "")
+    if limit and _PARSE_MARK in msg:
+        return f"out of memory{named}, or an unreadable model: {msg}"
+    return None
 
 
 def apply_result(ctx, v, result: bytes) -> tuple[Path, dict, list]:
@@ -250,15 +269,10 @@ def _child(job: Path) -> int:
     except Exception as e:  # noqa: BLE001 - everything goes back to the parent, which decides
         from qbench.errors import QbenchError
 
-        msg = (str(e).splitlines() or [type(e).__name__])[0]
-        limit = j["cfg"].executor.memory_mb
-        if isinstance(e, MemoryError) or any(m in msg for m in _OOM_MARKS):
-            # Exhausted memory surfaces wherever an allocation failed (numpy, an mmap in pyarrow, ORT's
-            # arena): the cause goes first, the place after it.
-            out = {"error": f"out of memory{f' (executor.memory_mb: {limit} MB)' if limit else ''}"
-                            f"{': ' + msg if msg and not isinstance(e, MemoryError) else ''}"}
-        elif limit and _PARSE_MARK in msg:
-            out = {"error": f"out of memory (executor.memory_mb: {limit} MB), or an unreadable model: {msg}"}
+        msg = first_line(e, None)
+        oom = _out_of_memory(msg, j["cfg"].executor.memory_mb, isinstance(e, MemoryError))
+        if oom:
+            out = {"error": oom}
         else:
             out = {"error": msg}
             if not isinstance(e, QbenchError):
