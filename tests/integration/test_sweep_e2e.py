@@ -30,7 +30,8 @@ sweep:
   exclusion_sets: {{no_ln: {{op_types: [LayerNormalization]}}}}
   exclusions: [none]
   flavors: [s8s8]
-  extra: [{{calibrator: {{name: entropy}}, exclusion: no_ln, flavor: u8s8}}]
+  extra: [{{calibrator: {{name: entropy}}, exclusion: no_ln, flavor: u8s8}},
+          {{calibrator: {{name: percentile, percentile: 5}}, exclusion: none, flavor: s8s8}}]
 measure:
   eval_batch_size: 16
   latency: {{batch_sizes: [1, 4], warmup: 1, runs: 2, rounds: 2}}
@@ -56,8 +57,10 @@ def monkeypatch_module():
     mp.undo()
 
 
+# percentile 5 clips 95% of every activation: a variant the gate must fail (qbench gate exits 1); at 90, all
+# 64 verses are still found
 VARIANTS = ["fp32", "ort_dynamic", "minmax+none+s8s8", "percentile[percentile=99.9]+none+s8s8",
-            "entropy+no_ln+u8s8"]
+            "entropy+no_ln+u8s8", "percentile[percentile=5.0]+none+s8s8"]
 
 
 def test_results_table_is_tidy_and_complete(run):
@@ -112,6 +115,30 @@ def test_manifest_and_report(run):
     for v in VARIANTS:
         assert f"<td class=\"l v\">{v}</td>" in html.replace("&#34;", '"')
     assert "<svg" in html and "http://" not in html.split("<svg", 1)[0]
+
+
+def test_gate_exit_codes_on_the_real_run_follow_its_gate_rows(run):
+    """`qbench gate` on a run the sweep wrote (the hand-built passing and failing runs are in
+    tests/unit/test_verdict.py): exit 0 for a variant whose gate row passed, 1 for one that failed, and 2
+    for the reference, which is not gated. The budget (0.5 points on 64 verses) is under one verse (1.56
+    points), so a variant passes only when it retrieves as many verses as FP32."""
+    run_dir, _ = run
+    df = pd.read_parquet(run_dir / "results.parquet")
+    val = df.set_index(["variant", "metric", "slice"]).value
+    seen = set()
+    for v in VARIANTS[1:]:
+        r = _cli("gate", str(run_dir), "--variant", v)
+        passed = val[v, "gate", "all"] == 1.0
+        drop = val[v, "worst_lang_drop", "all"]
+        assert (r.returncode, r.stderr) == (0 if passed else 1, "")
+        assert r.stdout.strip() == (f"{v}: {'PASS' if passed else 'FAIL'}: worst drop {drop:.2f} points, "
+                                    f"budget 0.5 per all")
+        seen.add(r.returncode)
+    assert seen == {0, 1}, "the run should hold a passing and a failing variant"
+    assert val["percentile[percentile=5.0]+none+s8s8", "gate", "all"] == 0.0
+    r = _cli("gate", str(run_dir), "--variant", "fp32")
+    assert r.returncode == 2 and r.stderr.strip().endswith("variant 'fp32' has no gate result (fp32 is the "
+                                                            "reference, not gated)")
 
 
 def test_second_sweep_reuses_statistics(run, qbench_cache):
