@@ -11,10 +11,10 @@ import typing
 from pathlib import Path
 from typing import Any, Literal
 
-import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from qbench.errors import ConfigError, one_line
+from qbench.io import read_yaml_mapping
 
 
 class Strict(BaseModel):
@@ -409,28 +409,7 @@ def build_plugin(reg, spec: dict):
 def load_config(path: str | Path) -> SweepConfig:
     path = Path(path)
     file = str(path)
-    try:
-        data = path.read_bytes()
-    except FileNotFoundError:
-        raise ConfigError(one_line(f"{file}: config file not found")) from None
-    except (OSError, ValueError) as e:  # a directory, no permission, a NUL byte in the name
-        raise ConfigError(one_line(f"{file}: cannot read: {getattr(e, 'strerror', None) or e}")) from None
-    try:
-        text = data.decode("utf-8")
-    except UnicodeDecodeError as e:
-        line = data[: e.start].count(b"\n") + 1
-        raise ConfigError(one_line(f"{file}: line {line}: not UTF-8 text (byte {e.start})")) from None
-    try:
-        raw = yaml.safe_load(text)
-    except yaml.YAMLError as e:
-        mark = getattr(e, "problem_mark", None)
-        where = f"line {mark.line + 1}" if mark else "(parse)"
-        problem = str(getattr(e, "problem", None) or e).strip().splitlines() or [type(e).__name__]
-        raise ConfigError(one_line(f"{file}: {where}: malformed YAML: {problem[0]}")) from None
-    except RecursionError:
-        raise ConfigError(one_line(f"{file}: (parse): malformed YAML: nested too deeply")) from None
-    if not isinstance(raw, dict):
-        raise ConfigError(one_line(f"{file}: (top level): expected a mapping of keys, got {type(raw).__name__}"))
+    raw = read_yaml_mapping(path, "config file")
     bad = [k for k in raw if not isinstance(k, str)]  # YAML allows null, number and list keys
     if bad:
         raise ConfigError(one_line(f"{file}: {str(bad[0])[:40]!r}: unknown key (keys are names, e.g. 'model')"))

@@ -12,10 +12,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
 
-import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from qbench.errors import ConfigError, DataError, first_line, one_line
+from qbench.io import read_yaml_mapping
 from qbench.logs import quiet_logger
 
 
@@ -63,27 +63,7 @@ def load_manifest(path: Path) -> Manifest:
     """Read and validate a dataset manifest. Every problem is a ``ConfigError('<file>: <key>: <problem>')``."""
     from qbench.config import format_errors
 
-    try:
-        data = Path(path).read_bytes()
-    except FileNotFoundError:
-        raise _config_error(f"{path}: dataset manifest not found") from None
-    except (OSError, ValueError) as e:  # a directory, no permission, a NUL byte in the name
-        raise _config_error(f"{path}: cannot read dataset manifest: {getattr(e, 'strerror', None) or e}") from None
-    try:
-        text = data.decode("utf-8")
-    except UnicodeDecodeError as e:
-        line = data[: e.start].count(b"\n") + 1
-        raise _config_error(f"{path}: line {line}: not UTF-8 text (byte {e.start}); a manifest is YAML") from None
-    try:
-        raw = yaml.safe_load(text)
-    except yaml.YAMLError as e:
-        mark = getattr(e, "problem_mark", None)
-        where = f"line {mark.line + 1}: " if mark else ""
-        raise _config_error(f"{path}: {where}malformed YAML: {first_line(getattr(e, 'problem', None) or e, 200)}") from None
-    except RecursionError:
-        raise _config_error(f"{path}: malformed YAML: nested too deeply") from None
-    if not isinstance(raw, dict):
-        raise _config_error(f"{path}: (top level): expected a mapping of keys, got {type(raw).__name__}")
+    raw = read_yaml_mapping(Path(path), "dataset manifest")
     bad = [k for k in raw if not isinstance(k, str)]  # YAML allows null, number and list keys
     if bad or "path" in raw:  # 'path' is set here, by the loader
         raise _config_error(f"{path}: {repr(bad[0])[:40] if bad else 'path'}: unknown key")

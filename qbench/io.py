@@ -1,4 +1,5 @@
-"""Atomic file writes: write a sibling temp file, fsync, then rename over the target."""
+"""Atomic file writes (write a sibling temp file, fsync, then rename over the target), and the one reader
+of the YAML files a user writes (sweep configs, dataset manifests)."""
 
 from __future__ import annotations
 
@@ -54,3 +55,37 @@ def atomic_write_text(path: Path, text: str) -> Path:
 
 def atomic_write_bytes(path: Path, data: bytes) -> Path:
     return atomic_write(path, lambda p: p.write_bytes(data))
+
+
+def read_yaml_mapping(path: Path, what: str) -> dict:
+    """The top-level mapping of the YAML file ``path`` (``what`` names the kind of file in messages, e.g.
+    "config file"). A missing or unreadable file, text that is not UTF-8 or not YAML, and a document that is
+    not a mapping are each one ConfigError line naming the file and, where known, the line. Keys are not
+    checked: that is the caller's schema."""
+    import yaml
+
+    from qbench.errors import ConfigError, first_line, one_line
+
+    try:
+        data = Path(path).read_bytes()
+    except FileNotFoundError:
+        raise ConfigError(one_line(f"{path}: {what} not found")) from None
+    except (OSError, ValueError) as e:  # a directory, no permission, a NUL byte in the name
+        raise ConfigError(one_line(f"{path}: cannot read {what}: {getattr(e, 'strerror', None) or e}")) from None
+    try:
+        text = data.decode("utf-8")
+    except UnicodeDecodeError as e:
+        line = data[: e.start].count(b"\n") + 1
+        raise ConfigError(one_line(f"{path}: line {line}: not UTF-8 text (byte {e.start}); a {what} is YAML")) from None
+    try:
+        raw = yaml.safe_load(text)  # safe_load: a config never constructs Python objects or runs code
+    except yaml.YAMLError as e:
+        mark = getattr(e, "problem_mark", None)
+        where = f"line {mark.line + 1}" if mark else "(parse)"
+        problem = first_line(getattr(e, "problem", None) or e, 200)
+        raise ConfigError(one_line(f"{path}: {where}: malformed YAML: {problem}")) from None
+    except RecursionError:
+        raise ConfigError(one_line(f"{path}: (parse): malformed YAML: nested too deeply")) from None
+    if not isinstance(raw, dict):
+        raise ConfigError(one_line(f"{path}: (top level): expected a mapping of keys, got {type(raw).__name__}"))
+    return raw
