@@ -37,15 +37,15 @@ def _size(p: Path) -> int:
     return sum(f.lstat().st_size for f in p.rglob("*") if f.is_symlink() or f.is_file())
 
 
-def entries(cache: Path) -> list[Entry]:
-    """Every visible entry of the cache's four kinds, with its size on disk (apparent bytes)."""
+def entries(cache: Path, kinds: tuple[str, ...] = KINDS) -> list[Entry]:
+    """Every visible entry of the cache's ``kinds``, with its size on disk (apparent bytes)."""
     cache = Path(cache)
     if not cache.is_dir():
         raise ConfigError(f"{cache}: no such directory (give --cache-dir, or set QBENCH_CACHE)")
     if not any((cache / k).is_dir() for k in KINDS):
         raise ConfigError(f"{cache}: not a qbench cache (none of {', '.join(k + '/' for k in KINDS)} in it)")
     out = []
-    for kind in KINDS:
+    for kind in kinds:
         d = cache / kind
         for p in sorted(d.iterdir()) if d.is_dir() else []:
             if not p.name.startswith("."):
@@ -56,17 +56,19 @@ def entries(cache: Path) -> list[Entry]:
 def needed_by(runs: list[Path], cache: Path) -> set[Path]:
     """The cache entries the given runs reference: their artifacts, and the engines built from them."""
     cache = Path(cache).resolve()
+    from qbench.trt_phase import engine_key
+
     keep: set[Path] = set()
-    shas: set[str] = set()
+    keys: set[str] = set()
     for run in runs:
         for e in _manifest(Path(run)).get("variants", {}).values():
             if e.get("artifact"):
                 keep.add(Path(e["artifact"]).resolve())
             if e.get("artifact_sha256"):
-                shas.add(e["artifact_sha256"][:16])
+                keys.add(engine_key(e["artifact_sha256"]))
     engines = cache / "engines"
     for p in engines.iterdir() if engines.is_dir() else []:
-        if p.name.split("-", 1)[0] in shas:
+        if p.name.split("-", 1)[0] in keys:  # trt_phase.engine_dir_name: the key, then "-"
             keep.add(p.resolve())
     return keep
 
@@ -86,9 +88,7 @@ def prune(cache: Path, keep_runs: list[Path], dry_run: bool = False) -> tuple[li
     removed (with ``dry_run``, only listed). TensorRT timing caches (files in ``engines/``) are kept."""
     keep = needed_by(keep_runs, cache)
     removed, kept = [], []
-    for e in entries(cache):
-        if e.kind not in PRUNABLE:
-            continue
+    for e in entries(cache, PRUNABLE):  # exports and statistics are never pruned: not even sized
         if e.path.resolve() in keep or (e.kind == "engines" and e.path.is_file()):
             kept.append(e)
             continue

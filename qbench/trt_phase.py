@@ -18,6 +18,16 @@ from pathlib import Path
 from qbench.errors import QbenchError, VariantFailed, first_line
 
 
+def engine_key(artifact_sha256: str) -> str:
+    """What names an artifact's engines in the cache: ``engines/<key>-<CC>-<int8 mode>`` (engine_dir_name).
+    ``qbench cache --prune`` finds the engines a kept run needs by this key, from its manifest's sha256."""
+    return artifact_sha256[:16]
+
+
+def engine_dir_name(artifact_sha256: str, compute_capability: str, int8_mode: str) -> str:
+    return f"{engine_key(artifact_sha256)}-{compute_capability}-{int8_mode}"
+
+
 def dim_ranges(ctx) -> dict[str, tuple[int, int, int]]:
     """(min, opt, max) of each symbolic axis, from what the sweep will feed the engines.
 
@@ -79,7 +89,7 @@ def build_variant_engines(ctx, v, artifact: Path) -> tuple[list, dict]:
             path, excluded, cache = _implicit_inputs(ctx, v, graph)
         model = load_model(path)
         shapes = input_profiles(model, ranges)
-        workdir = engines_dir / f"{vm['artifact_sha256'][:16]}-{tc.compute_capability}-{tc.int8_mode}" / graph
+        workdir = engines_dir / engine_dir_name(vm["artifact_sha256"], tc.compute_capability, tc.int8_mode) / graph
         warm = timing.is_file()
         try:
             engine, info, log_lines = be.build(path, workdir, shapes, timing_cache=timing, int8_cache=cache)
