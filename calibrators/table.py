@@ -21,9 +21,10 @@ def load_table(path: Path) -> CalibrationTable:
     """
     import json
 
-    from qbench.trt_cache import decode_cache_bytes, from_trt_cache, read_file_bytes
+    from qbench.io import read_user_bytes
+    from qbench.trt_cache import decode_cache_bytes, from_trt_cache
 
-    data = read_file_bytes(Path(path), "calibration table")
+    data = read_user_bytes(Path(path), "calibration table")
     text = decode_cache_bytes(data, source=str(path))
     if text.lstrip("\ufeff \t\r\n").startswith("{"):
         try:

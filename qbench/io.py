@@ -1,5 +1,5 @@
-"""Atomic file writes (write a sibling temp file, fsync, then rename over the target), and the one reader
-of the YAML files a user writes (sweep configs, dataset manifests)."""
+"""Atomic file writes (write a sibling temp file, fsync, then rename over the target), and reading the
+files a user names (one ConfigError line when they cannot be read; YAML configs and manifests)."""
 
 from __future__ import annotations
 
@@ -57,6 +57,19 @@ def atomic_write_bytes(path: Path, data: bytes) -> Path:
     return atomic_write(path, lambda p: p.write_bytes(data))
 
 
+def read_user_bytes(path: Path, what: str, not_found: str | None = None) -> bytes:
+    """The bytes of a file the user named; ``ConfigError('<path>: cannot read <what>: <reason>')`` when it
+    cannot be read (``not_found``: the message after ``<path>: `` for a missing file instead)."""
+    from qbench.errors import ConfigError, one_line
+
+    try:
+        return Path(path).read_bytes()
+    except (OSError, ValueError) as e:  # missing, a directory, no permission, a NUL byte in the name
+        if isinstance(e, FileNotFoundError) and not_found is not None:
+            raise ConfigError(one_line(f"{path}: {not_found}")) from None
+        raise ConfigError(one_line(f"{path}: cannot read {what}: {getattr(e, 'strerror', None) or e}")) from None
+
+
 def read_yaml_mapping(path: Path, what: str) -> dict:
     """The top-level mapping of the YAML file ``path`` (``what`` names the kind of file in messages, e.g.
     "config file"). A missing or unreadable file, text that is not UTF-8 or not YAML, and a document that is
@@ -66,12 +79,7 @@ def read_yaml_mapping(path: Path, what: str) -> dict:
 
     from qbench.errors import ConfigError, first_line, one_line
 
-    try:
-        data = Path(path).read_bytes()
-    except FileNotFoundError:
-        raise ConfigError(one_line(f"{path}: {what} not found")) from None
-    except (OSError, ValueError) as e:  # a directory, no permission, a NUL byte in the name
-        raise ConfigError(one_line(f"{path}: cannot read {what}: {getattr(e, 'strerror', None) or e}")) from None
+    data = read_user_bytes(path, what, not_found=f"{what} not found")
     try:
         text = data.decode("utf-8")
     except UnicodeDecodeError as e:

@@ -190,16 +190,10 @@ def decode_cache_bytes(data: bytes, *, source: str = "<cache>") -> str:
                           "is this an engine, not a cache?") from None
 
 
-def read_file_bytes(path: Path, what: str) -> bytes:
-    """The bytes of ``path``; ``ConfigError('<path>: cannot read <what>: <reason>')`` if it cannot be read."""
-    try:
-        return Path(path).read_bytes()
-    except (OSError, ValueError) as e:  # missing, a directory, no permission, a NUL byte in the name
-        raise ConfigError(f"{path}: cannot read {what}: {getattr(e, 'strerror', None) or e}") from None
-
-
 def load_trt_cache(path: Path) -> CalibrationTable:
     """Read a TensorRT calibration cache file; errors name the file and the line."""
     path = Path(path)
-    data = read_file_bytes(path, "TensorRT calibration cache")
+    from qbench.io import read_user_bytes
+
+    data = read_user_bytes(path, "TensorRT calibration cache")
     return from_trt_cache(decode_cache_bytes(data, source=str(path)), source=str(path))
