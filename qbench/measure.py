@@ -41,6 +41,12 @@ def as_rows(summary: dict[str, float], batch: int) -> list[tuple[str, str, float
     return [(k, f"batch={batch}", v, "ms" if k.endswith("_ms") else "items/s") for k, v in summary.items()]
 
 
+def calls_per_session(warmup: int, runs: int, rounds: int) -> int:
+    """How many times ``interleaved`` calls each session: ``warmup`` then ``runs`` in the first round, one
+    warm-up and ``runs`` in each later one (a progress bar's total)."""
+    return warmup + runs + (rounds - 1) * (1 + runs)
+
+
 def interleaved(sessions: dict[str, object], feeds: dict[str, np.ndarray], warmup: int, runs: int,
                 rounds: int) -> dict[str, dict[str, float]]:
     """Per session name: latency summary over ``rounds`` round-robin rounds of ``runs`` timed runs each.

@@ -426,7 +426,7 @@ def latency_phase(ctx: Context, artifacts: dict[str, Path]) -> dict[str, list | 
 
     Returns, per variant id, its latency metric tuples, or an error string if its session failed.
     """
-    from qbench.measure import as_rows, interleaved
+    from qbench.measure import as_rows, calls_per_session, interleaved
 
     lat = ctx.cfg.measure.latency
     out: dict[str, list | str] = {vid: [] for vid in artifacts}
@@ -439,7 +439,7 @@ def latency_phase(ctx: Context, artifacts: dict[str, Path]) -> dict[str, list | 
     try:
         for b, feeds in ctx.latency_feeds.items():
             log(f"latency at batch {b}: {len(sessions)} variants x {lat.rounds} rounds x {lat.runs} runs")
-            calls = lat.warmup + lat.runs + (lat.rounds - 1) * (1 + lat.runs)  # measure.interleaved's, per variant
+            calls = calls_per_session(lat.warmup, lat.runs, lat.rounds)
             with progress.task(f"latency batch={b}", total=len(sessions) * calls, unit="run") as t:
                 res = interleaved({k: progress.counted(s, t) for k, s in sessions.items()}, feeds, lat.warmup,
                                   lat.runs, lat.rounds)

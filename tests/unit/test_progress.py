@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import io
 
+import numpy as np
 import pytest
 
 from qbench import progress
@@ -135,3 +136,12 @@ def test_status_text_reads_the_task_clock(monkeypatch):
     now[0] += 2.0
     u.advance(5)
     assert u.status_text() == "5 samples · 0:02 · 2.5 samples/s"
+
+
+@pytest.mark.parametrize("warmup, runs, rounds", [(0, 1, 1), (1, 2, 2), (3, 5, 4)])
+def test_the_latency_bars_total_is_what_interleaved_calls(warmup, runs, rounds):
+    from qbench.measure import calls_per_session, interleaved
+
+    sessions = {"a": _Session(), "b": _Session()}
+    interleaved(sessions, {"x": np.zeros((1, 1))}, warmup, runs, rounds)
+    assert [s.calls for s in sessions.values()] == [calls_per_session(warmup, runs, rounds)] * 2
