@@ -39,9 +39,9 @@ def gate(run_dir: Path, variant: str | None = None) -> tuple[int, str]:
     info = variants[variant]
     if info.get("status") != "ok":
         return FAIL, f"{variant}: FAIL (the variant failed: {info.get('error', 'no reason recorded')})"
-    from qbench.report import _gate, _values
+    from qbench.report import _backend_values, _gate
 
-    g = _gate(_values(df[df.backend == info.get("backend", "ort")]), variant)
+    g = _gate(_backend_values(df, manifest), variant)  # the rows the report's verdict reads
     if g is None or g["pass"] is None:
         raise ConfigError(f"{run_dir}: variant '{variant}' has no gate result (fp32 is the reference, not gated)")
     passed = g["pass"]
