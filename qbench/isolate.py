@@ -277,10 +277,9 @@ def _child(job: Path) -> int:
             out = {"error": msg}
             if not isinstance(e, QbenchError):
                 out["traceback"] = traceback.format_exc()
-    tmp = job / "result.pkl.tmp"
-    with open(tmp, "wb") as f:
-        pickle.dump(out, f)
-    os.replace(tmp, job / "result.pkl")
+    from qbench.io import atomic_write_bytes
+
+    atomic_write_bytes(job / "result.pkl", pickle.dumps(out))  # the parent reads result.pkl only when whole
     return 0
 
 
