@@ -1,5 +1,4 @@
 import os
-import shutil
 from pathlib import Path
 
 import pytest
@@ -26,12 +25,12 @@ def _drop_built_artifacts():
     """After each test module, delete the QDQ artifacts and engines it left in the session's cache. Exports,
     statistics and TensorRT's timing cache stay: they are what sharing the cache across modules saves. Kept,
     the suite's artifacts reach 6 GB, more free disk than a CI machine may have (CI once failed on ENOSPC)."""
+    from qbench import cache_admin
+
     yield
     for cache in _SESSION_CACHES:
-        shutil.rmtree(cache / "variants", ignore_errors=True)
-        for engine in (cache / "engines").glob("*"):  # (no match when the directory does not exist)
-            if engine.is_dir():  # an engine directory; the timing caches are files
-                shutil.rmtree(engine, ignore_errors=True)
+        if any((cache / kind).is_dir() for kind in cache_admin.KINDS):
+            cache_admin.prune(cache, keep_runs=[])  # what `qbench cache --prune` removes when no run is kept
 
 
 @pytest.fixture(scope="session")
