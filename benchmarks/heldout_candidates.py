@@ -30,10 +30,11 @@ SETS = {
 
 
 def main() -> None:
-    from qbench import search, sweep, translation as tr
-    from qbench.config import ExclusionCfg, load_config
-    from qbench.qdq import plan
-    from qbench.variants import expand
+    from qbench.run import search, sweep
+    from qbench.tasks import translation as tr
+    from qbench.config.schema import ExclusionCfg, load_config
+    from qbench.quantize.qdq import plan
+    from qbench.run.variants import expand
 
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("config")

@@ -28,9 +28,9 @@ def main() -> None:
     args = ap.parse_args()
 
     from qbench.backends.ort import OrtSession
-    from qbench.data import load_manifest, load_split
-    from qbench.measure import time_runs
-    from qbench.tokenize import Tokenizer
+    from qbench.data.manifest import load_manifest, load_split
+    from qbench.backends.measure import time_runs
+    from qbench.models.tokenize import Tokenizer
 
     run = Path(args.run_dir)
     m = json.loads((run / "manifest.json").read_text())

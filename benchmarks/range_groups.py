@@ -34,15 +34,15 @@ def main() -> None:
     ap.add_argument("--n", type=int, default=400)
     args = ap.parse_args()
 
-    from qbench import registry
-    from qbench import stats as st
+    from qbench.config import registry
+    from qbench.calib import stats as st
     from qbench.backends.ort import OrtSession
     from qbench.calib import CalibrationTable
-    from qbench.config import ExclusionCfg
-    from qbench.data import load_manifest, load_split
-    from qbench.qdq import build_qdq
-    from qbench.retrieval import embed, fidelity
-    from qbench.tokenize import Tokenizer
+    from qbench.config.schema import ExclusionCfg
+    from qbench.data.manifest import load_manifest, load_split
+    from qbench.quantize.qdq import build_qdq
+    from qbench.tasks.retrieval import embed, fidelity
+    from qbench.models.tokenize import Tokenizer
 
     m = json.loads((Path(args.run_dir) / "manifest.json").read_text())
     fp32 = Path(m["model"]["onnx_path"])

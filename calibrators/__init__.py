@@ -1,1 +1,1 @@
-"""Built-in calibrators and calibration-set samplers, reached through ``qbench.registry``."""
+"""Built-in calibrators and calibration-set samplers, reached through ``qbench.config.registry``."""

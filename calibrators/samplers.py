@@ -1,6 +1,6 @@
 """Calibration-set samplers: which samples of the calibration pool feed the statistics pass.
 
-``select(pool, n, seed)`` takes the pool as ``qbench.data.Sample`` objects and returns the sorted
+``select(pool, n, seed)`` takes the pool as ``qbench.data.manifest.Sample`` objects and returns the sorted
 indices of the chosen samples. Every sampler is deterministic for a given seed (the chosen sample
 ids go into the manifest, so a run must be reproducible from it), and every quota is exact: a
 sampler never silently pads from elsewhere, because a skewed calibration set is the failure that
@@ -15,8 +15,8 @@ from typing import ClassVar, Sequence
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field
 
-from qbench.data import Sample
-from qbench.errors import DataError
+from qbench.data.manifest import Sample
+from qbench.config.errors import DataError
 
 
 class Sampler(BaseModel):

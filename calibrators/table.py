@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import ClassVar
 
 from qbench.calib import CalibrationTable, Calibrator, TensorStats, _listed
-from qbench.errors import ConfigError, QuantizationError
+from qbench.config.errors import ConfigError, QuantizationError
 
 
 def load_table(path: Path) -> CalibrationTable:
@@ -21,8 +21,8 @@ def load_table(path: Path) -> CalibrationTable:
     """
     import json
 
-    from qbench.io import read_user_bytes
-    from qbench.trt_cache import decode_cache_bytes, from_trt_cache
+    from qbench.util.io import read_user_bytes
+    from qbench.calib.trt_cache import decode_cache_bytes, from_trt_cache
 
     data = read_user_bytes(Path(path), "calibration table")
     text = decode_cache_bytes(data, source=str(path))

@@ -51,7 +51,7 @@ class WeightRule(BaseModel):
         return np.clip(np.rint(w / scale.reshape(shape)), -127, 127).astype(np.int8), scale
 
     def signature(self) -> str:
-        from qbench.registry import plugin_signature
+        from qbench.config.registry import plugin_signature
 
         return plugin_signature(self)
 

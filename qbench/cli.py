@@ -1,4 +1,4 @@
-"""qbench command line. User errors (QbenchError) print one line each and exit with their code (qbench.errors); bugs keep their traceback."""
+"""qbench command line. User errors (QbenchError) print one line each and exit with their code (qbench.config.errors); bugs keep their traceback."""
 
 from __future__ import annotations
 
@@ -6,7 +6,7 @@ import argparse
 import os
 import sys
 
-from qbench.errors import ConfigError, QbenchError
+from qbench.config.errors import ConfigError, QbenchError
 
 EPILOG = """Examples:
   qbench validate examples/minilm-retrieval.yaml
@@ -146,7 +146,7 @@ def _version() -> str:
 
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
-    from qbench import progress
+    from qbench.util import progress
 
     try:
         return _dispatch(args)
@@ -169,7 +169,7 @@ def main(argv: list[str] | None = None) -> int:
 
 def _list_plugins(kind: str) -> int:
     """Names and parameter schemas, built-ins and entry-point plugins alike."""
-    from qbench import registry
+    from qbench.config import registry
 
     if kind == "metrics":
         return _list_metrics()
@@ -206,8 +206,8 @@ def _schema_type(prop: dict) -> str:
 def metric_catalogue() -> list[tuple[str, str, list[tuple[str, str, object]], str]]:
     """(name, tasks, [(parameter, type, value)], what it is) for the metrics a sweep writes, with the settings
     they are computed with, read from the objects that compute them."""
-    from qbench import mt_metrics, translation
-    from qbench.config import GateCfg, LatencyCfg
+    from qbench.tasks import mt_metrics, translation
+    from qbench.config.schema import GateCfg, LatencyCfg
 
     def config_keys(prefix: str, model) -> list[tuple[str, str, object]]:
         props = model.model_json_schema().get("properties", {})
@@ -250,7 +250,7 @@ def _list_metrics() -> int:
 def _cache(args) -> int:
     from pathlib import Path
 
-    from qbench import cache_admin
+    from qbench.run import cache_admin
 
     if (args.keep or args.dry_run) and not args.prune:
         raise ConfigError("qbench cache: --keep and --dry-run go with --prune")
@@ -268,7 +268,7 @@ def _convert_table(src: str, dst: str, trt_version: str) -> int:
     from pathlib import Path
 
     from calibrators.table import load_table
-    from qbench.trt_cache import save_trt_cache, trt_version_code
+    from qbench.calib.trt_cache import save_trt_cache, trt_version_code
 
     table = load_table(Path(src))
     if dst.endswith(".json"):
@@ -288,8 +288,8 @@ def _inspect(path: str, as_json: bool) -> int:
     import json
     from pathlib import Path
 
-    from qbench.qdq import load_model
-    from qbench.roles import find_roles, quantizable_nodes, roles_as_json
+    from qbench.quantize.qdq import load_model
+    from qbench.quantize.roles import find_roles, quantizable_nodes, roles_as_json
 
     model = load_model(Path(path))
     roles = find_roles(model)
@@ -320,12 +320,12 @@ def _inspect(path: str, as_json: bool) -> int:
 def _dispatch(args) -> int:
     from pathlib import Path
 
-    from qbench.config import load_config
+    from qbench.config.schema import load_config
 
     if args.cmd == "ls":
         return _list_plugins(args.kind)
     if args.cmd == "config-reference":
-        from qbench.config_doc import render
+        from qbench.config.doc import render
 
         sys.stdout.write(render())
         return 0
@@ -336,25 +336,25 @@ def _dispatch(args) -> int:
     if args.cmd == "inspect":
         return _inspect(args.model, args.json)
     if args.cmd == "gate":
-        from qbench.verdict import gate
+        from qbench.report.verdict import gate
 
         code, line = gate(Path(args.run_dir), args.variant)
         print(line)
         return code
     if args.cmd == "compare":
-        from qbench.verdict import compare
+        from qbench.report.verdict import compare
 
         print(compare(Path(args.run_a), Path(args.run_b), args.metric))
         return 0
     if args.cmd == "report":
-        from qbench.report import markdown, render
+        from qbench.report.render import markdown, render
 
         print(markdown(Path(args.run_dir)) if args.markdown else render(Path(args.run_dir)))
         return 0
     if args.cmd == "sweep" and args.config is None:
         if not args.resume:
             raise ConfigError("qbench sweep: give a config file (or --resume RUN_DIR)")
-        from qbench.resume import config_file
+        from qbench.run.resume import config_file
 
         args.config = config_file(args.resume)
     if args.cmd == "sweep" and args.retry_failed and not args.resume:
@@ -362,7 +362,7 @@ def _dispatch(args) -> int:
     cfg = load_config(args.config)
     if args.cmd == "sweep" and args.executor:
         cfg = cfg.model_copy(update={"executor": cfg.executor.model_copy(update={"kind": args.executor})})
-    from qbench.variants import expand, format_table
+    from qbench.run.variants import expand, format_table
 
     variants = expand(cfg)
     if args.cmd == "validate":
@@ -371,12 +371,12 @@ def _dispatch(args) -> int:
     if args.dry_run:
         print(format_table(variants))
         return 0
-    from qbench import progress
-    from qbench.sweep import run_sweep
+    from qbench.util import progress
+    from qbench.run.sweep import run_sweep
 
     progress.configure(bars=False if args.no_progress or args.quiet else None, quiet=args.quiet)
 
-    from qbench.sweep import Interrupted
+    from qbench.run.sweep import Interrupted
 
     try:
         run_dir = run_sweep(cfg, args.out, resume=Path(args.resume) if args.resume else None,

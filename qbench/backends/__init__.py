@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
-from typing import Protocol
+from typing import TYPE_CHECKING, Protocol
 
-import numpy as np
+if TYPE_CHECKING:  # a type only: importing a backend module (trt_calibrator) must not import numpy
+    import numpy as np
 
 
 class Session(Protocol):

@@ -8,7 +8,7 @@ from typing import ClassVar
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field
 
-from qbench.errors import BackendUnavailable, ModelError, first_line
+from qbench.config.errors import BackendUnavailable, ModelError, first_line
 
 
 class OrtSession:

@@ -15,8 +15,8 @@ from typing import ClassVar, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from qbench.errors import BackendUnavailable, VariantFailed
-from qbench.isolate import run_limited
+from qbench.config.errors import BackendUnavailable, VariantFailed
+from qbench.run.isolate import run_limited
 
 
 class TensorRTBackend(BaseModel):

@@ -8,8 +8,8 @@ Two INT8 modes, recorded as ``int8_mode`` in build.json:
 - ``explicit`` (default): INT8 only where the ONNX model has Q/DQ nodes; full TensorRT builds the
   network STRONGLY_TYPED, TensorRT-RTX networks always are.
 - ``implicit`` (``--int8-cache FILE``, TensorRT <= 10 only): the FP32 ONNX model plus a calibration cache
-  written by ``qbench.trt_cache.save_trt_cache``; the network is NOT strongly typed, the INT8 builder flag
-  is set, and ``qbench.trt_calibrator.make_int8_calibrator`` hands TensorRT the cache's scales.
+  written by ``qbench.calib.trt_cache.save_trt_cache``; the network is NOT strongly typed, the INT8 builder flag
+  is set, and ``qbench.backends.trt_calibrator.make_int8_calibrator`` hands TensorRT the cache's scales.
   build.json records whether TensorRT read the cache (``int8_cache_read``) and how many batches it asked
   for; the build fails if TensorRT asked for any, since then it ignored the cache and calibrated with no
   data. UNVERIFIED here: TensorRT <= 10 cannot be installed on this machine (TensorRT-RTX is what is
@@ -61,8 +61,8 @@ def build(onnx: Path, out: Path, cc: str, shapes: dict[str, list[list[int]]], ti
     table = None
     if implicit:
         _check_implicit_int8(trt, module)
-        from qbench.errors import QbenchError
-        from qbench.trt_cache import load_trt_cache
+        from qbench.config.errors import QbenchError
+        from qbench.calib.trt_cache import load_trt_cache
 
         try:
             table = load_trt_cache(int8_cache)
@@ -103,8 +103,8 @@ def build(onnx: Path, out: Path, cc: str, shapes: dict[str, list[list[int]]], ti
     cfg.add_optimization_profile(prof)
     cal = None
     if implicit:
-        from qbench.errors import QbenchError
-        from qbench.trt_calibrator import make_int8_calibrator
+        from qbench.config.errors import QbenchError
+        from qbench.backends.trt_calibrator import make_int8_calibrator
 
         cfg.set_flag(trt.BuilderFlag.INT8)
         if fp16_fallback:
@@ -135,7 +135,7 @@ def build(onnx: Path, out: Path, cc: str, shapes: dict[str, list[list[int]]], ti
         errs = [line for line in lines if "Error" in line]
         raise SystemExit(f"TensorRT build failed: {errs[-1][:300] if errs else 'no engine'}")
     out.mkdir(parents=True, exist_ok=True)
-    from qbench.io import atomic_write_bytes, atomic_write_text
+    from qbench.util.io import atomic_write_bytes, atomic_write_text
 
     atomic_write_bytes(out / "engine.plan", bytes(engine))
     atomic_write_text(out / "build.log", "\n".join(lines))
@@ -161,7 +161,7 @@ def main() -> None:
     ap.add_argument("--shapes", required=True, help="JSON: input name -> [min, opt, max] shapes")
     ap.add_argument("--timing-cache", default=None)
     ap.add_argument("--int8-cache", default=None, metavar="FILE",
-                    help="implicit INT8, TensorRT <= 10 only: a cache from qbench.trt_cache.save_trt_cache")
+                    help="implicit INT8, TensorRT <= 10 only: a cache from qbench.calib.trt_cache.save_trt_cache")
     ap.add_argument("--fp16-fallback", action="store_true",
                     help="with --int8-cache: also allow FP16 for layers that do not run in INT8")
     a = ap.parse_args()

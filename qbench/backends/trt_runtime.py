@@ -30,7 +30,7 @@ from typing import Any
 
 import numpy as np
 
-from qbench.errors import BackendUnavailable, ModelError
+from qbench.config.errors import BackendUnavailable, ModelError
 
 NO_CUDA_LIBRARY = "no cuda-python or pycuda"
 # TensorRT-RTX runtime targets when the bindings do not list them (trt.ComputeCapability): Ampere,
@@ -486,11 +486,11 @@ def gpu_latency(session: TrtSession, feeds: dict[str, np.ndarray], warmup: int, 
     The inputs are copied to the device once, before timing; no host-to-device or device-to-host copy
     and no Python-side staging is inside the timed interval. What is timed is the enqueue plus compute:
     the device's execution of the engine, plus any time the device waited for the host to finish
-    enqueueing it. Returns ``qbench.measure.summarize`` of the ``runs`` timed runs (batch = leading
+    enqueueing it. Returns ``qbench.backends.measure.summarize`` of the ``runs`` timed runs (batch = leading
     dimension of the engine's first input), after ``warmup`` untimed runs. UNVERIFIED on a GPU: see
     the module docstring.
     """
-    from qbench.measure import summarize
+    from qbench.backends.measure import summarize
 
     if runs < 1:
         raise ValueError("runs must be >= 1")

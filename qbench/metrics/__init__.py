@@ -5,7 +5,7 @@
 holding one script of the same name. evaluate imports the script by path, from a copy in its
 module cache, so the folders have no __init__.py and the scripts use absolute imports only
 (pyproject.toml lists the folders as packages so that the scripts ship in the wheel).
-Use them through ``qbench.mt_metrics.load_metric``.
+Use them through ``qbench.tasks.mt_metrics.load_metric``.
 """
 
 from __future__ import annotations

@@ -137,7 +137,7 @@ def test_console_errors_are_detected(chromium_binary, small_mt_run, tmp_path):
 def test_first_screen_of_the_12_variant_multilingual_sweep(chromium_binary, tmp_path):
     """The committed 12-variant, 28-language Django sweep, re-rendered by this code: the first 900 px say what
     ships (here: nothing, and the closest) and what it costs in every language."""
-    from qbench.report import render
+    from qbench.report.render import render
 
     src = Path(__file__).resolve().parents[2] / "reports" / "example-django-multi"
     run_dir = tmp_path / "run"

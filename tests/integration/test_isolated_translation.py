@@ -17,8 +17,8 @@ TIMING = ("eval_seconds", "latency_", "throughput_")
 
 
 def _run(tmp: Path, cache: Path, executor: dict | None) -> Path:
-    from qbench.config import load_config
-    from qbench.sweep import run_sweep
+    from qbench.config.schema import load_config
+    from qbench.run.sweep import run_sweep
 
     cfg = {
         "name": "iso", "task": "translation",

@@ -1,7 +1,7 @@
 """notebooks/pareto.ipynb executed with nbclient, as CI runs it: against a real translation run made here
 (the project's multilingual Marian, 28 languages, 2 sentences each: tests/conftest.py's small_mt_run) plus a committed example, and on
 its defaults (the committed django-multi examples). The figures must exist and the front it writes must be
-the one qbench.results computes directly; the committed file must carry no outputs."""
+the one qbench.report.results computes directly; the committed file must carry no outputs."""
 
 from __future__ import annotations
 
@@ -64,7 +64,7 @@ def _errors(nb) -> list[str]:
 
 
 def _check_outputs(nb, out: Path, runs: list[Path]) -> tuple[pd.DataFrame, pd.DataFrame]:
-    from qbench.results import front_table, frontier, load_many
+    from qbench.report.results import front_table, frontier, load_many
 
     assert _errors(nb) == []
     assert all(c.execution_count is not None for c in nb.cells if c.cell_type == "code")
@@ -129,7 +129,7 @@ def test_committed_notebook_is_stripped_and_holds_no_logic():
     assert code and all(c.outputs == [] and c.execution_count is None for c in code)
     assert nb.metadata.get("kernelspec", {}).get("name") == "python3"
     assert code[0].metadata.get("tags") == ["parameters"]
-    # calls only: shaping belongs in qbench.results, where it is tested
+    # calls only: shaping belongs in qbench.report.results, where it is tested
     for c in code:
         for line in c.source.splitlines():
             words = line.split()

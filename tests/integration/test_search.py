@@ -13,7 +13,7 @@ import pandas as pd
 import pytest
 import yaml
 
-from qbench.search import Unit, exclusion_for, units
+from qbench.run.search import Unit, exclusion_for, units
 
 ROOT = Path(__file__).resolve().parents[2]
 pytest.importorskip("torch")
@@ -41,8 +41,8 @@ def _translation_cfg(tmp: Path, cache: Path) -> dict:
 
 
 def _run(cfg: dict, tmp: Path) -> Path:
-    from qbench.config import load_config
-    from qbench.sweep import run_sweep
+    from qbench.config.schema import load_config
+    from qbench.run.sweep import run_sweep
 
     tmp.mkdir(parents=True, exist_ok=True)
     path = tmp / "cfg.yaml"
@@ -121,7 +121,7 @@ def test_chosen_exclusions_are_exactly_the_chosen_units_nodes(two_runs):
     run = two_runs[0]
     m = json.loads((run / "manifest.json").read_text())
     v = m["variants"]["entropy+auto+s8s8"]
-    from qbench.qdq import load_model
+    from qbench.quantize.qdq import load_model
 
     dec = load_model(Path(m["model"]["onnx_path"]) / "decoder.onnx")
     all_units = {u.id: u for u in units({"decoder": dec}, "block")}
@@ -132,7 +132,7 @@ def test_chosen_exclusions_are_exactly_the_chosen_units_nodes(two_runs):
 
 
 def test_exclusion_for_quantizes_only_or_keeps_exactly_the_units(minilm):
-    from qbench.qdq import load_model, plan
+    from qbench.quantize.qdq import load_model, plan
 
     m = load_model(minilm.onnx_path)
     us = units({"model": m}, "block")

@@ -28,10 +28,10 @@ pytest.importorskip("onnxruntime")
 import numpy as np  # noqa: E402
 
 from qbench.backends.ort import OrtSession  # noqa: E402
-from qbench.errors import ModelError  # noqa: E402
-from qbench.export_seq2seq import (Seq2SeqExport, export_seq2seq, load_export,  # noqa: E402
+from qbench.config.errors import ModelError  # noqa: E402
+from qbench.models.seq2seq import (Seq2SeqExport, export_seq2seq, load_export,  # noqa: E402
                                    past_names)
-from qbench.generate import Generator, pad_batch  # noqa: E402
+from qbench.models.generate import Generator, pad_batch  # noqa: E402
 
 FAMILIES = ("marian", "t5", "mbart")
 MAX_NEW_TOKENS = 20
@@ -198,7 +198,7 @@ def test_second_export_hits_cache(case: Case) -> None:
 
 @pytest.mark.parametrize("case", ["marian"], indirect=True)  # one family is enough
 def test_cache_hit_needs_neither_torch_nor_transformers(case: Case) -> None:
-    code = ("import sys; from pathlib import Path; from qbench.export_seq2seq import export_seq2seq;"
+    code = ("import sys; from pathlib import Path; from qbench.models.seq2seq import export_seq2seq;"
             f"r = export_seq2seq({str(case.source)!r}, Path({str(case.cache)!r}));"
             "assert r.from_cache; bad = {'torch', 'transformers'} & set(sys.modules);"
             "assert not bad, bad")

@@ -8,15 +8,15 @@ import onnxruntime as ort
 import pytest
 from onnx import TensorProto, helper
 
-from qbench import stats as st
-from qbench.data import load_split
-from qbench.errors import DataError
-from qbench.qdq import calibration_tensors, load_model
-from qbench.tokenize import Tokenizer
+from qbench.calib import stats as st
+from qbench.data.manifest import load_split
+from qbench.config.errors import DataError
+from qbench.quantize.qdq import calibration_tensors, load_model
+from qbench.models.tokenize import Tokenizer
 
 
 def _plain_outputs(model_path: Path, tensors: list[str], feeds: dict) -> list[np.ndarray]:
-    """Independent of qbench.stats: expose the tensors ourselves and run one unpadded sample."""
+    """Independent of qbench.calib.stats: expose the tensors ourselves and run one unpadded sample."""
     m = onnx.load(str(model_path))
     for t in tensors:
         m.graph.output.append(helper.make_tensor_value_info(t, TensorProto.FLOAT, None))

@@ -36,9 +36,9 @@ sacrebleu = pytest.importorskip("sacrebleu")
 import numpy as np  # noqa: E402
 
 from qbench.backends.ort import OrtSession  # noqa: E402
-from qbench.export_seq2seq import Seq2SeqExport, export_seq2seq  # noqa: E402
-from qbench.generate import Generator  # noqa: E402
-from qbench.tokenize import Tokenizer  # noqa: E402
+from qbench.models.seq2seq import Seq2SeqExport, export_seq2seq  # noqa: E402
+from qbench.models.generate import Generator  # noqa: E402
+from qbench.models.tokenize import Tokenizer  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[2]
 MODELS = ROOT / "examples" / "models"

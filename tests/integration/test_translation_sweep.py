@@ -25,8 +25,8 @@ except ImportError:
 
 @pytest.fixture(scope="module")
 def run(tmp_path_factory, qbench_cache):
-    from qbench.config import load_config
-    from qbench.sweep import run_sweep
+    from qbench.config.schema import load_config
+    from qbench.run.sweep import run_sweep
 
     tmp = tmp_path_factory.mktemp("tr")
     cfg = {
@@ -109,7 +109,7 @@ def test_both_graphs_quantized_and_lm_head_exclusion_holds(run):
 
 def test_decoder_table_scales_are_amax_over_127(run):
     from qbench.calib import CalibrationTable
-    from qbench.qdq import load_model
+    from qbench.quantize.qdq import load_model
 
     _, _, manifest, run_dir = run
     v = manifest["variants"]["minmax+none+s8s8"]
@@ -130,8 +130,8 @@ def test_decoder_table_scales_are_amax_over_127(run):
 def test_decoder_calibrated_on_fp32_greedy_outputs(run, qbench_cache, tmp_path):
     """decoder_targets: fp32_greedy teacher-forces FP32's own outputs: same encoder table, another decoder one."""
     from qbench.calib import CalibrationTable
-    from qbench.config import load_config
-    from qbench.sweep import run_sweep
+    from qbench.config.schema import load_config
+    from qbench.run.sweep import run_sweep
 
     _, _, manifest, run_dir = run
     cfg = manifest["config"]
@@ -188,8 +188,8 @@ def test_encoder_and_decoder_build_as_engines_with_proven_precisions(run):
     assert head["compute"] == "Float" and "Int8" not in head["inputs"] + head["constants"]
     assert g["summary"]["exclusion_violations"] == [] and g["summary"]["excluded_held"] >= 1
     # Its FLOP share: 1 - lm_head's (d_model x vocab) over all decoder linear FLOPs, from the weights.
-    from qbench.layer_report import linear_flops_per_token
-    from qbench.qdq import load_model
+    from qbench.backends.layer_report import linear_flops_per_token
+    from qbench.quantize.qdq import load_model
 
     flops = linear_flops_per_token(load_model(Path(manifest["model"]["onnx_path"]) / "decoder.onnx"))
     want = 1 - flops["/lm_head/MatMul"] / sum(flops.values())

@@ -12,7 +12,7 @@ from onnx import TensorProto, helper
 
 from qbench.backends import tensorrt as trt_backend
 from qbench.backends.tensorrt import TensorRTBackend, input_profiles
-from qbench.errors import VariantFailed
+from qbench.config.errors import VariantFailed
 
 pytest.importorskip("tensorrt_rtx_bindings")
 SHAPES = {"x": [[1, 4], [2, 4], [4, 4]]}
@@ -77,7 +77,7 @@ def test_simulated_builder_hang_times_out_and_its_children_die_with_it(tiny, tmp
 def test_implicit_int8_mode_is_refused_by_tensorrt_rtx_with_the_reason(tiny, tmp_path):
     """TensorRT <= 10's implicit INT8 (FP32 graph + qbench's cache): TensorRT-RTX has no IInt8Calibrator."""
     from qbench.calib import CalibrationTable
-    from qbench.trt_cache import save_trt_cache
+    from qbench.calib.trt_cache import save_trt_cache
 
     cache = save_trt_cache(CalibrationTable(amax={"x": 1.0}), tmp_path / "c.cache")
     with pytest.raises(VariantFailed, match=r"^implicit INT8 needs TensorRT <= 10 \(IInt8Calibrator\); found "

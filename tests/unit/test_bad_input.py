@@ -1,8 +1,8 @@
 """Bad input through the real command line (``qbench.cli.main``): every case gets one line on stderr that
-names the offending file, key, tensor or variant, its documented exit code (qbench.errors), and no traceback.
+names the offending file, key, tensor or variant, its documented exit code (qbench.config.errors), and no traceback.
 
 The run-time cases use a tiny but real sweep: a hand-built ONNX encoder and a word-level tokenizer placed in
-qbench's export cache under the key ``qbench.export`` computes for a local model folder, so no torch and no
+qbench's export cache under the key ``qbench.models.export`` computes for a local model folder, so no torch and no
 export is needed, plus a four-sample JSON-lines dataset. Such a sweep takes a second or two.
 
 Inside a sweep a per-variant error becomes that variant's failed row and one ``variant <id> failed: ...``
@@ -21,7 +21,7 @@ import pytest
 from onnx import TensorProto, helper, numpy_helper
 
 from qbench.cli import main
-from qbench.errors import EXIT_CODES, ConfigError, DataError, ModelError, QuantizationError
+from qbench.config.errors import EXIT_CODES, ConfigError, DataError, ModelError, QuantizationError
 
 CONFIG, DATA, MODEL, QUANT = (ConfigError.exit_code, DataError.exit_code, ModelError.exit_code,
                               QuantizationError.exit_code)
@@ -32,11 +32,11 @@ LOG = r"\[qbench \d\d:\d\d:\d\d\] "
 
 
 def test_exit_codes_are_distinct_and_documented():
-    import qbench.errors
+    import qbench.config.errors
 
     assert EXIT_CODES == {"QbenchError": 2, "ConfigError": 2, "DataError": 3, "ModelError": 4,
                           "BackendUnavailable": 5, "QuantizationError": 6, "VariantFailed": 7, "StorageError": 8}
-    doc = qbench.errors.__doc__
+    doc = qbench.config.errors.__doc__
     for name, code in EXIT_CODES.items():
         if name != "QbenchError":
             assert re.search(rf"^{code}\s+``{name}``", doc, re.M), name
@@ -94,7 +94,7 @@ def _install_model(tmp: Path, cache: Path, **encoder) -> None:
     """A local model folder ``tmp/model`` whose export is already in ``cache/models/<key>/``."""
     from tokenizers import Tokenizer, models, pre_tokenizers
 
-    from qbench.export import cache_key, resolve_source
+    from qbench.models.export import cache_key, resolve_source
 
     src = tmp / "model"
     src.mkdir(exist_ok=True)
@@ -291,7 +291,7 @@ def test_not_onnx_at_all(tmp_path, capsys, content, expect):
 
 @pytest.mark.parametrize("opset", [11, 99])
 def test_unsupported_opset(tmp_path, capsys, opset):
-    from qbench.qdq import max_opset
+    from qbench.quantize.qdq import max_opset
 
     path = _encoder(tmp_path / "old.onnx", opset=opset)
     line = _one_line(capsys, MODEL, "inspect", path)

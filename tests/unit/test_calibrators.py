@@ -12,10 +12,10 @@ from pydantic import ValidationError
 from calibrators.entropy import Entropy, kl_divergence_curve
 from calibrators.minmax import MinMax
 from calibrators.percentile import Percentile
-from qbench import registry
+from qbench.config import registry
 from qbench.calib import CalibrationTable, TensorStats, scale_of
-from qbench.errors import ConfigError, QuantizationError
-from qbench.stats import update
+from qbench.config.errors import ConfigError, QuantizationError
+from qbench.calib.stats import update
 
 BINS = 2048
 

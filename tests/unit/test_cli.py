@@ -8,7 +8,9 @@ from pathlib import Path
 
 import pytest
 
-from qbench import cli, progress, registry
+from qbench import cli
+from qbench.util import progress
+from qbench.config import registry
 from qbench.cli import main
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -58,7 +60,7 @@ def test_sweep_flags_reach_progress(monkeypatch, capsys, flags, bars, quiet):
         seen.update(bars=progress._bars, quiet=progress._quiet)
         return Path("reports/x/run")
 
-    monkeypatch.setattr("qbench.sweep.run_sweep", fake_run_sweep)
+    monkeypatch.setattr("qbench.run.sweep.run_sweep", fake_run_sweep)
     assert main(["sweep", str(ROOT / "examples" / "minilm-retrieval.yaml"), *flags]) == 0
     assert seen == {"bars": bars, "quiet": quiet}
     assert capsys.readouterr().out.strip() == str(Path("reports/x/run"))
@@ -96,7 +98,7 @@ def test_ls_metrics_lists_the_metrics_and_their_settings(capsys):
 
 
 def test_config_reference_prints_the_generated_reference(capsys):
-    from qbench.config_doc import render
+    from qbench.config.doc import render
 
     assert main(["config-reference"]) == 0
     assert capsys.readouterr().out == render()

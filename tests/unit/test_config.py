@@ -1,4 +1,4 @@
-"""qbench.config.load_config: one-line errors with key paths and did-you-mean; variants.expand."""
+"""qbench.config.schema.load_config: one-line errors with key paths and did-you-mean; variants.expand."""
 
 from __future__ import annotations
 
@@ -11,9 +11,9 @@ import pytest
 from calibrators.entropy import Entropy
 from calibrators.minmax import MinMax
 from calibrators.percentile import Percentile
-from qbench.config import ExclusionCfg, load_config
-from qbench.errors import ConfigError
-from qbench.variants import expand
+from qbench.config.schema import ExclusionCfg, load_config
+from qbench.config.errors import ConfigError
+from qbench.run.variants import expand
 
 MINIMAL = """\
 name: unit-test

@@ -7,8 +7,8 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from qbench import config_doc
-from qbench.config import SweepConfig
+from qbench.config import doc as config_doc
+from qbench.config.schema import SweepConfig
 
 ROOT = Path(__file__).resolve().parents[2]
 DOC = ROOT / "docs" / "config.md"

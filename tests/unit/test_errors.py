@@ -2,7 +2,7 @@
 
 import pytest
 
-from qbench.errors import first_line
+from qbench.config.errors import first_line
 
 
 @pytest.mark.parametrize("err, limit, want", [

@@ -1,4 +1,4 @@
-"""FP16 conversion with FP32-kept nodes (qbench.fp16), on small real ONNX graphs and MiniLM.
+"""FP16 conversion with FP32-kept nodes (qbench.quantize.fp16), on small real ONNX graphs and MiniLM.
 
 Oracle everywhere: the FP32 model run by ONNX Runtime CPU. Types are read back with ONNX
 shape inference on the converted model, never from our own bookkeeping.
@@ -12,8 +12,8 @@ import onnxruntime as ort
 import pytest
 from onnx import TensorProto, helper, numpy_helper
 
-from qbench.errors import ConfigError, ModelError
-from qbench.fp16 import convert_fp16
+from qbench.config.errors import ConfigError, ModelError
+from qbench.quantize.fp16 import convert_fp16
 
 FLOAT, FLOAT16 = TensorProto.FLOAT, TensorProto.FLOAT16
 F32_MIN = float(np.finfo(np.float32).min)  # what exporters put in attention masks
@@ -256,7 +256,7 @@ def test_unknown_keep_name_is_refused(toy):
 
 
 def test_minilm_keeps_norms_fp32(minilm):
-    from qbench.tokenize import Tokenizer
+    from qbench.models.tokenize import Tokenizer
 
     model = onnx.load(str(minilm.onnx_path))
     keep = {n.name for n in model.graph.node if n.op_type in ("LayerNormalization", "Softmax")}

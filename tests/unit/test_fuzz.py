@@ -1,9 +1,9 @@
 """Property-based fuzzing of everything that reads user files: whatever the bytes, the answer is a valid object
 or a one-line user error (the QbenchError family), never another exception.
 
-* the sweep config loader (qbench.config.load_config, then variants.expand as ``qbench validate`` does);
-* the dataset manifest loader (qbench.data.load_manifest) and a split's file (load_split: JSON lines, Parquet);
-* the TensorRT calibration-cache importer (qbench.trt_cache) and ``qbench table``'s reader (calibrators.table).
+* the sweep config loader (qbench.config.schema.load_config, then variants.expand as ``qbench validate`` does);
+* the dataset manifest loader (qbench.data.manifest.load_manifest) and a split's file (load_split: JSON lines, Parquet);
+* the TensorRT calibration-cache importer (qbench.calib.trt_cache) and ``qbench table``'s reader (calibrators.table).
 
 Inputs are random bytes and text, YAML built from the real schema's keys with random values and types, and
 mutations of valid files. Examples are bounded (``max_examples`` <= 200, no example database) so the whole
@@ -26,13 +26,13 @@ from hypothesis import strategies as st
 from pydantic import BaseModel
 
 from calibrators.table import load_table
-from qbench import registry
+from qbench.config import registry
 from qbench.calib import CalibrationTable
-from qbench.config import SweepConfig, load_config
-from qbench.data import Manifest, Sample, load_manifest, load_split
-from qbench.errors import ConfigError, DataError
-from qbench.trt_cache import from_trt_cache, load_trt_cache, to_trt_cache
-from qbench.variants import expand
+from qbench.config.schema import SweepConfig, load_config
+from qbench.data.manifest import Manifest, Sample, load_manifest, load_split
+from qbench.config.errors import ConfigError, DataError
+from qbench.calib.trt_cache import from_trt_cache, load_trt_cache, to_trt_cache
+from qbench.run.variants import expand
 
 FUZZ = settings(max_examples=200, deadline=None, database=None,
                 suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])

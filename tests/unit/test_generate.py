@@ -1,4 +1,4 @@
-"""Search logic of qbench.generate: greedy EOS handling, HF's logits processors, beam search.
+"""Search logic of qbench.models.generate: greedy EOS handling, HF's logits processors, beam search.
 
 The decoder here is a fake (``ScriptedSession``) on purpose: these tests check the search itself,
 which needs logits chosen by the test, not by a model. The fake keeps the token history in its
@@ -19,9 +19,9 @@ from typing import Callable
 import numpy as np
 import pytest
 
-from qbench.errors import ConfigError, DataError, ModelError
-from qbench.export_seq2seq import Seq2SeqExport
-from qbench.generate import DecoderFeeds, Generator, generation_facts, pad_batch, topk
+from qbench.config.errors import ConfigError, DataError, ModelError
+from qbench.models.seq2seq import Seq2SeqExport
+from qbench.models.generate import DecoderFeeds, Generator, generation_facts, pad_batch, topk
 
 START, EOS, PAD = 0, 1, 5  # PAD differs from START here, so the two cannot be confused
 

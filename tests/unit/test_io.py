@@ -1,10 +1,10 @@
-"""qbench.io.atomic_write: the target is always the old or the new content, never a torn file."""
+"""qbench.util.io.atomic_write: the target is always the old or the new content, never a torn file."""
 
 from __future__ import annotations
 
 import pytest
 
-from qbench.io import atomic_write, atomic_write_bytes, atomic_write_text
+from qbench.util.io import atomic_write, atomic_write_bytes, atomic_write_text
 
 
 def test_atomic_write_replaces(tmp_path):

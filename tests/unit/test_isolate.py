@@ -4,8 +4,8 @@ import sys
 
 import pytest
 
-from qbench.errors import VariantFailed
-from qbench.isolate import run_limited
+from qbench.config.errors import VariantFailed
+from qbench.run.isolate import run_limited
 
 
 def test_a_child_aborted_under_a_memory_limit_names_the_limit_as_an_out_of_memory_does():
@@ -51,7 +51,7 @@ class _RaisesWhenUnpickled:
 def test_a_child_that_dies_before_answering_is_explained_from_its_last_stderr_line(tmp_path, exc, memory_mb, why):
     import pickle
 
-    from qbench.isolate import run_job
+    from qbench.run.isolate import run_job
 
     with pytest.raises(VariantFailed) as e:
         run_job(pickle.dumps(_RaisesWhenUnpickled(exc)), tmp_path, "variant v's child process", timeout_s=60,

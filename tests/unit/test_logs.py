@@ -4,7 +4,7 @@ import logging
 
 import pytest
 
-from qbench.logs import quiet_logger
+from qbench.util.logs import quiet_logger
 
 
 def test_quiet_logger_silences_and_restores_even_when_the_block_raises(caplog):

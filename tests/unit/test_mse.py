@@ -7,9 +7,9 @@ import pytest
 from pydantic import ValidationError
 
 from calibrators.mse import Mse, mse_curve
-from qbench import registry
+from qbench.config import registry
 from qbench.calib import TensorStats
-from qbench.stats import update
+from qbench.calib.stats import update
 
 BINS = 2048
 N = 200_000

@@ -1,4 +1,4 @@
-"""qbench.mt_metrics: statistics and scores against sacrebleu itself, the vectorized bootstrap against a
+"""qbench.tasks.mt_metrics: statistics and scores against sacrebleu itself, the vectorized bootstrap against a
 slow loop of sacrebleu calls, and the offline evaluate modules."""
 
 from __future__ import annotations
@@ -8,8 +8,8 @@ import pandas as pd
 import pytest
 import sacrebleu
 
-from qbench import mt_metrics as mt
-from qbench.errors import ConfigError, DataError
+from qbench.tasks import mt_metrics as mt
+from qbench.config.errors import ConfigError, DataError
 
 # (hypothesis, reference) pairs; empty hypotheses, a hypothesis shorter than 4 tokens, accents, emoji.
 DATA = {

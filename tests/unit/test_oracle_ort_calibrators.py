@@ -8,8 +8,8 @@ from onnxruntime.quantization.calibrate import CalibrationMethod, create_calibra
 
 from calibrators.minmax import MinMax
 from calibrators.percentile import Percentile
-from qbench import stats as st
-from qbench.qdq import calibration_tensors, load_model
+from qbench.calib import stats as st
+from qbench.quantize.qdq import calibration_tensors, load_model
 
 BINS = 2048
 

@@ -1,4 +1,4 @@
-"""qbench.progress: silent off a terminal, bars with ETA on one, and the arithmetic behind them."""
+"""qbench.util.progress: silent off a terminal, bars with ETA on one, and the arithmetic behind them."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ import io
 import numpy as np
 import pytest
 
-from qbench import progress
+from qbench.util import progress
 
 
 @pytest.fixture(autouse=True)
@@ -140,7 +140,7 @@ def test_status_text_reads_the_task_clock(monkeypatch):
 
 @pytest.mark.parametrize("warmup, runs, rounds", [(0, 1, 1), (1, 2, 2), (3, 5, 4)])
 def test_the_latency_bars_total_is_what_interleaved_calls(warmup, runs, rounds):
-    from qbench.measure import calls_per_session, interleaved
+    from qbench.backends.measure import calls_per_session, interleaved
 
     sessions = {"a": _Session(), "b": _Session()}
     interleaved(sessions, {"x": np.zeros((1, 1))}, warmup, runs, rounds)

@@ -9,9 +9,9 @@ import pytest
 from onnx import TensorProto, numpy_helper
 
 from qbench.calib import CalibrationTable
-from qbench.config import ExclusionCfg
-from qbench.errors import ConfigError, ModelError, QuantizationError
-from qbench.qdq import (build_qdq, calibration_tensors, match_exclusions, op_counts, plan, quantize_weight,
+from qbench.config.schema import ExclusionCfg
+from qbench.config.errors import ConfigError, ModelError, QuantizationError
+from qbench.quantize.qdq import (build_qdq, calibration_tensors, match_exclusions, op_counts, plan, quantize_weight,
                         verify_scales)
 
 
@@ -270,7 +270,7 @@ def test_output_channel_axis_by_op_type(op, idx, ndim, attrs, axis):
 
 
 def test_weight_rule_registry_and_config_key(tmp_path):
-    from qbench import registry
+    from qbench.config import registry
 
     assert registry.weight_rules.get("per_tensor").name == "per_tensor"
     with pytest.raises(ConfigError, match="Did you mean: per_channel"):

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from qbench.report import render
+from qbench.report.render import render
 
 ROOT = Path(__file__).resolve().parents[2]
 EVIL = "<script>alert(1)</script>"

@@ -3,7 +3,7 @@
 import json
 from pathlib import Path
 
-from qbench.report import calibration_ranges, render
+from qbench.report.render import calibration_ranges, render
 from html_doc import parse
 
 ROOT = Path(__file__).resolve().parents[2]

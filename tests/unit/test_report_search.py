@@ -9,8 +9,8 @@ import pandas as pd
 import pytest
 
 from html_doc import parse
-from qbench import report
-from qbench.results import metric_rows, write_manifest, write_results
+from qbench.report import render as report
+from qbench.report.results import metric_rows, write_manifest, write_results
 
 AUTO = "minmax+auto+s8s8"
 EVIL = "decoder:/decoder/layers.0/<script>alert(1)</script>"

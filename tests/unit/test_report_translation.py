@@ -9,9 +9,9 @@ import pandas as pd
 import pytest
 
 from html_doc import parse
-from qbench import report
+from qbench.report import render as report
 from qbench.cli import main
-from qbench.results import metric_rows, write_manifest, write_results
+from qbench.report.results import metric_rows, write_manifest, write_results
 
 LANGS = {"de": (34.56, 61.20), "fr": (40.10, 65.30), "ja": (20.30, 30.75)}  # FP32 (BLEU, chrF) per language
 OK_VARIANTS = ["ort_dynamic", "minmax+none+s8s8@balanced"]

@@ -13,8 +13,8 @@ import pandas as pd
 import pytest
 
 from html_doc import parse
-from qbench import report
-from qbench.results import metric_rows, write_manifest, write_results
+from qbench.report import render as report
+from qbench.report.results import metric_rows, write_manifest, write_results
 
 LANGS = {"de": 34.0, "fr": 40.0, "ja": 20.0, "ar": 15.0}  # FP32 BLEU per language
 GATE = {"metric": "bleu", "max_drop": 1.0, "per": "lang"}
@@ -68,7 +68,7 @@ def _metrics(vid: str, gate: dict | None) -> list[tuple[str, str, float, str]]:
         out += [("bleu", "all", macro + d, "score"), ("delta_bleu", "all", d, "score"),
                 ("delta_bleu_lo", "all", lo, "score"), ("delta_bleu_hi", "all", hi, "score"),
                 ("delta_bleu_p", "all", 0.25, "score")]
-        if gate:  # what qbench.translation writes: the worst language's drop and the verdict on it
+        if gate:  # what qbench.tasks.translation writes: the worst language's drop and the verdict on it
             lang, drop = max(((c, -deltas[c][0]) for c in LANGS), key=lambda t: t[1])
             out += [("gate", "all", float(drop <= gate["max_drop"]), "pass"),
                     ("worst_lang_drop", f"lang={lang}", drop, "score")]

@@ -1,4 +1,4 @@
-"""qbench.results: pareto front and the results table round trip."""
+"""qbench.report.results: pareto front and the results table round trip."""
 
 from __future__ import annotations
 
@@ -6,7 +6,7 @@ import itertools
 
 import pytest
 
-from qbench.results import COLUMNS, metric_rows, pareto_front
+from qbench.report.results import COLUMNS, metric_rows, pareto_front
 
 
 def _front_oracle(points):
@@ -37,7 +37,7 @@ def test_pareto_front_against_oracle():
 
 def test_results_round_trip(tmp_path):
     pytest.importorskip("pyarrow")
-    from qbench.results import load, write_manifest, write_results
+    from qbench.report.results import load, write_manifest, write_results
 
     desc = {"variant": "minmax+none+s8s8", "kind": "qbench", "calibrator": "minmax", "exclusion": "none",
             "flavor": "s8s8", "calibration_set": "default", "backend": "ort"}
@@ -77,7 +77,7 @@ HAND = {
 
 
 def _write_run(d, run_id, sweep, variants, failed=()):
-    from qbench.results import write_manifest, write_results
+    from qbench.report.results import write_manifest, write_results
 
     rows = []
     for v, ms in variants.items():
@@ -102,7 +102,7 @@ def hand_runs(tmp_path):
 def test_load_many_labels_and_rows(hand_runs, tmp_path):
     import os
 
-    from qbench.results import load, load_many
+    from qbench.report.results import load, load_many
 
     df, mans = load_many(hand_runs)
     assert list(df.columns) == ["run", *COLUMNS]
@@ -127,7 +127,7 @@ def test_load_many_labels_and_rows(hand_runs, tmp_path):
 def test_runs_table_and_quality_metric(hand_runs):
     import pandas as pd
 
-    from qbench.results import load_many, quality_metric, runs_table
+    from qbench.report.results import load_many, quality_metric, runs_table
 
     df, mans = load_many(hand_runs)
     t = runs_table(df, mans)
@@ -143,7 +143,7 @@ def test_runs_table_and_quality_metric(hand_runs):
 
 
 def test_front_table_golden_across_runs(hand_runs):
-    from qbench.results import FRONT_COLUMNS, front_table, frontier, load_many
+    from qbench.report.results import FRONT_COLUMNS, front_table, frontier, load_many
 
     df, _ = load_many(hand_runs)
     pts = frontier(df)
@@ -165,7 +165,7 @@ def test_front_table_golden_across_runs(hand_runs):
 
 
 def test_frontier_per_run_per_language_and_batch_choice(hand_runs):
-    from qbench.results import frontier, load_many
+    from qbench.report.results import frontier, load_many
 
     df, _ = load_many(hand_runs)
     per_run = frontier(df, by=("run", "batch", "slice"), batch=1)
@@ -214,7 +214,7 @@ def test_frontier_against_brute_force_on_random_tables(seed):
     import numpy as np
     import pandas as pd
 
-    from qbench.results import frontier
+    from qbench.report.results import frontier
 
     rng = np.random.default_rng(seed)
     rows = []
@@ -240,7 +240,7 @@ def test_frontier_against_brute_force_on_random_tables(seed):
 
 
 def test_lang_matrix_golden(hand_runs):
-    from qbench.results import lang_matrix, load_many
+    from qbench.report.results import lang_matrix, load_many
 
     df, _ = load_many(hand_runs)
     m = lang_matrix(df)
@@ -257,7 +257,7 @@ def test_figures_and_outputs(hand_runs, tmp_path):
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    from qbench.results import (front_table, frontier, heatmap_figure, lang_matrix, load_many, pareto_figure,
+    from qbench.report.results import (front_table, frontier, heatmap_figure, lang_matrix, load_many, pareto_figure,
                                 save_outputs)
 
     df, _ = load_many(hand_runs)

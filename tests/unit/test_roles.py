@@ -1,4 +1,4 @@
-"""qbench.roles: structural roles on synthetic graphs whose node names say nothing."""
+"""qbench.quantize.roles: structural roles on synthetic graphs whose node names say nothing."""
 
 from __future__ import annotations
 
@@ -7,9 +7,9 @@ import onnx
 import pytest
 from onnx import TensorProto, helper, numpy_helper
 
-from qbench.config import ExclusionCfg
-from qbench.qdq import match_exclusions, plan
-from qbench.roles import find_roles, node_roles, quantizable_nodes, stable_names
+from qbench.config.schema import ExclusionCfg
+from qbench.quantize.qdq import match_exclusions, plan
+from qbench.quantize.roles import find_roles, node_roles, quantizable_nodes, stable_names
 
 V, D, P = 50, 8, 16
 LN = [f"n{i}" for i in range(3, 12)]          # the decomposed LayerNorm

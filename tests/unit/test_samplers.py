@@ -15,9 +15,9 @@ from calibrators.samplers import (
     RandomSampler,
     SingleLanguageSampler,
 )
-from qbench import registry
-from qbench.data import Sample
-from qbench.errors import DataError
+from qbench.config import registry
+from qbench.data.manifest import Sample
+from qbench.config.errors import DataError
 
 LANGS = ["en"] * 50 + ["de"] * 20 + ["fr"] * 12 + ["ja"] * 9
 

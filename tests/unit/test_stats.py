@@ -1,4 +1,4 @@
-"""qbench.stats: the streaming |x| histogram, axis roles, token masks, save/load, collect."""
+"""qbench.calib.stats: the streaming |x| histogram, axis roles, token masks, save/load, collect."""
 
 from __future__ import annotations
 
@@ -8,8 +8,8 @@ import numpy as np
 import pytest
 
 from qbench.calib import TensorStats
-from qbench.errors import DataError
-from qbench.stats import MIN_BIN_WIDTH, _axis_roles, _lattice_width, collect, load, save, token_mask, update
+from qbench.config.errors import DataError
+from qbench.calib.stats import MIN_BIN_WIDTH, _axis_roles, _lattice_width, collect, load, save, token_mask, update
 
 BINS = 2048
 
@@ -219,7 +219,7 @@ def test_collect_rejects_non_finite_and_empty(masked_model):
 # --- TensorRT's fixed [0, absmax] layout -------------------------------------------------------------
 
 def test_update_fixed_equals_numpy_histogram_over_0_absmax():
-    from qbench.stats import update_fixed
+    from qbench.calib.stats import update_fixed
 
     rng = np.random.default_rng(5)
     batches = [rng.standard_t(3, 4000).astype(np.float32) * (1 + i) for i in range(4)]
@@ -233,7 +233,7 @@ def test_update_fixed_equals_numpy_histogram_over_0_absmax():
 
 
 def test_collect_with_fixed_top_masks_padding_too(masked_model):
-    from qbench.stats import collect
+    from qbench.calib.stats import collect
 
     rng = np.random.default_rng(9)
     x = rng.standard_normal((4, 9, 4)).astype(np.float32)

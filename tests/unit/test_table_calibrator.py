@@ -8,8 +8,8 @@ import pytest
 
 from calibrators.table import FromTable, load_table
 from qbench.calib import CalibrationTable, TensorStats, scale_of
-from qbench.errors import ConfigError, QuantizationError
-from qbench.trt_cache import save_trt_cache
+from qbench.config.errors import ConfigError, QuantizationError
+from qbench.calib.trt_cache import save_trt_cache
 
 AMAX = {"a": 1.5, "b": 0.02, "c/with spaces:and colons": 37.25}
 

@@ -1,4 +1,4 @@
-"""TensorRT <=10 calibration-cache text (qbench.trt_cache) and the calibrator adapter's no-TensorRT paths.
+"""TensorRT <=10 calibration-cache text (qbench.calib.trt_cache) and the calibrator adapter's no-TensorRT paths.
 
 TensorRT is not installed here. The adapter tests below run WITHOUT TensorRT: one checks the error when
 it is missing, the others use stand-in ``tensorrt`` / ``cuda.bindings.runtime`` modules built in this file,
@@ -16,8 +16,8 @@ import numpy as np
 import pytest
 
 from qbench.calib import MIN_AMAX, CalibrationTable, scale_of
-from qbench.errors import BackendUnavailable, ConfigError, QuantizationError
-from qbench.trt_cache import (
+from qbench.config.errors import BackendUnavailable, ConfigError, QuantizationError
+from qbench.calib.trt_cache import (
     from_trt_cache,
     load_trt_cache,
     parse_trt_header,
@@ -223,7 +223,7 @@ def test_save_and_load(tmp_path):
 
 
 def test_adapter_without_tensorrt_raises_clear_error(monkeypatch):
-    from qbench.trt_calibrator import make_int8_calibrator
+    from qbench.backends.trt_calibrator import make_int8_calibrator
 
     monkeypatch.setitem(sys.modules, "tensorrt", None)  # import tensorrt -> ImportError, installed or not
     with pytest.raises(BackendUnavailable) as err:
@@ -238,9 +238,9 @@ def test_tensorrt_is_really_absent_here_and_adapter_says_so():
     code = (
         "import importlib.util, sys\n"
         "assert importlib.util.find_spec('tensorrt') is None\n"
-        "from qbench.trt_calibrator import make_int8_calibrator\n"
+        "from qbench.backends.trt_calibrator import make_int8_calibrator\n"
         "from qbench.calib import CalibrationTable\n"
-        "from qbench.errors import BackendUnavailable\n"
+        "from qbench.config.errors import BackendUnavailable\n"
         "try:\n"
         "    make_int8_calibrator(CalibrationTable({'x': 1.0}), [], ['x'])\n"
         "except BackendUnavailable as e:\n"
@@ -253,7 +253,7 @@ def test_tensorrt_is_really_absent_here_and_adapter_says_so():
 def test_importing_trt_calibrator_is_cheap():
     code = (
         "import sys\n"
-        "import qbench.trt_calibrator\n"
+        "import qbench.backends.trt_calibrator\n"
         "heavy = ['numpy', 'tensorrt', 'pydantic', 'onnx', 'onnxruntime', 'torch', 'cuda', 'pycuda', 'qbench.calib']\n"
         "print(sorted(m for m in heavy if m in sys.modules))\n"
     )
@@ -342,7 +342,7 @@ def _fake_cuda_runtime(monkeypatch) -> _FakeCudaRuntime:
 
 
 def test_adapter_refuses_tensorrt_11_without_tensorrt(monkeypatch):
-    from qbench.trt_calibrator import make_int8_calibrator
+    from qbench.backends.trt_calibrator import make_int8_calibrator
 
     _fake_tensorrt(monkeypatch, "11.0.0.1")
     with pytest.raises(BackendUnavailable, match=r"TensorRT 11\.0\.0\.1 removed IInt8Calibrator.*QDQ"):
@@ -350,7 +350,7 @@ def test_adapter_refuses_tensorrt_11_without_tensorrt(monkeypatch):
 
 
 def test_adapter_without_cuda_bindings_raises_with_fake_tensorrt(monkeypatch):
-    from qbench.trt_calibrator import make_int8_calibrator
+    from qbench.backends.trt_calibrator import make_int8_calibrator
 
     _fake_tensorrt(monkeypatch, "10.3.0")
     for name in ["cuda", "cuda.bindings", "cuda.bindings.runtime", "pycuda", "pycuda.autoinit", "pycuda.driver"]:
@@ -365,7 +365,7 @@ def test_adapter_without_cuda_bindings_raises_with_fake_tensorrt(monkeypatch):
 def test_adapter_logic_with_fake_tensorrt_and_fake_cuda(monkeypatch, tmp_path):
     """qbench's side only (stand-in modules): the cache it serves, batch order, exhaustion, write-back,
     device buffers (copied, synchronized, reused, grown, freed) and the one stream."""
-    from qbench.trt_calibrator import make_int8_calibrator
+    from qbench.backends.trt_calibrator import make_int8_calibrator
 
     _fake_tensorrt(monkeypatch, "8.6.1")
     rt = _fake_cuda_runtime(monkeypatch)
@@ -410,7 +410,7 @@ def test_adapter_logic_with_fake_tensorrt_and_fake_cuda(monkeypatch, tmp_path):
 
 
 def test_adapter_allocates_one_byte_for_an_empty_first_batch(monkeypatch):
-    from qbench.trt_calibrator import make_int8_calibrator
+    from qbench.backends.trt_calibrator import make_int8_calibrator
 
     _fake_tensorrt(monkeypatch, "10.3.0")
     rt = _fake_cuda_runtime(monkeypatch)
@@ -424,7 +424,7 @@ def test_adapter_allocates_one_byte_for_an_empty_first_batch(monkeypatch):
 def test_adapter_uses_trt_runtime_pycuda_adapter_when_cuda_python_is_missing(monkeypatch):
     """Without cuda-python, trt_runtime's pycuda adapter: the device's primary context is pushed for
     the build and popped by free(); buffers are pycuda allocations, handed to TensorRT as ints."""
-    from qbench.trt_calibrator import make_int8_calibrator
+    from qbench.backends.trt_calibrator import make_int8_calibrator
 
     _fake_tensorrt(monkeypatch, "10.3.0")
     for name in ["cuda", "cuda.bindings", "cuda.bindings.runtime"]:
@@ -476,7 +476,7 @@ def test_adapter_uses_trt_runtime_pycuda_adapter_when_cuda_python_is_missing(mon
 
 
 def test_adapter_missing_input_stops_calibration_with_fake_tensorrt(monkeypatch):
-    from qbench.trt_calibrator import make_int8_calibrator
+    from qbench.backends.trt_calibrator import make_int8_calibrator
 
     _fake_tensorrt(monkeypatch, "10.3.0")
     _fake_cuda_runtime(monkeypatch)

@@ -18,8 +18,8 @@ import pytest
 
 from qbench.backends import trt_runtime
 from qbench.backends.trt_runtime import TrtSession, gpu_available, gpu_latency
-from qbench.errors import ModelError
-from qbench.measure import summarize
+from qbench.config.errors import ModelError
+from qbench.backends.measure import summarize
 
 
 def test_gpu_available_says_why_not_here():
@@ -343,7 +343,7 @@ def test_build_child_refuses_implicit_int8_on_tensorrt_rtx(tmp_path):
     import tensorrt_rtx_bindings
 
     from qbench.calib import CalibrationTable
-    from qbench.trt_cache import load_trt_cache, save_trt_cache
+    from qbench.calib.trt_cache import load_trt_cache, save_trt_cache
 
     onnx_path = _tiny_matmul_onnx(tmp_path / "model.onnx")
     cache = save_trt_cache(CalibrationTable({"x": 4.0, "W": 1.0, "y": 20.0}), tmp_path / "cache.txt",
@@ -447,10 +447,10 @@ def test_build_implicit_int8_path_with_a_fake_tensorrt_10(monkeypatch, tmp_path,
     import json
     import sys
 
-    from qbench import trt_calibrator
+    from qbench.backends import trt_calibrator
     from qbench.backends import trt_build
     from qbench.calib import CalibrationTable
-    from qbench.trt_cache import save_trt_cache
+    from qbench.calib.trt_cache import save_trt_cache
 
     trt = _fake_tensorrt_10(ask_for_batches=False)
     monkeypatch.setitem(sys.modules, "tensorrt", trt)
@@ -471,10 +471,10 @@ def test_build_implicit_int8_path_with_a_fake_tensorrt_10(monkeypatch, tmp_path,
 def test_build_implicit_int8_fails_when_fake_tensorrt_ignores_the_cache(monkeypatch, tmp_path):
     import sys
 
-    from qbench import trt_calibrator
+    from qbench.backends import trt_calibrator
     from qbench.backends import trt_build
     from qbench.calib import CalibrationTable
-    from qbench.trt_cache import save_trt_cache
+    from qbench.calib.trt_cache import save_trt_cache
 
     trt = _fake_tensorrt_10(ask_for_batches=True)
     monkeypatch.setitem(sys.modules, "tensorrt", trt)

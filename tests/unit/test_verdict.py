@@ -8,7 +8,7 @@ import json
 import pytest
 
 from qbench.cli import main
-from qbench.results import metric_rows, write_manifest, write_results
+from qbench.report.results import metric_rows, write_manifest, write_results
 
 GATE = {"metric": "bleu", "max_drop": 1.0, "per": "lang"}
 

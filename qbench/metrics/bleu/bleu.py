@@ -1,6 +1,6 @@
 """Corpus BLEU for one target language, as an evaluate metric that loads offline.
 
-Computed by qbench.mt_metrics (sacrebleu underneath, tokenizer chosen by ``lang``), so the value
+Computed by qbench.tasks.mt_metrics (sacrebleu underneath, tokenizer chosen by ``lang``), so the value
 equals ``sacrebleu.corpus_bleu(predictions, [references], tokenize=tokenizer_for(lang))``. One
 reference per prediction, unlike the hub's "sacrebleu" metric, which takes a list of references.
 """
@@ -8,7 +8,7 @@ reference per prediction, unlike the hub's "sacrebleu" metric, which takes a lis
 import datasets
 import evaluate
 
-from qbench import mt_metrics
+from qbench.tasks import mt_metrics
 
 _DESCRIPTION = "Corpus BLEU (sacrebleu, smooth 'exp', 4-grams) with the tokenizer suited to the target language."
 _KWARGS = """

@@ -1,6 +1,6 @@
 """Corpus chrF as an evaluate metric that loads offline.
 
-Computed by qbench.mt_metrics (sacrebleu's CHRF with its defaults: character 6-grams, no word
+Computed by qbench.tasks.mt_metrics (sacrebleu's CHRF with its defaults: character 6-grams, no word
 n-grams, beta 2), so the value equals ``sacrebleu.corpus_chrf(predictions, [references])``.
 chrF needs no tokenizer; ``lang`` is accepted for symmetry with the bleu module and ignored.
 """
@@ -8,7 +8,7 @@ chrF needs no tokenizer; ``lang`` is accepted for symmetry with the bleu module 
 import datasets
 import evaluate
 
-from qbench import mt_metrics
+from qbench.tasks import mt_metrics
 
 _DESCRIPTION = "Corpus chrF (sacrebleu defaults: nc=6, nw=0, beta=2) against one reference per prediction."
 _KWARGS = """

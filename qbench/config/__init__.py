@@ -1,0 +1,1 @@
+"""Configuration: the sweep schema, errors, the plugin registries, the generated config reference."""

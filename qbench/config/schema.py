@@ -1,0 +1,439 @@
+"""The sweep config: a strict schema, validated in one place before any model loads.
+
+Every problem becomes ``ConfigError('<file>: <key.path>: <message>')``: one line each, no traceback.
+Calibrator and sampler parameters are validated here too, through their registered classes.
+"""
+
+from __future__ import annotations
+
+import difflib
+import typing
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from qbench.config.errors import ConfigError, one_line
+from qbench.util.io import read_yaml_mapping
+
+
+class Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class ModelCfg(Strict):
+    source: str = Field(description="pkg:<python package>, a local directory, or a Hugging Face hub id")
+    pooling: Literal["mean", "cls"] = Field("mean", description="retrieval: how token states become one vector")
+    max_length: int = Field(128, ge=8, le=4096, description="tokens per input; longer inputs are truncated")
+    source_prefix: str = Field("", description="translation: put before every source, '{lang}' = the sample's "
+                                               "language (multilingual models: '>>{lang}<< ')")
+    opset: int = Field(17, ge=13, le=21, description="ONNX opset of the export (cached per opset)")
+
+
+class CalibSetCfg(Strict):
+    split: str = Field("calibration", description="a split name of the dataset manifest")
+    n: int = Field(512, ge=1, description="samples drawn by the sampler")
+    seed: int = Field(0, description="the sampler's seed")
+    sampler: dict[str, Any] = Field({"name": "random"}, description="{name: ..., <sampler parameters>}")
+
+
+class EvalSetCfg(Strict):
+    split: str = Field("evaluation", description="a split name of the dataset manifest")
+    n: int | None = Field(None, ge=2, description="first n samples of the split; null = all")
+    n_per_language: int | None = Field(None, ge=1, description="then at most this many per language, in file order")
+
+
+class DataCfg(Strict):
+    manifest: str = Field(description="the dataset manifest (YAML), relative to the config file")
+    calibration: CalibSetCfg = CalibSetCfg()
+    calibration_sets: dict[str, CalibSetCfg] = Field(
+        {}, description="named calibration sets crossed in the grid; replaces `calibration` when given")
+    evaluation: EvalSetCfg = EvalSetCfg()
+
+    def sets(self) -> dict[str, CalibSetCfg]:
+        return dict(self.calibration_sets) or {"default": self.calibration}
+
+
+class CalibrationCfg(Strict):
+    batch_size: int = Field(32, ge=1, description="samples per batch of the statistics pass")
+    histogram_bins: int = Field(2048, ge=128, le=1 << 16, description="bins of the activation histograms "
+                                "(entropy, percentile, MSE calibrators)")
+    histogram: Literal["lattice", "trt"] = Field(
+        "lattice", description="lattice: one pass, power-of-two bins; trt: two passes, bins over [0, absmax] as TensorRT")
+    weights: dict[str, Any] = Field({"name": "per_channel"}, description="weight rule: per_channel | per_tensor")
+    decoder_targets: Literal["reference", "fp32_greedy"] = Field(
+        "reference", description="translation: the decoder is calibrated by teacher forcing on these targets")
+
+
+class ExclusionCfg(Strict):
+    op_types: list[str] = Field([], description="ONNX op types whose nodes stay float, e.g. [Softmax]")
+    names: list[str] = Field([], description="regular expressions matched against node names")
+    roles: list[Literal["layernorm", "softmax", "embeddings", "lm_head", "attention_probs"]] = Field(
+        [], description="structural roles (qbench.quantize.roles); attention_probs is the old name of softmax")
+    only: list[str] = Field([], description="if given, only MatMul/Gemm nodes matching one of these regular "
+                                            "expressions are quantized (the rest stay float, their tensors untouched)")
+
+
+class VariantCfg(Strict):
+    calibrator: dict[str, Any] = Field(description="{name: ..., <calibrator parameters>} (qbench ls calibrators)")
+    exclusion: str = Field("none", description="an exclusion set name, a role name, or auto")
+    flavor: Literal["s8s8", "u8s8"] = Field("s8s8", description="activation/weight integer types")
+    calibration_set: str | None = Field(None, description="a data.calibration_sets name; default: the first set")
+
+
+Baseline = Literal["fp32", "fp16", "ort_dynamic", "ort_static"]
+ROLE_NAMES = ("layernorm", "softmax", "embeddings", "lm_head")
+
+
+class SweepCfg(Strict):
+    baselines: list[Baseline] = ["fp32", "ort_dynamic", "ort_static"]
+    calibrators: list[dict[str, Any]] = Field([{"name": "minmax"}], description="{name: ..., <parameters>} each; "
+                                              "crossed in the grid (qbench ls calibrators)")
+    exclusion_sets: dict[str, ExclusionCfg] = Field({}, description="named exclusion sets; 'none' is built in")
+    exclusions: list[str] = Field(["none"], description="exclusion set names crossed in the grid; a role name "
+                                  "(layernorm, softmax, embeddings, lm_head) or a list of them needs no definition")
+    flavors: list[Literal["s8s8", "u8s8"]] = Field(["s8s8"], description="s8s8: INT8 activations and weights "
+                                                   "(TensorRT); u8s8: UINT8 activations (ONNX Runtime CPU's fast path)")
+    extra: list[VariantCfg] = Field([], description="single variants outside the grid")
+    fp16_keep_fp32: ExclusionCfg = Field(
+        ExclusionCfg(roles=["layernorm", "softmax"]),
+        description="the fp16 baseline keeps these nodes in FP32 (as ModelOpt's AutoCast keeps reductions)")
+
+    @model_validator(mode="before")
+    @classmethod
+    def _role_shorthand(cls, data: Any) -> Any:
+        """``exclusions: [none, [layernorm, softmax], lm_head]``: role names stand for their own set.
+
+        The set is named by its roles joined with '+', so ``[layernorm, softmax]`` becomes
+        ``layernorm+softmax``; a set the user defined under that name wins.
+        """
+        if not isinstance(data, dict) or not isinstance(data.get("exclusion_sets") or {}, dict):
+            return data  # not a mapping: the fields' own validation says so, with the key path
+        sets = dict(data.get("exclusion_sets") or {})
+
+        def name_of(item: Any) -> Any:
+            roles = [item] if isinstance(item, str) else item
+            if not (isinstance(roles, list) and roles and all(isinstance(r, str) and r in ROLE_NAMES for r in roles)):
+                if isinstance(item, list):
+                    raise ValueError(f"a list in exclusions holds role names ({', '.join(ROLE_NAMES)}); got {item}")
+                return item
+            name = "+".join(roles)
+            if name not in sets and name != "none":
+                sets[name] = {"roles": roles}
+            return name
+
+        out = dict(data)
+        if isinstance(data.get("exclusions"), list):
+            out["exclusions"] = [name_of(x) for x in data["exclusions"]]
+        if isinstance(data.get("extra"), list):
+            out["extra"] = [{**x, "exclusion": name_of(x["exclusion"])} if isinstance(x, dict) and "exclusion" in x
+                            else x for x in data["extra"]]
+        if sets:
+            out["exclusion_sets"] = sets
+        return out
+
+    @field_validator("baselines")
+    @classmethod
+    def _fp32_first(cls, v: list[str]) -> list[str]:
+        if "fp32" not in v:
+            raise ValueError("must include 'fp32': every change is measured against it")
+        return v
+
+    def exclusion(self, name: str) -> ExclusionCfg:
+        # 'auto' starts from nothing excluded; the search (qbench.run.search) decides the rest.
+        return ExclusionCfg() if name in ("none", "auto") else self.exclusion_sets[name]
+
+
+class BackendCfg(Strict):
+    name: Literal["ort"] = Field("ort", description="the backend that evaluates and times variants")
+    threads: int = Field(2, ge=1, description="intra-op threads of each ONNX Runtime session")
+
+
+class LatencyCfg(Strict):
+    batch_sizes: list[int] = Field([1, 32], description="one latency measurement per batch size")
+    warmup: int = Field(3, ge=0, description="untimed runs per variant before each round")
+    runs: int = Field(10, ge=1, description="timed runs per variant per round")
+    rounds: int = Field(5, ge=1, description="round-robin rounds over all variants")
+
+
+class MeasureCfg(Strict):
+    eval_batch_size: int = Field(32, ge=1, description="retrieval: samples per batch of the evaluation")
+    latency: LatencyCfg = LatencyCfg()
+
+
+class GenerationCfg(Strict):
+    """translation: how every variant decodes (the same for all, so quality differences are the variant's)."""
+
+    num_beams: int = Field(1, ge=1, le=16, description="1: greedy decoding")
+    max_new_tokens: int = Field(128, ge=1, le=1024, description="generated tokens per output, at most")
+    batch_size: int = Field(32, ge=1, description="sources decoded together")
+
+
+class GateCfg(Strict):
+    """Pass/fail per variant: the drop against FP32 of ``metric`` stays within ``max_drop``."""
+
+    metric: Literal["bleu", "chrf", "accuracy_at_1"] = "bleu"
+    max_drop: float = Field(1.0, ge=0, description="in points: BLEU/chrF points, or percentage points of accuracy@1")
+    per: Literal["lang", "all"] = Field("lang", description="lang: every language must hold; all: the mean only")
+
+
+class TensorRTCfg(Strict):
+    """Also build every variant as a TensorRT engine (build-only where no supported GPU exists)."""
+
+    compute_capability: Literal["SM75", "SM80", "SM86", "SM89", "SM120"] = Field(
+        "SM89", description="TensorRT-RTX's build target; full TensorRT builds for the GPU it runs on")
+    build_timeout_s: int = Field(900, ge=10, description="a build still running after this fails its variant")
+    int8_mode: Literal["explicit", "implicit"] = Field(
+        "explicit", description="explicit: the QDQ ONNX, strongly typed (TensorRT >= 10, TensorRT-RTX); implicit: "
+                                "TensorRT <= 10 only, the FP32 ONNX plus qbench's table as a calibration cache "
+                                "(exclusions do not apply; unverified here)")
+
+
+class SearchCfg(Strict):
+    """``exclude: auto``: rank quantizable units by sensitivity, then exclude the most sensitive until the
+    gate holds on a scoring subset; confirmed by the variant's evaluation on the full evaluation set."""
+
+    granularity: Literal["block", "node"] = Field(
+        "block", description="block: nodes grouped by transformer sub-block (attention, FFN, lm_head); node: each")
+    split: str = Field("calibration", description="where the scoring subset comes from; calibration samples "
+                                                 "and evaluation samples are left out of it")
+    n: int | None = Field(None, ge=2, description="scoring subset size (retrieval, or languages pooled)")
+    n_per_language: int | None = Field(16, ge=1, description="translation: scoring samples per language")
+    seed: int = Field(0, description="draws the scoring subset")
+    task_metric: bool = Field(True, description="also score each unit's exclusion on the task metric")
+    prefer: Literal["latency", "fewest_exclusions"] = Field(
+        "latency", description="among candidates passing the gate: the fastest measured, or the fewest excluded")
+    max_evaluations: int = Field(24, ge=2, description="gate evaluations on the scoring subset, at most")
+    max_confirmations: int = Field(4, ge=1, description="candidates checked on the full evaluation set, at most")
+    units: list[str] = Field([], description="regular expressions: search only the units whose id matches "
+                                            "(the rest stay INT8); empty = every unit")
+
+
+class ExecutorCfg(Strict):
+    """Where variants run. ``isolate``: each variant's build and evaluation in a child process, so that a
+    crash, a hang or running out of memory fails that variant only. ``workers``: several variants at once
+    (each in its own child). ``kind: ray``: each variant a Ray task on a cluster; ``output.cache_dir`` and
+    the run directory must then be on a filesystem every node shares. Changing this section never blocks
+    ``--resume``."""
+
+    kind: Literal["local", "ray"] = Field("local", description="local: this machine (one variant after another, "
+                                          "or a pool of `workers` children); ray: Ray tasks on a cluster "
+                                          "(pip install \"qbench-workbench[ray]\"); `qbench sweep --executor` "
+                                          "overrides it")
+    isolate: bool = Field(False, description="run each variant in a child process (costs the child's start-up, "
+                                             "about a second per variant on a small model); always on with "
+                                             "workers > 1 or ray")
+    workers: int | None = Field(None, ge=1, description="variants at once. local: N > 1 runs a pool of N child "
+                                                        "processes (null: 1); ray: at most N tasks in flight "
+                                                        "(null: all, the cluster's resources decide)")
+    timeout_s: int | None = Field(None, ge=1, description="with isolate, workers or ray: a variant still running "
+                                                         "after this fails (null: no limit)")
+    memory_mb: int | None = Field(None, ge=256, description="with isolate, workers or ray: the child's address-space "
+                                                           "limit (RLIMIT_AS; null: no limit); ray also requests "
+                                                           "it as the task's memory")
+    address: str | None = Field(None, description="ray: the cluster to join: auto (the one `ray start` runs on "
+                                                  "this machine, or RAY_ADDRESS), HOST:PORT of its head, or null "
+                                                  "(RAY_ADDRESS if set, else a private Ray instance on this "
+                                                  "machine for this sweep)")
+    cpus_per_job: float | None = Field(None, gt=0, description="ray: CPUs each variant's task requests "
+                                                               "(num_cpus; null: backend.threads, the threads "
+                                                               "its ONNX Runtime sessions run)")
+    gpus_per_job: float = Field(0, ge=0, description="ray: GPUs each variant's task requests (num_gpus); Ray pins "
+                                                     "CUDA_VISIBLE_DEVICES per task and the variant's child "
+                                                     "inherits it")
+
+
+class OutputCfg(Strict):
+    dir: str = Field("reports", description="runs are written to <dir>/<name>/<run id>/")
+    cache_dir: str = Field(".qbench-cache", description="exports, statistics and QDQ artifacts, reused by content "
+                                                      "key (env QBENCH_CACHE overrides)")
+
+
+class SweepConfig(Strict):
+    name: str = Field(pattern=r"^[A-Za-z0-9_.-]+$", description="the sweep's name: the run directory's parent")
+    task: Literal["retrieval", "translation"] = Field("retrieval", description="what the model does, and so how "
+                                                      "variants are evaluated")
+    model: ModelCfg
+    data: DataCfg
+    calibration: CalibrationCfg = CalibrationCfg()
+    sweep: SweepCfg = SweepCfg()
+    backend: BackendCfg = BackendCfg()
+    measure: MeasureCfg = MeasureCfg()
+    tensorrt: TensorRTCfg | None = None
+    generation: GenerationCfg = GenerationCfg()
+    gate: GateCfg | None = None
+    search: SearchCfg = SearchCfg()
+    executor: ExecutorCfg = ExecutorCfg()
+    output: OutputCfg = OutputCfg()
+    # Set by load_config, not by the user: where relative paths are resolved from.
+    base_dir: str = Field("", exclude=True)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _task_defaults(cls, data: Any) -> Any:
+        # ONNX Runtime's static quantizer takes one graph: translation's default baselines leave it out
+        # (naming it explicitly is still an error, reported with the others).
+        if isinstance(data, dict) and data.get("task") == "translation":
+            sweep = data.get("sweep", {})
+            if isinstance(sweep, dict) and "baselines" not in sweep:
+                data = {**data, "sweep": {**sweep, "baselines": ["fp32", "ort_dynamic"]}}
+        return data
+
+    def manifest_path(self) -> Path:
+        return (Path(self.base_dir) / self.data.manifest).resolve()
+
+    def model_source(self) -> str:
+        """The model source with a relative local path resolved against the config's folder."""
+        src = self.model.source
+        if src.startswith((".", "~")) or (not src.startswith("pkg:") and (Path(self.base_dir) / src).is_dir()):
+            return str((Path(self.base_dir) / Path(src).expanduser()).resolve())
+        return src
+
+
+def _loc(loc: tuple) -> str:
+    out = ""
+    for part in loc:
+        out += f"[{part}]" if isinstance(part, int) else (f".{part}" if out else str(part))
+    return out or "(top level)"
+
+
+def _fields_at(model: type[BaseModel], loc: tuple) -> list[str]:
+    """Field names of the sub-model that ``loc`` points into, for did-you-mean on unknown keys."""
+    cur: Any = model
+    skip_key = False
+    for part in loc[:-1]:
+        if skip_key or isinstance(part, int):  # a dict key or a list index: same model below it
+            skip_key = False
+            continue
+        f = cur.model_fields.get(part)
+        if f is None:
+            return []
+        ann = f.annotation
+        skip_key = typing.get_origin(ann) is dict
+        cur = next((a for a in (ann, *typing.get_args(ann)) if isinstance(a, type) and issubclass(a, BaseModel)),
+                   None)
+        if cur is None:
+            return []
+    return [k for k in cur.model_fields if k != "base_dir"]
+
+
+def format_errors(err: ValidationError, file: str, model: type[BaseModel], prefix: tuple = ()) -> list[str]:
+    lines = []
+    for e in err.errors():
+        loc = prefix + tuple(e["loc"])
+        if e["type"] == "extra_forbidden":
+            known = _fields_at(model, tuple(e["loc"]))
+            close = difflib.get_close_matches(str(loc[-1]), known, n=1)
+            msg = "unknown key" + (f" (did you mean '{close[0]}'?)" if close else "")
+        elif e["type"] == "missing":
+            msg = "required key is missing"
+        else:
+            msg = e["msg"]
+        lines.append(f"{file}: {_loc(loc)}: {msg}")
+    return lines
+
+
+def _check_plugins(cfg: SweepConfig, file: str) -> list[str]:
+    """Instantiate every calibrator and sampler once, so bad parameters fail before any model loads."""
+    from qbench.config import registry
+
+    problems: list[str] = []
+    entries = [(("sweep", "calibrators", i), c) for i, c in enumerate(cfg.sweep.calibrators)]
+    entries += [(("sweep", "extra", i, "calibrator"), v.calibrator) for i, v in enumerate(cfg.sweep.extra)]
+    for loc, spec in entries:
+        problems += _instantiate(registry.calibrators, spec, loc, file)
+    if cfg.data.calibration_sets and "calibration" in cfg.data.model_fields_set:
+        problems.append(f"{file}: data.calibration: give either data.calibration or data.calibration_sets, not both")
+    for name, cs in cfg.data.sets().items():
+        loc = ("data", "calibration_sets", name) if cfg.data.calibration_sets else ("data", "calibration")
+        problems += _instantiate(registry.samplers, cs.sampler, loc + ("sampler",), file)
+    for i, v in enumerate(cfg.sweep.extra):
+        if v.calibration_set is not None and v.calibration_set not in cfg.data.sets():
+            problems.append(f"{file}: {_loc(('sweep', 'extra', i, 'calibration_set'))}: unknown calibration set "
+                            f"'{v.calibration_set}' (defined: {', '.join(cfg.data.sets())})")
+    problems += _instantiate(registry.weight_rules, cfg.calibration.weights, ("calibration", "weights"), file)
+    problems += _check_task(cfg, file)
+    known = ["none", "auto", *cfg.sweep.exclusion_sets]
+    uses_auto = "auto" in cfg.sweep.exclusions or any(v.exclusion == "auto" for v in cfg.sweep.extra)
+    if uses_auto and cfg.gate is None:
+        problems.append(f"{file}: sweep.exclusions: 'auto' searches for the fastest variant within the gate's "
+                        "budget; add a gate section (e.g. gate: {metric: bleu, max_drop: 1.0, per: lang})")
+    refs = [(("sweep", "exclusions", i), x) for i, x in enumerate(cfg.sweep.exclusions)]
+    refs += [(("sweep", "extra", i, "exclusion"), v.exclusion) for i, v in enumerate(cfg.sweep.extra)]
+    for loc, name in refs:
+        if name not in known:
+            close = difflib.get_close_matches(name, known, n=1)
+            hint = f" (did you mean '{close[0]}'?)" if close else f" (defined: {', '.join(known)})"
+            problems.append(f"{file}: {_loc(loc)}: unknown exclusion set '{name}'{hint}")
+    return problems
+
+
+def _check_task(cfg: SweepConfig, file: str) -> list[str]:
+    """Settings that only one task understands."""
+    problems = []
+    if cfg.task == "translation":
+        if "ort_static" in cfg.sweep.baselines:
+            problems.append(f"{file}: sweep.baselines: ort_static is not available for translation "
+                            "(ONNX Runtime's static quantizer takes one graph; use qbench calibrators)")
+        if cfg.gate is not None and cfg.gate.metric == "accuracy_at_1":
+            problems.append(f"{file}: gate.metric: translation is gated on bleu or chrf")
+    else:
+        if cfg.gate is not None and cfg.gate.metric != "accuracy_at_1":
+            problems.append(f"{file}: gate.metric: retrieval is gated on accuracy_at_1")
+        if cfg.gate is not None and cfg.gate.per == "lang":
+            problems.append(f"{file}: gate.per: retrieval has no languages; use per: all")
+    return problems
+
+
+def _instantiate(reg, spec: dict, loc: tuple, file: str) -> list[str]:
+    spec = dict(spec)
+    name = spec.pop("name", None)
+    if not isinstance(name, str):
+        return [f"{file}: {_loc(loc + ('name',))}: required key is missing"]
+    try:
+        cls = reg.get(name)
+    except ConfigError as e:
+        return [f"{file}: {_loc(loc + ('name',))}: {e}"]
+    try:
+        cls(**spec)
+    except ValidationError as e:
+        return format_errors(e, file, cls, loc)
+    return []
+
+
+def build_plugin(reg, spec: dict):
+    spec = dict(spec)
+    return reg.get(spec.pop("name"))(**spec)
+
+
+def load_config(path: str | Path) -> SweepConfig:
+    path = Path(path)
+    file = str(path)
+    raw = read_yaml_mapping(path, "config file")
+    bad = [k for k in raw if not isinstance(k, str)]  # YAML allows null, number and list keys
+    if bad:
+        raise ConfigError(one_line(f"{file}: {str(bad[0])[:40]!r}: unknown key (keys are names, e.g. 'model')"))
+    if "base_dir" in raw:
+        raise ConfigError(f"{file}: base_dir: unknown key")
+    try:
+        cfg = SweepConfig(**raw, base_dir=str(path.resolve().parent))
+    except ValidationError as e:
+        raise ConfigError("\n".join(map(one_line, format_errors(e, file, SweepConfig)))) from None
+    problems = _check_plugins(cfg, file)
+    from qbench.config.errors import ModelError
+    from qbench.models.export import resolve_source
+
+    try:
+        resolve_source(cfg.model_source())  # local paths and pkg: sources are checked now, hub ids at load time
+    except ModelError as e:
+        problems.append(f"{file}: model.source: {e}")
+    except (OSError, ValueError, RuntimeError) as e:  # a NUL byte, a name too long, an unknown ~user
+        problems.append(f"{file}: model.source: not a usable path ({e})")
+    try:
+        if not cfg.manifest_path().is_file():
+            problems.append(f"{file}: data.manifest: file not found: {cfg.manifest_path()}")
+    except (OSError, ValueError, RuntimeError) as e:
+        problems.append(f"{file}: data.manifest: not a usable path ({e})")
+    if problems:  # one line each: a key or name with a line break in it cannot split one in two
+        raise ConfigError("\n".join(map(one_line, problems)))
+    return cfg

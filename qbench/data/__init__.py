@@ -1,0 +1,1 @@
+"""Data: dataset manifests and their splits, read into samples (samplers live in calibrators/)."""

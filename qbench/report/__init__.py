@@ -1,0 +1,1 @@
+"""Results and reports: the results tables, the release verdict, HTML and Markdown."""

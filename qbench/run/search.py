@@ -1,0 +1,430 @@
+"""``exclude: auto``: per-unit sensitivity, then the fastest variant whose quality drop stays in budget.
+
+1. **Units.** The MatMul/Gemm nodes an all-INT8 variant quantizes, grouped by transformer sub-block
+   (``.../layers.3/self_attn``, ``.../layer.0/intermediate``, ``/lm_head``) or one per node.
+2. **Sensitivity**, on a fixed scoring subset held out of calibration and evaluation, against FP32:
+   each unit alone quantized (``quantize_only``) and each unit alone kept float in an otherwise all-INT8
+   model (``exclude_only``). Fidelity is the SQNR of the outputs (embeddings; decoder logits under teacher
+   forcing on FP32's own greedy outputs) and, for translation, the KL divergence of the next-token
+   distributions, per language. ``task_metric`` adds the task score of each ``exclude_only`` model.
+   Every model reuses the sweep's calibration table: nothing is re-calibrated per unit.
+3. **Search.** Units ranked by how much excluding them alone reduces the error of the all-INT8 model.
+   Candidate k excludes the top k. k = 0, 1, 2, 4, ... until the gate holds on the scoring subset, then
+   bisection between the last failing and the first passing k (the smallest passing k, if passing is
+   monotone in k). Among the passing candidates, the fastest by measured latency (``prefer: latency``) or
+   the one with fewest exclusions is chosen. The variant's own evaluation on the full evaluation set is
+   the confirmation; the manifest records the trace, the ranking and the chosen exclusions.
+
+Everything is deterministic for a given config: the subset is drawn with ``search.seed``, ties in the
+ranking break by unit name, and ONNX Runtime runs the same graphs on the same inputs.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import re
+import tempfile
+import time
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+
+import numpy as np
+
+from qbench.config.schema import ExclusionCfg
+from qbench.config.errors import ConfigError, DataError
+
+# A transformer sub-block: the path up to the layer index and one component more.
+_BLOCK = re.compile(r"^(.*?(?:layers?|blocks?|h)\.\d+/[^/]+)/")
+
+
+@dataclass(frozen=True)
+class Unit:
+    id: str                  # "<graph>:<block path>" or "<block path>" for a one-graph model
+    graph: str               # "model", "encoder", "decoder"
+    nodes: tuple[str, ...]
+
+
+def units(models: dict[str, object], granularity: str, only: list[str] = ()) -> list[Unit]:
+    """The quantizable units of every graph, in graph order (``only``: ids matching one of these regexes)."""
+    from qbench.quantize.qdq import plan
+
+    out: list[Unit] = []
+    for graph, model in models.items():
+        chosen, _ = plan(model, ExclusionCfg())
+        groups: dict[str, list[str]] = {}
+        for n in chosen:
+            if granularity == "node":
+                key = n.name
+            else:
+                m = _BLOCK.match(n.name)
+                key = m.group(1) if m else (n.name.rsplit("/", 1)[0] or n.name)
+            groups.setdefault(key, []).append(n.name)
+        pre = "" if graph == "model" else f"{graph}:"
+        out += [Unit(f"{pre}{k}", graph, tuple(v)) for k, v in groups.items()]
+    if only:
+        rx = [re.compile(p) for p in only]
+        out = [u for u in out if any(r.search(u.id) for r in rx)]
+        if not out:
+            raise ConfigError(f"search.units: no unit id matches {list(only)}")
+    return out
+
+
+def _exact(names) -> list[str]:
+    return [f"^{re.escape(n)}$" for n in sorted(names)]
+
+
+def exclusion_for(excluded: list[Unit], only: list[Unit] | None = None) -> ExclusionCfg:
+    """The exclusion set that keeps ``excluded`` float (or quantizes ``only``)."""
+    if only is not None:
+        return ExclusionCfg(only=_exact(n for u in only for n in u.nodes))
+    return ExclusionCfg(names=_exact(n for u in excluded for n in u.nodes))
+
+
+# --------------------------------------------------------------------------------------- scoring subset
+
+
+def scoring_subset(ctx) -> list:
+    """Samples of ``search.split`` that are in no calibration set and not in the evaluation set."""
+    from qbench.data.manifest import load_manifest, load_split
+
+    sc = ctx.cfg.search
+    taken = {s.id for ss in ctx.calib_sets.values() for s in ss} | {s.id for s in ctx.evalset}
+    pool = [s for s in load_split(load_manifest(ctx.cfg.manifest_path()), sc.split) if s.id not in taken]
+    order = np.random.default_rng(sc.seed).permutation(len(pool))
+    pool = [pool[i] for i in order]
+    if ctx.cfg.task == "translation" and sc.n_per_language:
+        seen: dict[str, int] = {}
+        kept = []
+        for s in pool:
+            seen[s.language] = seen.get(s.language, 0) + 1
+            if seen[s.language] <= sc.n_per_language:
+                kept.append(s)
+        pool = kept
+    if sc.n:
+        pool = pool[:sc.n]
+    if len(pool) < 2:
+        raise DataError(f"search: the scoring subset from split '{sc.split}' is empty once calibration and "
+                        "evaluation samples are left out; set search.split to another split")
+    return sorted(pool, key=lambda s: s.id)
+
+
+# --------------------------------------------------------------------------------------------- scorers
+
+
+def _sqnr_db(ref: np.ndarray, x: np.ndarray) -> float:
+    noise = float(((ref - x) ** 2).sum())
+    return float("inf") if noise == 0 else 10 * np.log10(float((ref ** 2).sum()) / noise)
+
+
+class RetrievalScorer:
+    """Embeddings of the subset's queries and documents; quality = accuracy@1 in points, no languages."""
+
+    def __init__(self, ctx, subset):
+        self.ctx, self.subset = ctx, subset
+        self.base = self._embed(ctx.fp32)
+        self.base_quality = self._quality(self.base)
+
+    def _embed(self, art: Path) -> np.ndarray:
+        from qbench.run.sweep import embed_pairs
+
+        q, d, _ = embed_pairs(self.ctx, art, self.subset)
+        return np.concatenate([q, d])
+
+    def _quality(self, emb: np.ndarray) -> dict[str, float]:
+        from qbench.tasks.retrieval import retrieval_metrics
+
+        n = len(self.subset)
+        return {"all": retrieval_metrics(emb[:n], emb[n:])["accuracy_at_1"] * 100}
+
+    def full_quality(self, art: Path) -> tuple[dict[str, float], dict[str, float]]:
+        """(candidate, FP32) accuracy@1 in points on the sweep's evaluation set."""
+        from qbench.tasks.retrieval import retrieval_metrics
+        from qbench.run.sweep import embed_pairs
+
+        q, d, _ = embed_pairs(self.ctx, art, self.ctx.evalset)
+        return {"all": retrieval_metrics(q, d)["accuracy_at_1"] * 100}, {"all": self.ctx.fp32_quality * 100}
+
+    def score(self, art: Path, quality: bool = True) -> dict:
+        emb = self._embed(art)
+        err = float(((emb - self.base) ** 2).sum() / (self.base ** 2).sum())
+        out = {"error": err, "fidelity": {"sqnr_db": {"all": _sqnr_db(self.base, emb)}}}
+        if quality:
+            out["quality"] = self._quality(emb)
+        return out
+
+
+class TranslationScorer:
+    """Teacher-forced logits on FP32's greedy outputs (fidelity) and decoded BLEU/chrF (quality), per language."""
+
+    def __init__(self, ctx, subset):
+        from qbench.tasks import translation as tr
+
+        self.ctx, self.subset, self.tr = ctx, subset, tr
+        self.langs = [s.language for s in subset]
+        self.metric = ctx.cfg.gate.metric
+        gen = tr.generator(ctx, ctx.fp32)
+        self.hyps0 = tr.translate(ctx, gen, subset)
+        self.targets = [t or [ctx.spec.eos_token_id] for t in tr._target_ids(ctx, self.hyps0)]
+        self.base_logits = self._logits(gen)
+        self.base_quality = self._quality(self.hyps0, subset)
+
+    def _logits(self, gen) -> list[tuple[np.ndarray, np.ndarray]]:
+        """Per batch: (logits over real target positions [tokens, vocab], row of each token)."""
+        out = []
+        bs = self.ctx.cfg.generation.batch_size
+        for k in range(0, len(self.subset), bs):
+            rows = list(range(k, min(k + bs, len(self.subset))))
+            enc = self.ctx.tokenizer.encode_batch(self.tr.sources(self.ctx, [self.subset[i] for i in rows]))
+            df = gen.teacher_forced(enc["input_ids"], enc["attention_mask"], [self.targets[i] for i in rows])
+            logits = gen.decoder.infer(df.feeds)[gen.decoder.output_names.index("logits")]
+            mask = df.token_mask
+            # float32: the FP32 reference of a multilingual subset is some 10^4 tokens x vocabulary
+            out.append((logits[mask].astype(np.float32), np.asarray(rows)[np.nonzero(mask)[0]]))
+        return out
+
+    def _quality(self, hyps: list[str], samples) -> dict[str, float]:
+        """The gate's metric per language and overall ('all': the macro mean)."""
+        from qbench.tasks import mt_metrics as mm
+
+        langs = [s.language for s in samples]
+        return self._scores(mm.sample_stats_by_lang(hyps, [s.reference for s in samples], langs), langs)
+
+    def _scores(self, stats, langs) -> dict[str, float]:
+        from qbench.tasks import mt_metrics as mm
+
+        d = mm.score_stats(stats, langs)
+        d = d[d.metric == self.metric]
+        return dict(zip(d.lang, d.value.astype(float)))
+
+    def full_quality(self, art: Path) -> tuple[dict[str, float], dict[str, float]]:
+        """(candidate, FP32) scores per language on the sweep's evaluation set; the candidate's outputs are
+        kept so that the variant's own evaluation does not decode them again."""
+        ctx = self.ctx
+        t0 = time.perf_counter()
+        hyps = self.tr.translate(ctx, self.tr.generator(ctx, art), ctx.evalset)
+        ctx.decoded[str(art)] = (hyps, time.perf_counter() - t0)
+        return self._quality(hyps, ctx.evalset), self._scores(ctx.fp32_stats, [s.language for s in ctx.evalset])
+
+    def score(self, art: Path, quality: bool = True) -> dict:
+        gen = self.tr.generator(self.ctx, art)  # one pair of sessions for the logits and the decoding
+        logits = self._logits(gen)
+        kl_by_lang: dict[str, list[float]] = {}
+        num = den = 0.0
+        for (ref, rows), (x, _) in zip(self.base_logits, logits):
+            p = _log_softmax(ref)
+            q = _log_softmax(x)
+            kl = (np.exp(p) * (p - q)).sum(axis=1, dtype=np.float64)
+            for r, v in zip(rows, kl):
+                kl_by_lang.setdefault(self.langs[r], []).append(float(v))
+            num += float(((ref - x) ** 2).sum(dtype=np.float64))
+            den += float((ref ** 2).sum(dtype=np.float64))
+        kl = {lang: float(np.mean(v)) for lang, v in sorted(kl_by_lang.items())}
+        kl["all"] = float(np.mean([v for vs in kl_by_lang.values() for v in vs]))
+        sqnr = float("inf") if num == 0 else 10 * np.log10(den / num)
+        out = {"error": kl["all"], "fidelity": {"kl": kl, "sqnr_db": {"all": sqnr}}}
+        if quality:
+            out["quality"] = self._quality(self.tr.translate(self.ctx, gen, self.subset), self.subset)
+        return out
+
+
+def _log_softmax(x: np.ndarray) -> np.ndarray:
+    x = x - x.max(axis=1, keepdims=True)
+    return x - np.log(np.exp(x).sum(axis=1, keepdims=True))
+
+
+# --------------------------------------------------------------------------------------------- the search
+
+
+@dataclass
+class Search:
+    ctx: object
+    variant: object
+    scorer: object
+    units: list[Unit]
+    evaluations: int = 0
+    trace: list[dict] = field(default_factory=list)
+    sensitivity: list[dict] = field(default_factory=list)
+    confirmations: list[dict] = field(default_factory=list)
+
+    def build(self, excl: ExclusionCfg, out_dir: Path | None = None) -> Path:
+        """The QDQ artifact of this variant with ``excl``: the sweep's table, cached by content (or in
+        ``out_dir``)."""
+        from qbench.run.sweep import task_module
+
+        return task_module(self.ctx).build_variant(self.ctx, replace(self.variant, exclusion_cfg=excl), out_dir)[0]
+
+    def score_throwaway(self, excl: ExclusionCfg, quality: bool) -> dict:
+        """Score a sensitivity model, built in a scratch directory and deleted once scored. Two such models
+        per unit are never an answer, so they stay out of the cache: on a 1 GB translation model with 30
+        units, cached they would leave 60 GB behind."""
+        with tempfile.TemporaryDirectory(prefix=".scratch-", dir=self.ctx.cache) as d:
+            return self.scorer.score(self.build(excl, Path(d)), quality=quality)
+
+    def gate(self, quality: dict[str, float], base: dict[str, float] | None = None) -> tuple[bool, float, str]:
+        """(pass, worst drop in points, where) against FP32's ``base`` (default: on the scoring subset)."""
+        g = self.ctx.cfg.gate
+        base = self.scorer.base_quality if base is None else base
+        keys = [k for k in base if k != "all"] if g.per == "lang" and len(base) > 1 else ["all"]
+        drops = {k: base[k] - quality[k] for k in keys}
+        where = max(sorted(drops), key=lambda k: drops[k])
+        return drops[where] <= g.max_drop, drops[where], where
+
+    def run_sensitivity(self) -> list[Unit]:
+        """Score every unit both ways; return the units ranked most sensitive first."""
+        task = self.ctx.cfg.search.task_metric
+        all8 = self.scorer.score(self.build(ExclusionCfg()), quality=False)
+        self._record("all_int8", "", all8)
+        gain = {}
+        for u in self.units:
+            q_only = self.score_throwaway(exclusion_for([], only=[u]), quality=False)
+            self._record("quantize_only", u.id, q_only)
+            ex = self.score_throwaway(exclusion_for([u]), quality=task)
+            self._record("exclude_only", u.id, ex)
+            gain[u.id] = all8["error"] - ex["error"]
+        return sorted(self.units, key=lambda u: (-gain[u.id], u.id))
+
+    def _record(self, mode: str, unit: str, res: dict) -> None:
+        for metric, by in res["fidelity"].items():
+            for lang, v in by.items():
+                self.sensitivity.append({"mode": mode, "unit": unit, "metric": metric, "lang": lang, "value": v})
+        for lang, v in res.get("quality", {}).items():
+            self.sensitivity.append({"mode": mode, "unit": unit, "metric": "quality", "lang": lang, "value": v})
+
+    def step(self, ranked: list[Unit], k: int) -> dict:
+        t0 = time.perf_counter()
+        art = self.build(exclusion_for(ranked[:k]))
+        res = self.scorer.score(art, quality=True)
+        ok, drop, where = self.gate(res["quality"])
+        self.evaluations += 1
+        row = {"k": k, "excluded_units": [u.id for u in ranked[:k]],
+               "excluded_linear_nodes": sum(len(u.nodes) for u in ranked[:k]),
+               "quality_all": res["quality"].get("all"), "worst_drop": drop, "worst": where, "pass": ok,
+               "error": res["error"], "seconds": round(time.perf_counter() - t0, 2), "artifact": str(art)}
+        self.trace.append(row)
+        return row
+
+    def confirm(self, k: int) -> bool:
+        """The candidate's gate on the full evaluation set (the variant's own evaluation reuses its outputs)."""
+        t0 = time.perf_counter()
+        row = next(r for r in self.trace if r["k"] == k)
+        quality, base = self.scorer.full_quality(Path(row["artifact"]))
+        ok, drop, where = self.gate(quality, base)
+        self.confirmations.append({"k": k, "worst_drop": drop, "worst": where, "pass": ok,
+                                   "quality_all": quality.get("all"), "seconds": round(time.perf_counter() - t0, 2)})
+        return ok
+
+    def search(self, ranked: list[Unit]) -> dict:
+        limit = self.ctx.cfg.search.max_evaluations
+        n = len(ranked)
+        tried: dict[int, dict] = {}
+
+        def at(k: int) -> dict:
+            if k not in tried:
+                tried[k] = self.step(ranked, k)
+            return tried[k]
+
+        lo, hi, k = -1, None, 0
+        while hi is None and self.evaluations < limit:  # 0, 1, 2, 4, ... until it passes
+            if at(k)["pass"]:
+                hi = k
+            else:
+                lo = k
+                if k == n:
+                    break
+                k = min(n, max(1, 2 * k))
+        while hi is not None and hi - lo > 1 and self.evaluations < limit:  # bisection
+            mid = (lo + hi) // 2
+            if at(mid)["pass"]:
+                hi = mid
+            else:
+                lo = mid
+        # k = n keeps every unit float: that is FP32 with extra steps, not an answer.
+        passing = sorted(k for k, r in tried.items() if r["pass"] and k < n)
+        if not passing:
+            raise DataError(f"search: no candidate with INT8 left passed the gate on the scoring subset "
+                            f"({self.evaluations} evaluations, up to {max(tried)} of {n} units float)")
+        return {"passing": passing, "smallest": passing[0]}
+
+
+def order(s: Search, passing: list[int]) -> tuple[list[int], dict]:
+    """Passing candidates in the order to confirm them: fastest first by side-by-side latency, or fewest
+    exclusions first."""
+    ctx = s.ctx
+    if ctx.cfg.search.prefer == "fewest_exclusions" or len(passing) == 1:
+        return list(passing), {}
+    from qbench.backends.measure import interleaved
+    from qbench.run.sweep import latency_session
+
+    rows = {r["k"]: r for r in s.trace}
+    b = min(ctx.latency_feeds)
+    lat = ctx.cfg.measure.latency
+    sessions = {}
+    try:
+        for k in passing:
+            sessions[k] = latency_session(ctx, Path(rows[k]["artifact"]))
+        res = interleaved(sessions, ctx.latency_feeds[b], lat.warmup, lat.runs, lat.rounds)
+    finally:
+        for sess in sessions.values():
+            sess.close()
+    p50 = {k: r["latency_p50_ms"] for k, r in res.items() if isinstance(r, dict)}
+    ranked = sorted(p50, key=lambda k: (p50[k], k)) + [k for k in passing if k not in p50]
+    return ranked, {f"k={k}": v for k, v in p50.items()} | {"batch": b}
+
+
+def pick(s: Search, ranked: list[Unit], passing: list[int]) -> tuple[int, dict]:
+    """Confirm candidates on the full evaluation set in preference order; when none holds there, keep
+    excluding more (halfway from the largest candidate tried to every unit float, and again) and confirm
+    what passes."""
+    sc = s.ctx.cfg.search
+    cands, latency = order(s, passing)
+    for k in cands:
+        if len(s.confirmations) >= sc.max_confirmations:
+            break
+        if s.confirm(k):
+            return k, latency
+    lo, n = max(passing), len(ranked)
+    while lo < n - 1 and s.evaluations < sc.max_evaluations and len(s.confirmations) < sc.max_confirmations:
+        k = min(n - 1, lo + max(1, (n - lo) // 2))  # halve the distance to "every unit float", never reach it
+        row = next((r for r in s.trace if r["k"] == k), None) or s.step(ranked, k)
+        if row["pass"] and k not in {c["k"] for c in s.confirmations} and s.confirm(k):
+            return k, latency
+        lo = k
+    raise DataError(f"search: no candidate with INT8 left held the gate on the full evaluation set "
+                    f"({len(s.confirmations)} confirmation(s), {s.evaluations} subset evaluations)")
+
+
+def resolve(ctx, v) -> tuple[object, dict]:
+    """Run the search for one ``exclude: auto`` variant: (the variant with its chosen exclusions, manifest info)."""
+    if ctx.cfg.gate is None:
+        raise ConfigError("search: exclude: auto needs a gate (the quality budget)")
+    t0 = time.perf_counter()
+    subset = scoring_subset(ctx)
+    models = ({c: ctx.fp32_model(c) for c in ("encoder", "decoder")} if ctx.cfg.task == "translation"
+              else {"model": ctx.fp32_model()})
+    us = units(models, ctx.cfg.search.granularity, ctx.cfg.search.units)
+    scorer = (TranslationScorer if ctx.cfg.task == "translation" else RetrievalScorer)(ctx, subset)
+    s = Search(ctx, v, scorer, us)
+    info: dict = {
+        "granularity": ctx.cfg.search.granularity, "units": len(us),
+        "scoring_subset": {"split": ctx.cfg.search.split, "n": len(subset), "seed": ctx.cfg.search.seed,
+                           "ids_sha256": hashlib.sha256(json.dumps([x.id for x in subset]).encode()).hexdigest()},
+        "base_quality": scorer.base_quality, "prefer": ctx.cfg.search.prefer,
+    }
+    ctx.manifest["variants"][v.id]["search"] = info  # kept, with the trace so far, if the search fails
+    ctx.search_sensitivity[v.id] = s.sensitivity
+    try:
+        ranked = s.run_sensitivity()
+        info["ranking"] = [u.id for u in ranked]
+        found = s.search(ranked)
+        k, latency = pick(s, ranked, found["passing"])
+    finally:
+        info["trace"] = [{kk: vv for kk, vv in r.items() if kk != "artifact"} for r in s.trace]
+        info["confirmations"] = s.confirmations
+        info["evaluations"] = s.evaluations
+        info["models_scored"] = 1 + 2 * len(us) + s.evaluations
+        info["seconds"] = round(time.perf_counter() - t0, 1)
+    excl = exclusion_for(ranked[:k])
+    info.update({"passing": found["passing"], "smallest_passing": found["smallest"], "chosen_k": k,
+                 "chosen_units": [u.id for u in ranked[:k]], "latency_p50_ms": latency})
+    return replace(v, exclusion_cfg=excl), info

@@ -1,0 +1,80 @@
+"""Expand a SweepConfig into the variant table: baselines + calibrator x exclusion x flavor (+ extras)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from qbench.calib import Calibrator
+from qbench.config.schema import ExclusionCfg, SweepConfig, build_plugin
+
+
+@dataclass(frozen=True)
+class Variant:
+    id: str
+    kind: str                       # "baseline" | "qbench"
+    baseline: str = ""              # fp32 | ort_dynamic | ort_static
+    calibrator: Calibrator | None = None
+    exclusion: str = "none"
+    exclusion_cfg: ExclusionCfg = field(default_factory=ExclusionCfg)
+    flavor: str = ""
+    backend: str = "ort"
+    calib_set: str = "default"
+
+    def signature(self, calib_set: str) -> str:
+        """sacrebleu-style provenance string carried by every score of this variant."""
+        if self.kind == "baseline":
+            return f"baseline:{self.baseline}|be:{self.backend}"
+        assert self.calibrator is not None
+        return (f"cal:{self.calibrator.signature()}|set:{calib_set}|excl:{self.exclusion}"
+                f"|flavor:{self.flavor}|be:{self.backend}")
+
+    def describe(self) -> dict:
+        return {
+            "variant": self.id,
+            "kind": self.kind,
+            "calibrator": self.calibrator.signature() if self.calibrator else self.baseline,
+            "exclusion": self.exclusion if self.kind == "qbench" else "",
+            "flavor": self.flavor,
+            "backend": self.backend,
+            "calibration_set": self.calib_set if self.kind == "qbench" else "",
+        }
+
+
+def expand(cfg: SweepConfig) -> list[Variant]:
+    from qbench.config import registry
+
+    be = cfg.backend.name
+    # The fp16 baseline carries the nodes it keeps in FP32 as its exclusion, so the TensorRT layer
+    # report checks them like any other exclusion.
+    out = [Variant(id=b, kind="baseline", baseline=b, backend=be,
+                   exclusion_cfg=cfg.sweep.fp16_keep_fp32 if b == "fp16" else ExclusionCfg())
+           for b in cfg.sweep.baselines]
+    sets = list(cfg.data.sets())
+    combos = [
+        (c, ex, fl, cs)
+        for cs in sets
+        for c in cfg.sweep.calibrators
+        for ex in cfg.sweep.exclusions
+        for fl in cfg.sweep.flavors
+    ]
+    combos += [(v.calibrator, v.exclusion, v.flavor, v.calibration_set or sets[0]) for v in cfg.sweep.extra]
+    seen: set[str] = set()
+    for spec, ex, fl, cs in combos:
+        cal = build_plugin(registry.calibrators, spec)
+        # The set joins the id only when there is a choice, so single-set ids stay short and stable.
+        vid = f"{cal.signature()}+{ex}+{fl}" + (f"@{cs}" if len(sets) > 1 else "")
+        if vid in seen:
+            continue
+        seen.add(vid)
+        out.append(Variant(id=vid, kind="qbench", calibrator=cal, exclusion=ex,
+                           exclusion_cfg=cfg.sweep.exclusion(ex), flavor=fl, backend=be, calib_set=cs))
+    return out
+
+
+def format_table(variants: list[Variant]) -> str:
+    rows = [v.describe() for v in variants]
+    cols = ["variant", "kind", "calibrator", "exclusion", "flavor", "calibration_set", "backend"]
+    widths = {c: max(len(c), *(len(str(r[c])) for r in rows)) for c in cols}
+    lines = ["  ".join(c.ljust(widths[c]) for c in cols)]
+    lines += ["  ".join(str(r[c]).ljust(widths[c]) for c in cols) for r in rows]
+    return "\n".join(lines)

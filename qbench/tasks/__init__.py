@@ -1,0 +1,1 @@
+"""Tasks: what is evaluated (retrieval, translation) and how it is scored."""

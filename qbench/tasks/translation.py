@@ -1,0 +1,365 @@
+"""The translation task: two graphs (encoder, decoder) per variant, decoded and scored per language.
+
+A variant's artifact is a directory holding ``encoder.onnx`` and ``decoder.onnx`` (the FP32 export's own
+directory for the fp32 baseline). Each graph has its own statistics, table and Q/DQ, from one shared
+calibration set: the encoder sees the calibration sources, the decoder the teacher-forced targets
+(references, or FP32's own greedy outputs), so decoder ranges come from real decoding traces.
+
+Quality: sacrebleu BLEU and chrF per language from per-sample sufficient statistics, the change
+against FP32 with a paired bootstrap 95% interval, and the optional gate.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import time
+from pathlib import Path
+
+import numpy as np
+
+from qbench.util import progress
+from qbench.config.schema import build_plugin
+from qbench.config.errors import DataError, QbenchError
+from qbench.run.variants import Variant
+
+COMPONENTS = ("encoder", "decoder")
+BOOTSTRAP = 1000  # resamples for every confidence interval
+
+
+def prepare_model(ctx, sha256: str | None = None) -> dict:
+    """Export (cached) and open the tokenizer; returns the manifest's model entry (``sha256``: the graphs'
+    hash, where the caller already has it)."""
+    from qbench.models.seq2seq import export_seq2seq
+    from qbench.models.tokenize import Tokenizer
+
+    cfg = ctx.cfg
+    exp = export_seq2seq(cfg.model_source(), ctx.cache / "models", opset=cfg.model.opset)
+    if exp.tokenizer_dir is None or not (exp.tokenizer_dir / "tokenizer.json").is_file():
+        raise QbenchError(f"{cfg.model.source}: the model has no tokenizer.json (qbench tokenizes with the "
+                          "`tokenizers` library; save a fast tokenizer beside the model)")
+    ctx.fp32 = exp.encoder_path.parent
+    ctx.spec = exp
+    ctx.tokenizer = Tokenizer(exp.tokenizer_dir, max_length=cfg.model.max_length)
+    return {"source": exp.source, "resolved": exp.resolved, "export_key": exp.key, "opset": exp.opset,
+            "exporter": exp.exporter, "model_type": exp.model_type,
+            "onnx_sha256": sha256 or dir_sha256(ctx.fp32),
+            "onnx_path": str(ctx.fp32), "tokenizer_dir": str(exp.tokenizer_dir),
+            "export_max_abs_diff": max(exp.encoder_max_abs_diff, exp.decoder_max_abs_diff,
+                                       exp.decoder_past_max_abs_diff),
+            "export_max_abs_diffs": {"encoder": exp.encoder_max_abs_diff, "decoder": exp.decoder_max_abs_diff,
+                                     "decoder_with_past": exp.decoder_past_max_abs_diff}}
+
+
+def dir_sha256(d: Path) -> str:
+    """One hash over both graphs: a variant's identity."""
+    from qbench.data.manifest import sha256_file
+
+    h = hashlib.sha256()
+    for c in COMPONENTS:
+        h.update(sha256_file(Path(d) / f"{c}.onnx").encode())
+    return h.hexdigest()
+
+
+def sources(ctx, samples) -> list[str]:
+    prefix = ctx.cfg.model.source_prefix
+    return [prefix.format(lang=s.language) + s.text for s in samples] if prefix else [s.text for s in samples]
+
+
+def _target_ids(ctx, texts: list[str]) -> list[list[int]]:
+    enc = ctx.tokenizer.encode_batch(texts)
+    return [row[m.astype(bool)].tolist() for row, m in zip(enc["input_ids"], enc["attention_mask"])]
+
+
+def generator(ctx, art_dir: Path):
+    from qbench.backends.ort import OrtSession
+    from qbench.models.generate import Generator
+
+    threads = ctx.cfg.backend.threads
+    prov = ["CPUExecutionProvider"]
+    return Generator(OrtSession(Path(art_dir) / "encoder.onnx", threads, prov),
+                     OrtSession(Path(art_dir) / "decoder.onnx", threads, prov), ctx.spec)
+
+
+def translate(ctx, gen, samples) -> list[str]:
+    """Decode every sample, in batches of similar source length (less padding), results in input order."""
+    g = ctx.cfg.generation
+    texts = sources(ctx, samples)
+    order = sorted(range(len(texts)), key=lambda i: len(texts[i]))
+    out: dict[int, str] = {}
+    with progress.task("decoding", total=len(texts), unit="sample") as t:
+        for k in range(0, len(order), g.batch_size):
+            idx = order[k:k + g.batch_size]
+            enc = ctx.tokenizer.encode_batch([texts[i] for i in idx])
+            ids = gen.generate(enc["input_ids"], enc["attention_mask"], g.max_new_tokens, g.num_beams)
+            out.update(zip(idx, ctx.tokenizer.decode_batch(ids)))
+            t.advance(len(idx))
+    return [out[i] for i in range(len(texts))]
+
+
+# ---------------------------------------------------------------------------------------------- statistics
+
+
+def ensure_stats(ctx, set_name: str) -> dict:
+    """{component: {tensor: TensorStats}} for one calibration set; one pass per graph, cached on disk."""
+    from qbench.calib import stats as st
+    from qbench.quantize.qdq import calibration_tensors
+    from qbench.run.sweep import cached_stats
+
+    if set_name in ctx.stats:
+        return ctx.stats[set_name]
+    cc = ctx.cfg.calibration
+    samples = ctx.calib_sets[set_name]
+    out, info = {}, {}
+    targets: dict = {}
+    for comp in COMPONENTS:
+        tensors = calibration_tensors(ctx.fp32_model(comp))
+        key = st.cache_key(f"{ctx.manifest['model']['onnx_sha256']}:{comp}:{cc.decoder_targets}",
+                           [s.id for s in samples], tensors, cc.histogram_bins, cc.batch_size, cc.histogram)
+        kw = {} if comp == "encoder" else {"mask_input": "target_mask", "seq_inputs": ["input_ids"]}
+
+        def batches(comp=comp):
+            n = -(-len(samples) // cc.batch_size)
+            if comp == "encoder":
+                return progress.iterate(_encoder_batches(ctx, samples), f"statistics '{set_name}' encoder", n, "batch")
+            if not targets:  # decoded once, and only when the decoder's statistics are not cached
+                targets.update(_calibration_targets(ctx, samples))
+            return progress.iterate(_decoder_batches(ctx, samples, targets), f"statistics '{set_name}' decoder", n,
+                                    "batch")
+
+        stats, hit, secs = cached_stats(ctx, key, ctx.fp32 / f"{comp}.onnx", tensors, batches, **kw)
+        out[comp] = stats
+        info[comp] = {"cache_key": key, "cache_hit": hit, "seconds": round(secs, 3),
+                      "tensors": len(tensors)}
+    ctx.stats[set_name] = out
+    ctx.manifest["statistics"][set_name] = {**info, "bins": cc.histogram_bins, "histogram": cc.histogram,
+                                            "decoder_targets": cc.decoder_targets}
+    return out
+
+
+def _batched(ctx, samples):
+    """Calibration batches sorted by source length: padding is masked anyway, but costs time."""
+    order = sorted(range(len(samples)), key=lambda i: len(samples[i].text))
+    bs = ctx.cfg.calibration.batch_size
+    return [[samples[i] for i in order[k:k + bs]] for k in range(0, len(order), bs)]
+
+
+def _encoder_batches(ctx, samples):
+    for b in _batched(ctx, samples):
+        yield ctx.tokenizer.encode_batch(sources(ctx, b))
+
+
+def _calibration_targets(ctx, samples) -> dict[str, list[int]]:
+    """Target token ids per sample id: the references, or what FP32 greedy decoding produces."""
+    if ctx.cfg.calibration.decoder_targets == "reference":
+        if any(s.reference is None for s in samples):
+            raise DataError("calibration: decoder_targets 'reference' needs a reference field in the data")
+        ids = _target_ids(ctx, [s.reference for s in samples])
+    else:
+        gen = generator(ctx, ctx.fp32)
+        g = ctx.cfg.generation
+        ids = []
+        batches = [samples[k:k + g.batch_size] for k in range(0, len(samples), g.batch_size)]
+        for b in progress.iterate(batches, "calibration targets (FP32 greedy)", unit="batch"):
+            enc = ctx.tokenizer.encode_batch(sources(ctx, b))
+            ids += gen.generate(enc["input_ids"], enc["attention_mask"], g.max_new_tokens, 1)
+    return {s.id: (t or [ctx.spec.eos_token_id]) for s, t in zip(samples, ids)}
+
+
+def _decoder_batches(ctx, samples, targets):
+    """Teacher-forced decoder feeds. Only target padding is masked (``target_mask``): tensors with a source
+    axis (the cross-attention K/V inputs) also see the encoder's states at padded source positions. Batches
+    of similar source length (``_batched``) keep that padding small."""
+    gen = generator(ctx, ctx.fp32)  # the encoder states the decoder reads come from the FP32 encoder
+    for b in _batched(ctx, samples):
+        enc = ctx.tokenizer.encode_batch(sources(ctx, b))
+        df = gen.teacher_forced(enc["input_ids"], enc["attention_mask"], [targets[s.id] for s in b])
+        yield {**df.feeds, "target_mask": df.token_mask.astype(np.int64)}
+
+
+# ---------------------------------------------------------------------------------------------- variants
+
+
+def table_for(ctx, v: Variant) -> tuple[dict, dict]:
+    """({component: table}, {component: path in the run dir}), once per calibrator and set."""
+    sig = v.calibrator.signature()
+    k = (v.calib_set, sig)
+    if k not in ctx.tables:
+        from qbench.run.sweep import table_file
+
+        stats = ensure_stats(ctx, v.calib_set)
+        tables, files = {}, {}
+        for comp in COMPONENTS:
+            t = v.calibrator.table(stats[comp])
+            t.check_finite()
+            rel = table_file(ctx, sig, v.calib_set, comp)
+            t.save(ctx.run_dir / rel)
+            tables[comp], files[comp] = t, rel
+        ctx.tables[k] = (tables, files)
+    return ctx.tables[k]
+
+
+def build_variant(ctx, v: Variant, out_root: Path | None = None) -> tuple[Path, dict]:
+    """The encoder and decoder artifacts of one variant (a directory), in the cache's ``variants/`` or in
+    ``out_root`` for a throwaway build (as sweep.build_variant)."""
+    from qbench.quantize import baselines
+    from qbench.config import registry
+    from qbench.quantize.qdq import build_qdq, load_model, plan, verify_scales
+
+    out_root = out_root or ctx.cache / "variants"
+    msha = ctx.manifest["model"]["onnx_sha256"][:16]
+    if v.baseline == "fp32":
+        return ctx.fp32, {}
+    if v.baseline == "ort_dynamic":
+        d = out_root / f"{msha}-ort_dynamic"
+        d.mkdir(parents=True, exist_ok=True)
+        for comp in COMPONENTS:
+            if not (d / f"{comp}.onnx").is_file():
+                baselines.ort_dynamic(ctx.fp32 / f"{comp}.onnx", d / f"{comp}.onnx")
+        return d, {}
+    if v.baseline == "fp16":
+        from qbench.run.sweep import _cfg_key
+
+        d = out_root / f"{msha}-fp16-{_cfg_key(v)}"
+        info: dict = {"excluded_nodes": {}, "fp16": {}, "warnings": []}
+        for comp in COMPONENTS:
+            _, i = baselines.fp16(ctx.fp32_model(comp), v.exclusion_cfg, d / f"{comp}.onnx")
+            info["excluded_nodes"][comp], info["fp16"][comp] = i["excluded_nodes"], i["fp16"]
+            info["warnings"] += [f"{comp}: {w}" for w in i["warnings"]]
+        return d, info
+    if v.baseline:
+        raise QbenchError(f"variant {v.id}: baseline '{v.baseline}' is not available for translation")
+    tables, files = table_for(ctx, v)
+    weights = build_plugin(registry.weight_rules, ctx.cfg.calibration.weights)
+    from qbench.run.sweep import QDQ_VERSION
+
+    key = hashlib.sha256(json.dumps([QDQ_VERSION, msha, {c: t.to_json() for c, t in tables.items()},
+                                     v.exclusion_cfg.model_dump(), v.flavor, weights.signature()]).encode()
+                         ).hexdigest()[:16]
+    d = out_root / key
+    d.mkdir(parents=True, exist_ok=True)
+    info: dict = {"qdq_key": key, "tables": files, "quantized_tensors": {}, "excluded_nodes": {}}
+    warnings_by_comp = []
+    for comp in COMPONENTS:
+        fp32 = ctx.fp32_model(comp)
+        out = d / f"{comp}.onnx"
+        if out.is_file():  # cached by content; every scale is re-checked
+            verify_scales(load_model(out), tables[comp], fp32, weights)
+            rep = plan(fp32, v.exclusion_cfg)[1]
+        else:
+            rep = build_qdq(fp32, tables[comp], v.exclusion_cfg, v.flavor, out, weights)
+        info["quantized_tensors"][comp] = len(rep.quantized_tensors)
+        info["excluded_nodes"][comp] = rep.excluded_nodes
+        warnings_by_comp.append(set(rep.warnings))
+    # An exclusion may fit only one graph (lm_head lives in the decoder): warn when it fits neither.
+    info["warnings"] = sorted(set.intersection(*warnings_by_comp))
+    return d, info
+
+
+def artifact_size_mb(art: Path) -> float:
+    return sum((Path(art) / f"{c}.onnx").stat().st_size for c in COMPONENTS) / 1e6
+
+
+# ---------------------------------------------------------------------------------------------- quality
+
+
+def evaluate(ctx, v: Variant, art: Path) -> list[tuple[str, str, float, str]]:
+    from qbench.tasks import mt_metrics as mm
+
+    samples = ctx.evalset
+    langs = [s.language for s in samples]
+    refs = [s.reference for s in samples]
+    t0 = time.perf_counter()
+    # A search confirmation already decoded this artifact on the same set: the same ONNX gives the same
+    # text, and eval_seconds is that decoding's time.
+    hyps, eval_s = ctx.decoded.pop(str(art), (None, 0.0))
+    if hyps is None:
+        hyps = translate(ctx, generator(ctx, art), samples)
+        eval_s = time.perf_counter() - t0
+    stats = mm.sample_stats_by_lang(hyps, refs, langs)
+    metrics: list[tuple[str, str, float, str]] = []
+    for r in mm.score_stats(stats, langs).itertuples():
+        metrics.append((r.metric, "all" if r.lang == "all" else f"lang={r.lang}", r.value, "score"))
+        ctx.manifest.setdefault("metric_signatures", {}).setdefault(r.metric, {})[r.lang] = r.signature
+    frame = mm.samples_frame([s.id for s in samples], langs, hyps, refs, stats["bleu"], stats["chrf"])
+    frame.insert(0, "variant", v.id)
+    ctx.sample_frames[v.id] = frame
+    if v.baseline == "fp32":
+        ctx.fp32_stats, ctx.fp32_hyps = stats, hyps
+    elif ctx.fp32_stats is not None:
+        metrics += _deltas(ctx, stats, langs)
+        metrics.append(("exact_match_vs_fp32", "all",
+                        float(np.mean([a == b for a, b in zip(hyps, ctx.fp32_hyps)])), "fraction"))
+    metrics.append(("eval_seconds", "all", eval_s, "s"))
+    metrics.append(("size_mb", "all", artifact_size_mb(art), "MB"))
+    return metrics + structure_metrics(art)
+
+
+def structure_metrics(art: Path) -> list[tuple[str, str, float, str]]:
+    """MatMul/Gemm nodes running quantized or float, per graph."""
+    from qbench.quantize.qdq import load_model, op_counts
+
+    out = []
+    for comp in COMPONENTS:
+        counts = op_counts(load_model(Path(art) / f"{comp}.onnx"))
+        for op in ("MatMul", "Gemm"):
+            if counts["quantized"][op] + counts["float"][op]:
+                out.append(("nodes_quantized", f"graph={comp},op={op}", counts["quantized"][op], "count"))
+                out.append(("nodes_float", f"graph={comp},op={op}", counts["float"][op], "count"))
+    return out
+
+
+def _deltas(ctx, stats, langs) -> list[tuple[str, str, float, str]]:
+    """Change against FP32 per language and overall, with paired-bootstrap intervals; then the gate."""
+    from qbench.tasks import mt_metrics as mm
+
+    seed = next(iter(ctx.cfg.data.sets().values())).seed
+    df = mm.paired_bootstrap_by_lang(ctx.fp32_stats, stats, langs, metrics=("bleu", "chrf"), n=BOOTSTRAP, seed=seed)
+    out = []
+    for r in df.itertuples():
+        sl = "all" if r.lang == "all" else f"lang={r.lang}"
+        out += [(f"delta_{r.metric}", sl, r.delta, "score"), (f"delta_{r.metric}_lo", sl, r.lo, "score"),
+                (f"delta_{r.metric}_hi", sl, r.hi, "score"), (f"delta_{r.metric}_p", sl, r.p, "p")]
+    gate = ctx.cfg.gate
+    if gate is not None:
+        d = df[df.metric == gate.metric]
+        rows = d[d.lang != "all"] if gate.per == "lang" else d[d.lang == "all"]
+        worst = rows.loc[rows.delta.idxmin()]
+        drop = -float(worst.delta)
+        out.append(("gate", "all", float(drop <= gate.max_drop), "pass"))
+        out.append(("worst_lang_drop", "all" if worst.lang == "all" else f"lang={worst.lang}", drop, "score"))
+    return out
+
+
+def write_samples(ctx) -> None:
+    import pandas as pd
+
+    from qbench.util.io import atomic_write
+
+    if ctx.sample_frames:
+        df = pd.concat(ctx.sample_frames.values(), ignore_index=True)
+        atomic_write(ctx.run_dir / "samples.parquet", lambda p: df.to_parquet(p, index=False))
+
+
+# ---------------------------------------------------------------------------------------------- latency
+
+
+class GenerationSession:
+    """A variant as something latency code can time: ``infer`` translates one tokenized batch end to end."""
+
+    def __init__(self, ctx, art: Path):
+        self._gen = generator(ctx, art)
+        self._g = ctx.cfg.generation
+        self.input_names = ["input_ids", "attention_mask"]
+        self.output_names = ["token_ids"]
+
+    def infer(self, feeds: dict[str, np.ndarray]) -> list:
+        return [self._gen.generate(feeds["input_ids"], feeds["attention_mask"], self._g.max_new_tokens,
+                                   self._g.num_beams)]
+
+    def close(self) -> None:
+        self._gen = None
+
+
+def latency_texts(ctx) -> list[str]:
+    return sources(ctx, ctx.evalset)

@@ -1,0 +1,1 @@
+"""Small helpers every stage uses: atomic file writes, quiet loggers, progress output."""
