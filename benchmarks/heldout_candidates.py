@@ -30,8 +30,10 @@ SETS = {
 
 
 def main() -> None:
-    from qbench.run import search, sweep
-    from qbench.tasks import translation as tr
+    from qbench.run import search
+    from qbench.run.context import prepare
+    from qbench.tasks import decode, translation as tr
+    from qbench.tasks.translation_search import TranslationScorer
     from qbench.config.schema import ExclusionCfg, load_config
     from qbench.quantize.qdq import plan
     from qbench.run.variants import expand
@@ -46,15 +48,15 @@ def main() -> None:
     cfg = load_config(a.config)
     manifest = json.loads((Path(a.run_dir) / "manifest.json").read_text())
     auto_id, info = next((vid, v["search"]) for vid, v in manifest["variants"].items() if "search" in v)
-    ctx = sweep.prepare(cfg, Path(tempfile.mkdtemp(prefix="qbench-heldout-")))  # nothing is written there
+    ctx = prepare(cfg, Path(tempfile.mkdtemp(prefix="qbench-heldout-")))  # nothing is written there
     variants = {v.id: v for v in expand(cfg)}
     tr.evaluate(ctx, variants["fp32"], ctx.fp32)  # FP32's outputs and statistics: the gate's base
     models = {c: ctx.fp32_model(c) for c in ("encoder", "decoder")}
     by_id = {u.id: u for u in search.units(models, info["granularity"])}
     ranked = [by_id[u] for u in info["ranking"]]
     # full_quality needs only the context and the metric, not a scoring subset: skip the subset's decoding.
-    scorer = search.TranslationScorer.__new__(search.TranslationScorer)
-    scorer.ctx, scorer.tr, scorer.metric = ctx, tr, cfg.gate.metric
+    scorer = TranslationScorer.__new__(TranslationScorer)
+    scorer.ctx, scorer.tr, scorer.metric = ctx, decode, cfg.gate.metric
     s = search.Search(ctx, variants[auto_id], scorer, ranked)
 
     cands = [(f"top {k} units", search.exclusion_for(ranked[:k])) for k in map(int, filter(None, a.k.split(",")))]
@@ -66,7 +68,7 @@ def main() -> None:
         quality, base = scorer.full_quality(art)
         hyps = ctx.decoded.pop(str(art))[0]
         ok, drop, where = s.gate(quality, base)
-        exact = float(np.mean([x == y for x, y in zip(hyps, ctx.fp32_hyps)]))
+        exact = float(np.mean([x == y for x, y in zip(hyps, ctx.fp32_ref["hyps"])]))
         print(f"{name}: float MatMuls {n_float}, {'pass' if ok else 'FAIL'}, worst drop {drop:.2f} ({where}), "
               f"overall {quality['all'] - base['all']:+.2f}, exact match {exact:.3f}, "
               f"{time.perf_counter() - t0:.0f} s", flush=True)

@@ -16,7 +16,7 @@ from typing import ClassVar, Literal
 from pydantic import BaseModel, ConfigDict, Field
 
 from qbench.config.errors import BackendUnavailable, VariantFailed
-from qbench.run.isolate import run_limited
+from qbench.util.proc import run_limited
 
 
 class TensorRTBackend(BaseModel):
@@ -26,34 +26,37 @@ class TensorRTBackend(BaseModel):
     build_timeout_s: int = Field(900, ge=1)
 
     def check(self) -> None:
-        from qbench.backends.trt_build import import_trt
+        from qbench.backends.trt_import import import_trt
 
         if import_trt()[0] is None:
             raise BackendUnavailable("backend 'tensorrt': neither tensorrt nor tensorrt_rtx_bindings imports "
                                      "(pip install 'qbench-workbench[tensorrt-rtx]')")
 
     def versions(self) -> dict[str, str]:
-        from qbench.backends.trt_build import import_trt
+        from qbench.backends.trt_import import import_trt
 
         trt, module = import_trt()
         return {module or "tensorrt": getattr(trt, "__version__", "absent"),
                 "trt_compute_capability": self.compute_capability}
 
     def build(self, onnx_path: Path, workdir: Path, shapes: dict[str, list[list[int]]],
-              timing_cache: Path | None = None, int8_cache: Path | None = None) -> tuple[Path, dict, list[str]]:
+              timing_cache: Path | None = None, int8_cache: Path | None = None,
+              runner=run_limited) -> tuple[Path, dict, list[str]]:
         """(engine path, build info, build-log lines). A crash, timeout or parser error -> VariantFailed.
 
         ``shapes``: input name -> [min, opt, max] shape of the one optimization profile (see input_profiles).
         ``int8_cache``: TensorRT <= 10's implicit INT8 from an FP32 graph and this calibration cache
         (unverified: no TensorRT <= 10 where this was written; elsewhere the child refuses it).
+        ``runner``: runs the builder's command (``qbench.util.proc.run_limited``'s signature); a caller with
+        its own process control passes its own, so the backend needs to know nothing of who calls it.
         """
         self.check()
         cmd = _child_cmd(onnx_path, workdir, self.compute_capability, shapes, timing_cache)
         cmd += ["--int8-cache", str(int8_cache)] if int8_cache else []
-        # In its own process group, under isolate's rules: a timeout or an interrupted sweep kills the builder
-        # and anything it started, and it dies with the sweep. Its stderr stays beside the engine.
+        # In its own process group, under run_limited's rules: a timeout or an interrupted sweep kills the
+        # builder and anything it started, and it dies with the sweep. Its stderr stays beside the engine.
         workdir.mkdir(parents=True, exist_ok=True)
-        r = run_limited(cmd, "TensorRT build", self.build_timeout_s, None, stderr_file=workdir / "build.stderr",
+        r = runner(cmd, "TensorRT build", self.build_timeout_s, None, stderr_file=workdir / "build.stderr",
                         timeout_key="tensorrt.build_timeout_s")
         if r.returncode != 0:  # the child's own error (a parser or builder failure): its last line
             lines = r.stderr.strip().splitlines()

@@ -26,21 +26,7 @@ import sys
 import time
 from pathlib import Path
 
-
-def import_trt():
-    """Full TensorRT (>= 10, strongly typed) where it imports, else TensorRT-RTX; None if neither."""
-    try:
-        import tensorrt as trt  # noqa: F401
-
-        return trt, "tensorrt"
-    except ImportError:
-        pass
-    try:
-        import tensorrt_rtx_bindings as trt
-
-        return trt, "tensorrt_rtx"
-    except ImportError:
-        return None, ""
+from qbench.backends.trt_import import import_trt
 
 
 def _check_implicit_int8(trt, module: str) -> None:

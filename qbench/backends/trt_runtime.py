@@ -275,7 +275,7 @@ def gpu_available(device: int = 0, *, cuda_api: Any = None, trt_import: tuple[An
     if count <= device:
         return False, "no CUDA device" if count == 0 else f"no CUDA device {device} ({count} visible)"
     if trt_import is None:
-        from qbench.backends.trt_build import import_trt
+        from qbench.backends.trt_import import import_trt
 
         trt_import = import_trt()
     trt, module = trt_import
@@ -321,7 +321,7 @@ class TrtSession:
         self._buffers: dict[str, tuple[int, int]] = {}  # name -> (device pointer, capacity in bytes)
         self.log_lines: list[str] = []
         if trt_module is None:
-            from qbench.backends.trt_build import import_trt
+            from qbench.backends.trt_import import import_trt
 
             trt_module, _ = import_trt()
             if trt_module is None:

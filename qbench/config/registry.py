@@ -88,3 +88,10 @@ weight_rules = Registry(
     "qbench.weight_rules",
     {"per_channel": "calibrators.weights:PerChannel", "per_tensor": "calibrators.weights:PerTensor"},
 )
+
+# A task: what the model does and how its variants are built, evaluated and reported (qbench.tasks.base).
+tasks = Registry(
+    "task",
+    "qbench.tasks",
+    {"retrieval": "qbench.tasks.retrieval:RetrievalTask", "translation": "qbench.tasks.translation:TranslationTask"},
+)

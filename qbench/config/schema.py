@@ -251,8 +251,8 @@ class OutputCfg(Strict):
 
 class SweepConfig(Strict):
     name: str = Field(pattern=r"^[A-Za-z0-9_.-]+$", description="the sweep's name: the run directory's parent")
-    task: Literal["retrieval", "translation"] = Field("retrieval", description="what the model does, and so how "
-                                                      "variants are evaluated")
+    task: str = Field("retrieval", description="what the model does, and so how variants are evaluated: "
+                      "`retrieval`, `translation`, or a task a plugin registers (entry-point group `qbench.tasks`)")
     model: ModelCfg
     data: DataCfg
     calibration: CalibrationCfg = CalibrationCfg()
@@ -267,6 +267,17 @@ class SweepConfig(Strict):
     output: OutputCfg = OutputCfg()
     # Set by load_config, not by the user: where relative paths are resolved from.
     base_dir: str = Field("", exclude=True)
+
+    @field_validator("task")
+    @classmethod
+    def _known_task(cls, v: str) -> str:
+        from qbench.config import registry
+
+        try:
+            registry.tasks.get(v)
+        except ConfigError as e:  # pydantic reports ValueErrors with the key's path
+            raise ValueError(str(e)) from None
+        return v
 
     @model_validator(mode="before")
     @classmethod
@@ -377,7 +388,7 @@ def _check_task(cfg: SweepConfig, file: str) -> list[str]:
                             "(ONNX Runtime's static quantizer takes one graph; use qbench calibrators)")
         if cfg.gate is not None and cfg.gate.metric == "accuracy_at_1":
             problems.append(f"{file}: gate.metric: translation is gated on bleu or chrf")
-    else:
+    elif cfg.task == "retrieval":
         if cfg.gate is not None and cfg.gate.metric != "accuracy_at_1":
             problems.append(f"{file}: gate.metric: retrieval is gated on accuracy_at_1")
         if cfg.gate is not None and cfg.gate.per == "lang":

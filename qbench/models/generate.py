@@ -30,7 +30,6 @@ from qbench.config.errors import ConfigError, DataError, ModelError
 
 if TYPE_CHECKING:
     from qbench.backends import Session
-    from qbench.models.seq2seq import Seq2SeqExport
 
 NEG = np.float32(-1.0e9)  # HF's "very large negative" for beams that must not be picked
 
@@ -126,13 +125,14 @@ def topk(x: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
 
 
 class Generator:
-    """Decode with an encoder and a decoder session described by an export spec."""
+    """Decode with an encoder and a decoder session described by an export spec (a ``Seq2SeqExport``, not
+    imported here: the exporter imports this module's ``generation_facts``)."""
 
-    def __init__(self, encoder: "Session", decoder: "Session", spec: "Seq2SeqExport") -> None:
+    def __init__(self, encoder: "Session", decoder: "Session", spec: Any) -> None:
         if spec.unsupported:
             raise ConfigError(f"{spec.source}: the generation config sets {', '.join(spec.unsupported)}, "
                               "which qbench.models.generate does not reproduce")
-        from qbench.models.seq2seq import DECODER_INPUTS, past_names, present_names
+        from qbench.models.layout import DECODER_INPUTS, past_names, present_names
 
         self.encoder, self.decoder, self.spec = encoder, decoder, spec
         self._past = past_names(spec.num_layers)

@@ -28,6 +28,7 @@ from pathlib import Path
 from typing import Any
 
 from qbench.config.errors import ModelError, first_line
+from qbench.models.layout import DECODER_INPUTS, ENCODER_INPUTS, past_names, present_names  # noqa: F401
 from qbench.models.export import (TOKENIZER_FILES, _export_record, _validate_settings, cache_key,
                            resolve_source)
 
@@ -37,21 +38,11 @@ SEQ2SEQ_EXPORT_VERSION = 1
 # code as plain Python, so shapes such as past_len stay symbolic; the dynamo exporter fails on T5
 # (see DESIGN.md, "Traps").
 EXPORTER = "torchscript"
-ENCODER_INPUTS = ("input_ids", "attention_mask")
-DECODER_INPUTS = ("input_ids", "encoder_hidden_states", "encoder_attention_mask")
 # Marian ships its sentencepiece models under these names; the rest are qbench.models.export's.
 _EXTRA_TOKENIZER_FILES = ("source.spm", "target.spm")
 # (batch, src_len, tgt_len, past_len) of the trace: all different, so no axis is confused with
 # another, and past_len > 0 so the cache length is traced as a shape, not the constant 0.
 _TRACE = (2, 5, 3, 2)
-
-
-def past_names(num_layers: int) -> list[str]:
-    return [f"past.{i}.{kv}" for i in range(num_layers) for kv in ("key", "value")]
-
-
-def present_names(num_layers: int) -> list[str]:
-    return [f"present.{i}.{kv}" for i in range(num_layers) for kv in ("key", "value")]
 
 
 @dataclass(frozen=True)

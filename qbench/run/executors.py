@@ -1,7 +1,7 @@
 """Where a sweep's variants run: the executor interface of the sweep runner (``executor:`` in the config).
 
 Every executor takes one variant at a time (``submit``) and hands back finished ones (``wait``), in the
-order they finish; the sweep runner (qbench.run.sweep._run) records each as it comes: rows, manifest entry
+order they finish; the sweep runner (qbench.run.schedule.run_variants) records each as it comes: rows, manifest entry
 marked ``done``, results and manifest rewritten. So a run written by one executor resumes with any other.
 
 ``InProcess``   ``kind: local`` (the default): build and evaluate in this process, one after another.
@@ -57,10 +57,10 @@ class InProcess:
         self._queue.append(v)
 
     def wait(self, ctx) -> list[Done]:
-        from qbench.run import sweep
+        from qbench.run.context import build_and_evaluate
 
         v = self._queue.pop(0)
-        return [Done(v, lambda: sweep.build_and_evaluate(ctx, v),
+        return [Done(v, lambda: build_and_evaluate(ctx, v),
                      {"kind": "local", **isolate.where()})]
 
     def close(self, cancel: bool) -> None:
@@ -74,7 +74,7 @@ class LocalPool:
     isolated = True
 
     def __init__(self, ctx, workers: int):
-        from qbench.run.sweep import log
+        from qbench.util.logs import log
 
         self.slots = workers
         threads = ctx.cfg.backend.threads
@@ -172,7 +172,7 @@ class RayExecutor:
         self._warn_if_infeasible(ex)
 
     def _warn_if_infeasible(self, ex) -> None:
-        from qbench.run.sweep import log
+        from qbench.util.logs import log
 
         nodes = [n.get("Resources", {}) for n in self._ray.nodes() if n.get("Alive")]
         if not any(r.get("CPU", 0) >= self.cpus and r.get("GPU", 0) >= ex.gpus_per_job for r in nodes):
@@ -278,7 +278,7 @@ def _raise(e: Exception):
 def _keep_stderr(ctx, v, text: str) -> None:
     """A failed remote job's stderr, kept in the run directory as a local one's is (.jobs/<variant>/)."""
     if text:
-        from qbench.run.sweep import _safe
+        from qbench.util.io import safe_name as _safe
 
         d = ctx.run_dir / ".jobs" / f"variant-{_safe(v.id)}"
         d.mkdir(parents=True, exist_ok=True)

@@ -14,7 +14,8 @@ content changed (the dataset files' or the FP32 model's sha256).
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
+from datetime import datetime, timezone
 from pathlib import Path
 
 from qbench.config.errors import ConfigError, DataError, first_line
@@ -120,3 +121,60 @@ def config_file(run_dir: str | Path) -> str:
     if not Path(path).is_file():
         raise ConfigError(f"{path}: the config file of {run_dir} is gone; give it: qbench sweep CONFIG --resume ...")
     return path
+
+
+# ------------------------------------------------------------------ adopting a previous run's variants
+
+
+def _same_artifact(ctx, vid: str, artifact: Path, want: str | None) -> None:
+    """A resumed variant's rows were measured on the artifact its manifest entry hashed; the one about to be
+    re-timed (and built as an engine) must be that same file. A rebuild from a pruned cache gives the same
+    bytes unless qbench or a library it quantizes with changed since; then the run cannot be resumed."""
+    from qbench.run.context import artifact_sha
+
+    got = artifact_sha(ctx, artifact)
+    if want and got != want:
+        raise DataError(f"cannot resume: variant {vid}'s artifact, rebuilt from the cache, differs from the one "
+                        f"its rows were measured on (sha256 {got[:12]}, recorded {want[:12]}): qbench or a "
+                        "library changed since that run; run the sweep again without --resume")
+
+
+def take_over(ctx, prev, retry_failed: bool, by_id: dict, rows: list, artifacts: dict) -> dict[str, dict]:
+    """Adopt the finished variants of ``prev``: their manifest entries, rows, samples, sensitivity records
+    and artifacts (rebuilt from the cache when it was cleared: the same table gives the same bytes). When
+    anything is left to run, FP32 is evaluated again in memory: the reference every later variant is
+    compared with; its rows stay the ones on disk."""
+    from qbench.config.schema import ExclusionCfg
+
+    done = {vid: e for vid, e in prev.finished(retry_failed).items() if vid in by_id}
+    m = ctx.manifest
+    m["created_utc"] = prev.manifest.get("created_utc", m["created_utc"])
+    m["resumed"] = prev.manifest.get("resumed", []) + [
+        {"utc": datetime.now(timezone.utc).isoformat(timespec="seconds"), "kept": sorted(done),
+         "retry_failed": retry_failed}]
+    for key in ("metric_signatures", "statistics", "statistics_passes", "tensorrt"):
+        if key in prev.manifest:
+            m[key] = prev.manifest[key]
+    rows += [r for r in prev.rows if r["variant"] in done]
+    for vid, e in done.items():
+        m["variants"][vid] = e
+        if e.get("resolved_exclusion") is not None:
+            by_id[vid] = replace(by_id[vid], exclusion_cfg=ExclusionCfg(**e["resolved_exclusion"]))
+    if prev.samples is not None:
+        for vid, frame in prev.samples.groupby("variant", sort=False):
+            if vid in done:
+                ctx.sample_frames[vid] = frame.reset_index(drop=True)
+    for r in prev.sensitivity:
+        if r["variant"] in done:
+            ctx.search_sensitivity.setdefault(r["variant"], []).append(
+                {k: v for k, v in r.items() if k != "variant"})
+    ok = [vid for vid, e in done.items() if e.get("status") == "ok"]
+    if len(done) < len(by_id) or not prev.manifest.get("complete"):
+        for vid in ok:  # cache hits unless the cache was cleared
+            artifacts[vid] = ctx.task.build_variant(ctx, by_id[vid])[0]
+            _same_artifact(ctx, vid, artifacts[vid], done[vid].get("artifact_sha256"))
+        if "fp32" in done and "fp32" in by_id:
+            frames = dict(ctx.sample_frames)
+            ctx.task.evaluate(ctx, by_id["fp32"], artifacts["fp32"])
+            ctx.sample_frames.update(frames)  # the rows on disk stay as they are
+    return done

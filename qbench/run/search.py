@@ -33,6 +33,7 @@ import numpy as np
 
 from qbench.config.schema import ExclusionCfg
 from qbench.config.errors import ConfigError, DataError
+from qbench.tasks.common import sample_cap
 
 # A transformer sub-block: the path up to the layer index and one component more.
 _BLOCK = re.compile(r"^(.*?(?:layers?|blocks?|h)\.\d+/[^/]+)/")
@@ -93,144 +94,14 @@ def scoring_subset(ctx) -> list:
     pool = [s for s in load_split(load_manifest(ctx.cfg.manifest_path()), sc.split) if s.id not in taken]
     order = np.random.default_rng(sc.seed).permutation(len(pool))
     pool = [pool[i] for i in order]
-    if ctx.cfg.task == "translation" and sc.n_per_language:
-        seen: dict[str, int] = {}
-        kept = []
-        for s in pool:
-            seen[s.language] = seen.get(s.language, 0) + 1
-            if seen[s.language] <= sc.n_per_language:
-                kept.append(s)
-        pool = kept
+    if ctx.task.per_language:
+        pool = sample_cap(pool, sc.n_per_language)
     if sc.n:
         pool = pool[:sc.n]
     if len(pool) < 2:
         raise DataError(f"search: the scoring subset from split '{sc.split}' is empty once calibration and "
                         "evaluation samples are left out; set search.split to another split")
     return sorted(pool, key=lambda s: s.id)
-
-
-# --------------------------------------------------------------------------------------------- scorers
-
-
-def _sqnr_db(ref: np.ndarray, x: np.ndarray) -> float:
-    noise = float(((ref - x) ** 2).sum())
-    return float("inf") if noise == 0 else 10 * np.log10(float((ref ** 2).sum()) / noise)
-
-
-class RetrievalScorer:
-    """Embeddings of the subset's queries and documents; quality = accuracy@1 in points, no languages."""
-
-    def __init__(self, ctx, subset):
-        self.ctx, self.subset = ctx, subset
-        self.base = self._embed(ctx.fp32)
-        self.base_quality = self._quality(self.base)
-
-    def _embed(self, art: Path) -> np.ndarray:
-        from qbench.run.sweep import embed_pairs
-
-        q, d, _ = embed_pairs(self.ctx, art, self.subset)
-        return np.concatenate([q, d])
-
-    def _quality(self, emb: np.ndarray) -> dict[str, float]:
-        from qbench.tasks.retrieval import retrieval_metrics
-
-        n = len(self.subset)
-        return {"all": retrieval_metrics(emb[:n], emb[n:])["accuracy_at_1"] * 100}
-
-    def full_quality(self, art: Path) -> tuple[dict[str, float], dict[str, float]]:
-        """(candidate, FP32) accuracy@1 in points on the sweep's evaluation set."""
-        from qbench.tasks.retrieval import retrieval_metrics
-        from qbench.run.sweep import embed_pairs
-
-        q, d, _ = embed_pairs(self.ctx, art, self.ctx.evalset)
-        return {"all": retrieval_metrics(q, d)["accuracy_at_1"] * 100}, {"all": self.ctx.fp32_quality * 100}
-
-    def score(self, art: Path, quality: bool = True) -> dict:
-        emb = self._embed(art)
-        err = float(((emb - self.base) ** 2).sum() / (self.base ** 2).sum())
-        out = {"error": err, "fidelity": {"sqnr_db": {"all": _sqnr_db(self.base, emb)}}}
-        if quality:
-            out["quality"] = self._quality(emb)
-        return out
-
-
-class TranslationScorer:
-    """Teacher-forced logits on FP32's greedy outputs (fidelity) and decoded BLEU/chrF (quality), per language."""
-
-    def __init__(self, ctx, subset):
-        from qbench.tasks import translation as tr
-
-        self.ctx, self.subset, self.tr = ctx, subset, tr
-        self.langs = [s.language for s in subset]
-        self.metric = ctx.cfg.gate.metric
-        gen = tr.generator(ctx, ctx.fp32)
-        self.hyps0 = tr.translate(ctx, gen, subset)
-        self.targets = [t or [ctx.spec.eos_token_id] for t in tr._target_ids(ctx, self.hyps0)]
-        self.base_logits = self._logits(gen)
-        self.base_quality = self._quality(self.hyps0, subset)
-
-    def _logits(self, gen) -> list[tuple[np.ndarray, np.ndarray]]:
-        """Per batch: (logits over real target positions [tokens, vocab], row of each token)."""
-        out = []
-        bs = self.ctx.cfg.generation.batch_size
-        for k in range(0, len(self.subset), bs):
-            rows = list(range(k, min(k + bs, len(self.subset))))
-            enc = self.ctx.tokenizer.encode_batch(self.tr.sources(self.ctx, [self.subset[i] for i in rows]))
-            df = gen.teacher_forced(enc["input_ids"], enc["attention_mask"], [self.targets[i] for i in rows])
-            logits = gen.decoder.infer(df.feeds)[gen.decoder.output_names.index("logits")]
-            mask = df.token_mask
-            # float32: the FP32 reference of a multilingual subset is some 10^4 tokens x vocabulary
-            out.append((logits[mask].astype(np.float32), np.asarray(rows)[np.nonzero(mask)[0]]))
-        return out
-
-    def _quality(self, hyps: list[str], samples) -> dict[str, float]:
-        """The gate's metric per language and overall ('all': the macro mean)."""
-        from qbench.tasks import mt_metrics as mm
-
-        langs = [s.language for s in samples]
-        return self._scores(mm.sample_stats_by_lang(hyps, [s.reference for s in samples], langs), langs)
-
-    def _scores(self, stats, langs) -> dict[str, float]:
-        from qbench.tasks import mt_metrics as mm
-
-        d = mm.score_stats(stats, langs)
-        d = d[d.metric == self.metric]
-        return dict(zip(d.lang, d.value.astype(float)))
-
-    def full_quality(self, art: Path) -> tuple[dict[str, float], dict[str, float]]:
-        """(candidate, FP32) scores per language on the sweep's evaluation set; the candidate's outputs are
-        kept so that the variant's own evaluation does not decode them again."""
-        ctx = self.ctx
-        t0 = time.perf_counter()
-        hyps = self.tr.translate(ctx, self.tr.generator(ctx, art), ctx.evalset)
-        ctx.decoded[str(art)] = (hyps, time.perf_counter() - t0)
-        return self._quality(hyps, ctx.evalset), self._scores(ctx.fp32_stats, [s.language for s in ctx.evalset])
-
-    def score(self, art: Path, quality: bool = True) -> dict:
-        gen = self.tr.generator(self.ctx, art)  # one pair of sessions for the logits and the decoding
-        logits = self._logits(gen)
-        kl_by_lang: dict[str, list[float]] = {}
-        num = den = 0.0
-        for (ref, rows), (x, _) in zip(self.base_logits, logits):
-            p = _log_softmax(ref)
-            q = _log_softmax(x)
-            kl = (np.exp(p) * (p - q)).sum(axis=1, dtype=np.float64)
-            for r, v in zip(rows, kl):
-                kl_by_lang.setdefault(self.langs[r], []).append(float(v))
-            num += float(((ref - x) ** 2).sum(dtype=np.float64))
-            den += float((ref ** 2).sum(dtype=np.float64))
-        kl = {lang: float(np.mean(v)) for lang, v in sorted(kl_by_lang.items())}
-        kl["all"] = float(np.mean([v for vs in kl_by_lang.values() for v in vs]))
-        sqnr = float("inf") if num == 0 else 10 * np.log10(den / num)
-        out = {"error": kl["all"], "fidelity": {"kl": kl, "sqnr_db": {"all": sqnr}}}
-        if quality:
-            out["quality"] = self._quality(self.tr.translate(self.ctx, gen, self.subset), self.subset)
-        return out
-
-
-def _log_softmax(x: np.ndarray) -> np.ndarray:
-    x = x - x.max(axis=1, keepdims=True)
-    return x - np.log(np.exp(x).sum(axis=1, keepdims=True))
 
 
 # --------------------------------------------------------------------------------------------- the search
@@ -250,9 +121,7 @@ class Search:
     def build(self, excl: ExclusionCfg, out_dir: Path | None = None) -> Path:
         """The QDQ artifact of this variant with ``excl``: the sweep's table, cached by content (or in
         ``out_dir``)."""
-        from qbench.run.sweep import task_module
-
-        return task_module(self.ctx).build_variant(self.ctx, replace(self.variant, exclusion_cfg=excl), out_dir)[0]
+        return self.ctx.task.build_variant(self.ctx, replace(self.variant, exclusion_cfg=excl), out_dir)[0]
 
     def score_throwaway(self, excl: ExclusionCfg, quality: bool) -> dict:
         """Score a sensitivity model, built in a scratch directory and deleted once scored. Two such models
@@ -354,7 +223,6 @@ def order(s: Search, passing: list[int]) -> tuple[list[int], dict]:
     if ctx.cfg.search.prefer == "fewest_exclusions" or len(passing) == 1:
         return list(passing), {}
     from qbench.backends.measure import interleaved
-    from qbench.run.sweep import latency_session
 
     rows = {r["k"]: r for r in s.trace}
     b = min(ctx.latency_feeds)
@@ -362,7 +230,7 @@ def order(s: Search, passing: list[int]) -> tuple[list[int], dict]:
     sessions = {}
     try:
         for k in passing:
-            sessions[k] = latency_session(ctx, Path(rows[k]["artifact"]))
+            sessions[k] = ctx.task.latency_session(ctx, Path(rows[k]["artifact"]))
         res = interleaved(sessions, ctx.latency_feeds[b], lat.warmup, lat.runs, lat.rounds)
     finally:
         for sess in sessions.values():
@@ -400,10 +268,8 @@ def resolve(ctx, v) -> tuple[object, dict]:
         raise ConfigError("search: exclude: auto needs a gate (the quality budget)")
     t0 = time.perf_counter()
     subset = scoring_subset(ctx)
-    models = ({c: ctx.fp32_model(c) for c in ("encoder", "decoder")} if ctx.cfg.task == "translation"
-              else {"model": ctx.fp32_model()})
-    us = units(models, ctx.cfg.search.granularity, ctx.cfg.search.units)
-    scorer = (TranslationScorer if ctx.cfg.task == "translation" else RetrievalScorer)(ctx, subset)
+    us = units(ctx.task.fp32_models(ctx), ctx.cfg.search.granularity, ctx.cfg.search.units)
+    scorer = ctx.task.scorer(ctx, subset)
     s = Search(ctx, v, scorer, us)
     info: dict = {
         "granularity": ctx.cfg.search.granularity, "units": len(us),

@@ -31,35 +31,25 @@ def engine_dir_name(artifact_sha256: str, compute_capability: str, int8_mode: st
 def dim_ranges(ctx) -> dict[str, tuple[int, int, int]]:
     """(min, opt, max) of each symbolic axis, from what the sweep will feed the engines.
 
-    Batch: 1 up to the largest batch any phase uses (beams multiply a translation batch); opt is the
-    largest latency batch. Sequence: 1 up to the model's max_length; opt is the padded length of the
-    largest latency batch (real inputs). Decoder: one new token per step (teacher forcing up to the
-    generation limit), past K/V from 0 (first step) to the generation limit.
+    Batch: 1 up to the largest batch any phase uses; opt is the largest latency batch. Sequence: 1 up to
+    the model's max_length; opt is the padded length of the largest latency batch (real inputs). The task
+    adds its own axes (a decoder's steps and past K/V).
     """
     cfg = ctx.cfg
     lat = cfg.measure.latency.batch_sizes
     longest = cfg.model.max_length
     feeds = ctx.latency_feeds.get(max(lat)) if ctx.latency_feeds else None
     seq_opt = min(longest, int(feeds["input_ids"].shape[1])) if feeds is not None else longest // 2
-    if cfg.task == "translation":
-        g = cfg.generation
-        beams = g.num_beams
-        batch = (1, max(lat) * beams, max(*lat, g.batch_size) * beams)
-        steps = g.max_new_tokens + 1
-        return {"batch": batch, "sequence": (1, seq_opt, longest), "src_len": (1, seq_opt, longest),
-                "tgt_len": (1, 1, steps), "past_len": (0, steps // 2, steps)}
-    batch = (1, max(lat), max(*lat, cfg.measure.eval_batch_size))
-    return {"batch": batch, "sequence": (1, seq_opt, longest)}
+    return ctx.task.dim_ranges(ctx, seq_opt)
 
 
-def _graphs(artifact: Path, excluded) -> list[tuple[str, Path, list[str]]]:
-    """(graph name, ONNX path, excluded node names) for a one-file or an encoder/decoder artifact."""
-    if artifact.is_dir():
-        from qbench.tasks.translation import COMPONENTS
-
-        ex = excluded if isinstance(excluded, dict) else {}
-        return [(c, artifact / f"{c}.onnx", ex.get(c, [])) for c in COMPONENTS]
-    return [("model", artifact, excluded if isinstance(excluded, list) else [])]
+def _graphs(ctx, artifact: Path, excluded) -> list[tuple[str, Path, list[str]]]:
+    """(graph name, ONNX path, excluded node names) of every graph of one artifact."""
+    graphs = ctx.task.graphs(Path(artifact))
+    if list(graphs) == ["model"]:
+        return [("model", graphs["model"], excluded if isinstance(excluded, list) else [])]
+    ex = excluded if isinstance(excluded, dict) else {}
+    return [(c, path, ex.get(c, [])) for c, path in graphs.items()]
 
 
 def build_variant_engines(ctx, v, artifact: Path) -> tuple[list, dict]:
@@ -71,7 +61,7 @@ def build_variant_engines(ctx, v, artifact: Path) -> tuple[list, dict]:
     from qbench.util.io import atomic_write_text
     from qbench.backends.layer_report import combine, parse_layers, summarize, to_records
     from qbench.quantize.qdq import load_model
-    from qbench.run.sweep import _safe
+    from qbench.util.io import safe_name as _safe
 
     tc = ctx.cfg.tensorrt
     be = TensorRTBackend(compute_capability=tc.compute_capability, build_timeout_s=tc.build_timeout_s)
@@ -83,7 +73,7 @@ def build_variant_engines(ctx, v, artifact: Path) -> tuple[list, dict]:
     entry: dict = {"status": "ok", "profile": {k: list(r) for k, r in ranges.items()}, "graphs": {}}
     violations: list[str] = []
     implicit = tc.int8_mode == "implicit" and v.kind == "qbench"
-    for graph, path, excluded in _graphs(Path(artifact), vm.get("excluded_nodes", [])):
+    for graph, path, excluded in _graphs(ctx, Path(artifact), vm.get("excluded_nodes", [])):
         cache = None
         if implicit:  # TensorRT <= 10: the FP32 graph, with qbench's scales as the calibration cache
             path, excluded, cache = _implicit_inputs(ctx, v, graph)
@@ -120,8 +110,8 @@ def build_variant_engines(ctx, v, artifact: Path) -> tuple[list, dict]:
 def _implicit_inputs(ctx, v, graph: str) -> tuple[Path, list[str], Path]:
     """(FP32 ONNX, no exclusions, calibration-cache file) for an implicit-INT8 build of one graph."""
     from qbench.calib import CalibrationTable
-    from qbench.run.sweep import _safe
     from qbench.calib.trt_cache import save_trt_cache
+    from qbench.util.io import safe_name as _safe
 
     vm = ctx.manifest["variants"][v.id]
     rel = vm["tables"][graph] if "tables" in vm else vm["table"]
@@ -143,43 +133,16 @@ def _graph_metrics(sl: str, info: dict, s: dict) -> list[tuple[str, str, float, 
 
 
 def gpu_latency_rows(ctx, v, entry: dict) -> list[tuple[str, str, float, str]]:
-    """Latency of the built engines on a supported GPU. Unverified: no such GPU where this was written.
-
-    One graph: CUDA-event time of the engine alone (inputs already on the device). Translation: wall
-    time of whole greedy/beam generation through the encoder and decoder engines, as ORT is timed.
-    """
-    from qbench.backends.trt_runtime import TrtSession, gpu_latency
-    from qbench.backends.measure import as_rows, summarize, time_runs
-
-    lat = ctx.cfg.measure.latency
-    rows = []
-    graphs = entry["graphs"]
-    if "model" in graphs:
-        with TrtSession(Path(graphs["model"]["engine"])) as sess:
-            for b, feeds in ctx.latency_feeds.items():
-                rows += as_rows(gpu_latency(sess, feeds, lat.warmup, lat.runs * lat.rounds), b)
-        return rows
-    from qbench.models.generate import Generator
-
-    g = ctx.cfg.generation
-    enc, dec = TrtSession(Path(graphs["encoder"]["engine"])), TrtSession(Path(graphs["decoder"]["engine"]))
-    try:
-        gen = Generator(enc, dec, ctx.spec)
-        for b, feeds in ctx.latency_feeds.items():
-            secs = time_runs(lambda: gen.generate(feeds["input_ids"], feeds["attention_mask"], g.max_new_tokens,
-                                                  g.num_beams), lat.warmup, lat.runs * lat.rounds)
-            rows += as_rows(summarize(secs, b), b)
-    finally:
-        enc.close()
-        dec.close()
-    return rows
+    """Latency of the built engines on a supported GPU, as the task times them. Unverified: no such GPU where
+    this was written."""
+    return ctx.task.gpu_latency_rows(ctx, {g: Path(e["engine"]) for g, e in entry["graphs"].items()})
 
 
 def run(ctx, variants: dict, artifacts: dict[str, Path], rows: list[dict], flush) -> None:
     """Build every finished variant's engines; append their rows; ``flush()`` after each variant."""
     from qbench.backends.trt_runtime import gpu_available
     from qbench.report.results import metric_rows
-    from qbench.run.sweep import log
+    from qbench.util.logs import log
 
     tc = ctx.cfg.tensorrt
     gpu, why = gpu_available()

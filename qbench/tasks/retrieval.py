@@ -1,8 +1,24 @@
-"""The retrieval task: embed queries (``text``) and documents (``reference``), score rank of the true pair."""
+"""The retrieval task: embed queries (``text``) and documents (``reference``), score rank of the true pair.
+
+One graph (a sentence encoder, exported from Hugging Face with its pooling); quality is accuracy@1 and MRR
+over the evaluation pairs, fidelity the cosine of each variant's embeddings with FP32's.
+"""
 
 from __future__ import annotations
 
+import hashlib
+import json
+import time
+from pathlib import Path
+from typing import ClassVar
+
 import numpy as np
+
+from qbench.config.schema import build_plugin
+from qbench.tasks.base import Task
+from qbench.tasks.common import QDQ_VERSION, backend, cached_stats, cfg_key, sqnr_db, table_file
+from qbench.util import progress
+from qbench.util.logs import log
 
 
 def embed(session, tokenizer, texts: list[str], batch_size: int) -> np.ndarray:
@@ -36,3 +52,218 @@ def retrieval_metrics(queries: np.ndarray, docs: np.ndarray) -> dict[str, float]
 def fidelity(emb: np.ndarray, ref: np.ndarray) -> float:
     """Mean cosine between a variant's embeddings and FP32's, row by row."""
     return float((_normalize(emb) * _normalize(ref)).sum(axis=1).mean())
+
+
+class RetrievalTask(Task):
+    name: ClassVar[str] = "retrieval"
+    quality: ClassVar[tuple[str, str]] = ("accuracy_at_1", "accuracy@1")
+    short_label: ClassVar[str] = "acc@1"
+    plot_title: ClassVar[str] = "Accuracy against latency"
+    item_noun: ClassVar[str] = "pairs"
+
+    def prepare_model(self, ctx, sha256: str | None = None) -> dict:
+        from qbench.models.export import export_encoder
+        from qbench.models.tokenize import Tokenizer
+
+        cfg = ctx.cfg
+        exp = export_encoder(cfg.model_source(), ctx.cache / "models", opset=cfg.model.opset, pooling=cfg.model.pooling)
+        ctx.fp32 = exp.onnx_path
+        ctx.tokenizer = Tokenizer(exp.tokenizer_dir, max_length=cfg.model.max_length)
+        ctx.model_from_cache = exp.from_cache
+        return {"source": exp.source, "resolved": exp.resolved,
+                "onnx_sha256": sha256 or self.artifact_sha256(exp.onnx_path), "onnx_path": str(exp.onnx_path),
+                "tokenizer_dir": str(exp.tokenizer_dir), "export_key": exp.key,
+                "export_max_abs_diff": exp.max_abs_diff, "opset": exp.opset}
+
+    def ensure_stats(self, ctx, set_name: str) -> dict:
+        """One statistics pass per calibration set serves every calibrator; cached by model, samples and settings.
+
+        The manifest counts the passes actually run (``statistics_passes``), so reuse is visible.
+        """
+        from qbench.calib import stats as st
+        from qbench.quantize.qdq import calibration_tensors
+
+        if set_name in ctx.stats:
+            return ctx.stats[set_name]
+        cc = ctx.cfg.calibration
+        samples = ctx.calib_sets[set_name]
+        tensors = calibration_tensors(ctx.fp32_model())
+        key = st.cache_key(ctx.manifest["model"]["onnx_sha256"], [s.id for s in samples], tensors,
+                           cc.histogram_bins, cc.batch_size, cc.histogram)
+        texts = [s.text for s in samples]
+
+        def batches():
+            return progress.iterate((ctx.tokenizer.encode_batch(b) for b in st.iter_batches(texts, cc.batch_size)),
+                                    f"statistics '{set_name}'", -(-len(texts) // cc.batch_size), "batch")
+
+        stats, hit, secs = cached_stats(ctx, key, ctx.fp32, tensors, batches)
+        ctx.stats[set_name] = stats
+        ctx.manifest["statistics"][set_name] = {"cache_key": key, "cache_hit": hit, "seconds": round(secs, 3),
+                                                "tensors": len(tensors), "bins": cc.histogram_bins,
+                                                "histogram": cc.histogram}
+        log(f"statistics for set '{set_name}', {len(tensors)} tensors: "
+            f"{'cache hit' if hit else 'collected'} ({secs:.1f}s)")
+        return stats
+
+    def table_for(self, ctx, v):
+        """(table, its path relative to the run dir): computed once per calibrator and set from shared statistics."""
+        sig = v.calibrator.signature()
+        if (v.calib_set, sig) not in ctx.tables:
+            t = v.calibrator.table(self.ensure_stats(ctx, v.calib_set))
+            t.check_finite()
+            rel = table_file(ctx, sig, v.calib_set)
+            t.save(ctx.run_dir / rel)
+            ctx.tables[(v.calib_set, sig)] = (t, rel)
+        return ctx.tables[(v.calib_set, sig)]
+
+    def build_variant(self, ctx, v, out_dir: Path | None = None) -> tuple[Path, dict]:
+        """The ONNX artifact of one variant, and what the manifest should know about how it was made.
+
+        Artifacts go to the cache's ``variants/`` (reused by content key), or to ``out_dir`` for a throwaway
+        build (the search's sensitivity models)."""
+        from qbench.config import registry
+        from qbench.quantize import baselines
+        from qbench.quantize.qdq import build_qdq, load_model, plan, verify_scales
+
+        out_dir = out_dir or ctx.cache / "variants"
+        out_dir.mkdir(parents=True, exist_ok=True)
+        msha = ctx.manifest["model"]["onnx_sha256"][:16]
+        if v.baseline == "fp32":
+            return ctx.fp32, {}
+        if v.baseline == "ort_dynamic":
+            return baselines.ort_dynamic(ctx.fp32, out_dir / f"{msha}-ort_dynamic.onnx"), {}
+        if v.baseline == "fp16":
+            return baselines.fp16(ctx.fp32_model(), v.exclusion_cfg, out_dir / f"{msha}-fp16-{cfg_key(v)}.onnx")
+        if v.baseline == "ort_static":
+            first = next(iter(ctx.calib_sets.values()))  # ORT's own calibration gets the first set
+            ids = hashlib.sha256(json.dumps([s.id for s in first]).encode()).hexdigest()[:12]
+            out = out_dir / f"{msha}-ort_static-{ids}.onnx"
+            return baselines.ort_static(ctx.fp32, out, ctx.tokenizer, [s.text for s in first]), {}
+        table, tfile = self.table_for(ctx, v)
+        weights = build_plugin(registry.weight_rules, ctx.cfg.calibration.weights)
+        key = hashlib.sha256(json.dumps([QDQ_VERSION, msha, table.to_json(), v.exclusion_cfg.model_dump(),
+                                         v.flavor, weights.signature()]).encode()).hexdigest()[:16]
+        out = out_dir / f"{key}.onnx"
+        fp32 = ctx.fp32_model()
+        hit = out.is_file()
+        if hit:  # cached by content: still re-check every scale, so a stale or edited file cannot pass
+            verify_scales(load_model(out), table, fp32, weights)
+            rep = plan(fp32, v.exclusion_cfg)[1]
+        else:
+            rep = build_qdq(fp32, table, v.exclusion_cfg, v.flavor, out, weights)
+        for w in rep.warnings:
+            log(f"warning: variant {v.id}: {w}", warning=True)
+        return out, {"qdq_key": key, "qdq_cache_hit": hit,
+                     "table": tfile, "quantized_tensors": len(rep.quantized_tensors),
+                     "excluded_nodes": rep.excluded_nodes, "warnings": rep.warnings}
+
+    def evaluate(self, ctx, v, artifact: Path) -> list[tuple[str, str, float, str]]:
+        """Quality and structure of one variant. Latency is measured later, side by side (the runner's latency
+        phase)."""
+        metrics: list[tuple[str, str, float, str]] = []
+        q, d, eval_s = embed_pairs(ctx, artifact, ctx.evalset)
+        m = retrieval_metrics(q, d)
+        if v.baseline == "fp32":
+            ctx.fp32_ref.update(emb=np.concatenate([q, d]), quality=m["accuracy_at_1"])
+        metrics += [("accuracy_at_1", "all", m["accuracy_at_1"], "fraction"), ("mrr", "all", m["mrr"], "fraction")]
+        gate = ctx.cfg.gate
+        if gate is not None and v.baseline != "fp32" and ctx.fp32_ref.get("quality") is not None:
+            drop = (ctx.fp32_ref["quality"] - m["accuracy_at_1"]) * 100  # the budget is in percentage points
+            metrics += [("gate", "all", float(drop <= gate.max_drop), "pass"), ("worst_lang_drop", "all", drop, "points")]
+        if ctx.fp32_ref.get("emb") is not None:
+            metrics.append(("cosine_vs_fp32", "all", fidelity(np.concatenate([q, d]), ctx.fp32_ref["emb"]), "cosine"))
+        metrics.append(("eval_seconds", "all", eval_s, "s"))
+        metrics.append(("size_mb", "all", artifact.stat().st_size / 1e6, "MB"))
+        return metrics + structure_metrics(ctx, v, artifact)
+
+    def scorer(self, ctx, subset: list):
+        return RetrievalScorer(ctx, subset)
+
+    def markdown_table(self, df, manifest: dict) -> str:
+        from qbench.report.tables import markdown_single
+
+        cols = [("acc@1", "acc", ".4f"), ("Δ vs FP32 (pts)", "delta", "+.2f"), ("MRR", "mrr", ".4f"),
+                ("cos vs FP32", "cos", ".4f")]
+        return markdown_single(self, self.leaderboard(df, manifest), manifest, cols)
+
+    def leaderboard(self, df, manifest: dict) -> list[dict]:
+        """One dict per variant, in manifest order: the numbers the table shows."""
+        from qbench.report.tables import BASELINE, _batches, _common, _values
+
+        val = _values(df)
+        base = val.get((BASELINE, "accuracy_at_1", "all"))
+        batches = _batches(val)
+        rows = []
+        for vid, info in manifest["variants"].items():
+            acc = val.get((vid, "accuracy_at_1", "all"))
+            rows.append({
+                **_common(vid, info, val, batches),
+                "acc": acc, "delta": None if acc is None or base is None else (acc - base) * 100,
+                "mrr": val.get((vid, "mrr", "all")), "cos": val.get((vid, "cosine_vs_fp32", "all")),
+            })
+        return rows
+
+
+def embed_pairs(ctx, artifact: Path, samples) -> tuple[np.ndarray, np.ndarray, float]:
+    """(query embeddings, document embeddings, seconds spent embedding) of ``samples`` on one variant."""
+    bs = ctx.cfg.measure.eval_batch_size
+    be = backend(ctx)
+    with (be.open(be.build(artifact, ctx.run_dir)) as sess,
+          progress.task("evaluation", total=2 * len(samples), unit="text") as t):
+        sess = progress.counted(sess, t, samples=True)
+        t0 = time.perf_counter()
+        q = embed(sess, ctx.tokenizer, [s.text for s in samples], bs)
+        d = embed(sess, ctx.tokenizer, [s.reference for s in samples], bs)
+        return q, d, time.perf_counter() - t0
+
+
+def structure_metrics(ctx, v, artifact: Path) -> list[tuple[str, str, float, str]]:
+    """How many MatMul/Gemm nodes run quantized or float, and how many nodes each exclusion kept out."""
+    from qbench.quantize.qdq import load_model, match_exclusions, op_counts
+
+    metrics = []
+    counts = op_counts(load_model(artifact))
+    for op in ("MatMul", "Gemm"):
+        if counts["quantized"][op] + counts["float"][op]:
+            metrics.append(("nodes_quantized", f"op={op}", counts["quantized"][op], "count"))
+            metrics.append(("nodes_float", f"op={op}", counts["float"][op], "count"))
+    if v.kind == "qbench":
+        fp32 = ctx.fp32_model()
+        excluded, _ = match_exclusions(fp32, v.exclusion_cfg)
+        op_of = {n.name: n.op_type for n in fp32.graph.node}
+        by_op: dict[str, int] = {}
+        for name in excluded:
+            by_op[op_of[name]] = by_op.get(op_of[name], 0) + 1
+        metrics += [("nodes_excluded", f"op={op}", n, "count") for op, n in sorted(by_op.items())]
+    return metrics
+
+
+class RetrievalScorer:
+    """The search's scorer: embeddings of the subset's queries and documents; quality = accuracy@1 in points,
+    no languages."""
+
+    def __init__(self, ctx, subset):
+        self.ctx, self.subset = ctx, subset
+        self.base = self._embed(ctx.fp32)
+        self.base_quality = self._quality(self.base)
+
+    def _embed(self, art: Path) -> np.ndarray:
+        q, d, _ = embed_pairs(self.ctx, art, self.subset)
+        return np.concatenate([q, d])
+
+    def _quality(self, emb: np.ndarray) -> dict[str, float]:
+        n = len(self.subset)
+        return {"all": retrieval_metrics(emb[:n], emb[n:])["accuracy_at_1"] * 100}
+
+    def full_quality(self, art: Path) -> tuple[dict[str, float], dict[str, float]]:
+        """(candidate, FP32) accuracy@1 in points on the sweep's evaluation set."""
+        q, d, _ = embed_pairs(self.ctx, art, self.ctx.evalset)
+        return {"all": retrieval_metrics(q, d)["accuracy_at_1"] * 100}, {"all": self.ctx.fp32_ref["quality"] * 100}
+
+    def score(self, art: Path, quality: bool = True) -> dict:
+        emb = self._embed(art)
+        err = float(((emb - self.base) ** 2).sum() / (self.base ** 2).sum())
+        out = {"error": err, "fidelity": {"sqnr_db": {"all": sqnr_db(self.base, emb)}}}
+        if quality:
+            out["quality"] = self._quality(emb)
+        return out

@@ -15,6 +15,7 @@ import hashlib
 import json
 import time
 from pathlib import Path
+from typing import ClassVar
 
 import numpy as np
 
@@ -22,6 +23,9 @@ from qbench.util import progress
 from qbench.config.schema import build_plugin
 from qbench.config.errors import DataError, QbenchError
 from qbench.run.variants import Variant
+from qbench.tasks.base import Task
+from qbench.tasks.decode import _target_ids, generator, sources, translate  # noqa: F401
+from qbench.tasks.common import QDQ_VERSION, cached_stats, cfg_key, table_file
 
 COMPONENTS = ("encoder", "decoder")
 BOOTSTRAP = 1000  # resamples for every confidence interval
@@ -40,6 +44,7 @@ def prepare_model(ctx, sha256: str | None = None) -> dict:
                           "`tokenizers` library; save a fast tokenizer beside the model)")
     ctx.fp32 = exp.encoder_path.parent
     ctx.spec = exp
+    ctx.model_from_cache = exp.from_cache
     ctx.tokenizer = Tokenizer(exp.tokenizer_dir, max_length=cfg.model.max_length)
     return {"source": exp.source, "resolved": exp.resolved, "export_key": exp.key, "opset": exp.opset,
             "exporter": exp.exporter, "model_type": exp.model_type,
@@ -61,42 +66,6 @@ def dir_sha256(d: Path) -> str:
     return h.hexdigest()
 
 
-def sources(ctx, samples) -> list[str]:
-    prefix = ctx.cfg.model.source_prefix
-    return [prefix.format(lang=s.language) + s.text for s in samples] if prefix else [s.text for s in samples]
-
-
-def _target_ids(ctx, texts: list[str]) -> list[list[int]]:
-    enc = ctx.tokenizer.encode_batch(texts)
-    return [row[m.astype(bool)].tolist() for row, m in zip(enc["input_ids"], enc["attention_mask"])]
-
-
-def generator(ctx, art_dir: Path):
-    from qbench.backends.ort import OrtSession
-    from qbench.models.generate import Generator
-
-    threads = ctx.cfg.backend.threads
-    prov = ["CPUExecutionProvider"]
-    return Generator(OrtSession(Path(art_dir) / "encoder.onnx", threads, prov),
-                     OrtSession(Path(art_dir) / "decoder.onnx", threads, prov), ctx.spec)
-
-
-def translate(ctx, gen, samples) -> list[str]:
-    """Decode every sample, in batches of similar source length (less padding), results in input order."""
-    g = ctx.cfg.generation
-    texts = sources(ctx, samples)
-    order = sorted(range(len(texts)), key=lambda i: len(texts[i]))
-    out: dict[int, str] = {}
-    with progress.task("decoding", total=len(texts), unit="sample") as t:
-        for k in range(0, len(order), g.batch_size):
-            idx = order[k:k + g.batch_size]
-            enc = ctx.tokenizer.encode_batch([texts[i] for i in idx])
-            ids = gen.generate(enc["input_ids"], enc["attention_mask"], g.max_new_tokens, g.num_beams)
-            out.update(zip(idx, ctx.tokenizer.decode_batch(ids)))
-            t.advance(len(idx))
-    return [out[i] for i in range(len(texts))]
-
-
 # ---------------------------------------------------------------------------------------------- statistics
 
 
@@ -104,7 +73,6 @@ def ensure_stats(ctx, set_name: str) -> dict:
     """{component: {tensor: TensorStats}} for one calibration set; one pass per graph, cached on disk."""
     from qbench.calib import stats as st
     from qbench.quantize.qdq import calibration_tensors
-    from qbench.run.sweep import cached_stats
 
     if set_name in ctx.stats:
         return ctx.stats[set_name]
@@ -185,8 +153,6 @@ def table_for(ctx, v: Variant) -> tuple[dict, dict]:
     sig = v.calibrator.signature()
     k = (v.calib_set, sig)
     if k not in ctx.tables:
-        from qbench.run.sweep import table_file
-
         stats = ensure_stats(ctx, v.calib_set)
         tables, files = {}, {}
         for comp in COMPONENTS:
@@ -201,7 +167,7 @@ def table_for(ctx, v: Variant) -> tuple[dict, dict]:
 
 def build_variant(ctx, v: Variant, out_root: Path | None = None) -> tuple[Path, dict]:
     """The encoder and decoder artifacts of one variant (a directory), in the cache's ``variants/`` or in
-    ``out_root`` for a throwaway build (as sweep.build_variant)."""
+    ``out_root`` for a throwaway build (as the retrieval task's build_variant)."""
     from qbench.quantize import baselines
     from qbench.config import registry
     from qbench.quantize.qdq import build_qdq, load_model, plan, verify_scales
@@ -218,9 +184,7 @@ def build_variant(ctx, v: Variant, out_root: Path | None = None) -> tuple[Path, 
                 baselines.ort_dynamic(ctx.fp32 / f"{comp}.onnx", d / f"{comp}.onnx")
         return d, {}
     if v.baseline == "fp16":
-        from qbench.run.sweep import _cfg_key
-
-        d = out_root / f"{msha}-fp16-{_cfg_key(v)}"
+        d = out_root / f"{msha}-fp16-{cfg_key(v)}"
         info: dict = {"excluded_nodes": {}, "fp16": {}, "warnings": []}
         for comp in COMPONENTS:
             _, i = baselines.fp16(ctx.fp32_model(comp), v.exclusion_cfg, d / f"{comp}.onnx")
@@ -231,8 +195,6 @@ def build_variant(ctx, v: Variant, out_root: Path | None = None) -> tuple[Path, 
         raise QbenchError(f"variant {v.id}: baseline '{v.baseline}' is not available for translation")
     tables, files = table_for(ctx, v)
     weights = build_plugin(registry.weight_rules, ctx.cfg.calibration.weights)
-    from qbench.run.sweep import QDQ_VERSION
-
     key = hashlib.sha256(json.dumps([QDQ_VERSION, msha, {c: t.to_json() for c, t in tables.items()},
                                      v.exclusion_cfg.model_dump(), v.flavor, weights.signature()]).encode()
                          ).hexdigest()[:16]
@@ -285,11 +247,11 @@ def evaluate(ctx, v: Variant, art: Path) -> list[tuple[str, str, float, str]]:
     frame.insert(0, "variant", v.id)
     ctx.sample_frames[v.id] = frame
     if v.baseline == "fp32":
-        ctx.fp32_stats, ctx.fp32_hyps = stats, hyps
-    elif ctx.fp32_stats is not None:
+        ctx.fp32_ref.update(stats=stats, hyps=hyps)
+    elif ctx.fp32_ref.get("stats") is not None:
         metrics += _deltas(ctx, stats, langs)
         metrics.append(("exact_match_vs_fp32", "all",
-                        float(np.mean([a == b for a, b in zip(hyps, ctx.fp32_hyps)])), "fraction"))
+                        float(np.mean([a == b for a, b in zip(hyps, ctx.fp32_ref["hyps"])])), "fraction"))
     metrics.append(("eval_seconds", "all", eval_s, "s"))
     metrics.append(("size_mb", "all", artifact_size_mb(art), "MB"))
     return metrics + structure_metrics(art)
@@ -314,7 +276,7 @@ def _deltas(ctx, stats, langs) -> list[tuple[str, str, float, str]]:
     from qbench.tasks import mt_metrics as mm
 
     seed = next(iter(ctx.cfg.data.sets().values())).seed
-    df = mm.paired_bootstrap_by_lang(ctx.fp32_stats, stats, langs, metrics=("bleu", "chrf"), n=BOOTSTRAP, seed=seed)
+    df = mm.paired_bootstrap_by_lang(ctx.fp32_ref["stats"], stats, langs, metrics=("bleu", "chrf"), n=BOOTSTRAP, seed=seed)
     out = []
     for r in df.itertuples():
         sl = "all" if r.lang == "all" else f"lang={r.lang}"
@@ -329,16 +291,6 @@ def _deltas(ctx, stats, langs) -> list[tuple[str, str, float, str]]:
         out.append(("gate", "all", float(drop <= gate.max_drop), "pass"))
         out.append(("worst_lang_drop", "all" if worst.lang == "all" else f"lang={worst.lang}", drop, "score"))
     return out
-
-
-def write_samples(ctx) -> None:
-    import pandas as pd
-
-    from qbench.util.io import atomic_write
-
-    if ctx.sample_frames:
-        df = pd.concat(ctx.sample_frames.values(), ignore_index=True)
-        atomic_write(ctx.run_dir / "samples.parquet", lambda p: df.to_parquet(p, index=False))
 
 
 # ---------------------------------------------------------------------------------------------- latency
@@ -363,3 +315,96 @@ class GenerationSession:
 
 def latency_texts(ctx) -> list[str]:
     return sources(ctx, ctx.evalset)
+
+
+# ---------------------------------------------------------------------------------------------- the contract
+
+
+class TranslationTask(Task):
+    """Encoder + decoder graphs, decoded with greedy or beam search, scored per language (qbench.tasks.base)."""
+
+    name: ClassVar[str] = "translation"
+    components: ClassVar[tuple[str, ...]] = COMPONENTS
+    quality: ClassVar[tuple[str, str]] = ("bleu", "BLEU (macro mean over languages)")
+    item_noun: ClassVar[str] = "sentences"
+    layout: ClassVar[str] = "languages"
+    fidelity_label: ClassVar[str] = "KL"
+    per_language: ClassVar[bool] = True
+
+    def prepare_model(self, ctx, sha256: str | None = None) -> dict:
+        return prepare_model(ctx, sha256)
+
+    def artifact_sha256(self, artifact: Path) -> str:
+        return dir_sha256(artifact)
+
+    def graphs(self, artifact: Path) -> dict[str, Path]:
+        return {c: Path(artifact) / f"{c}.onnx" for c in COMPONENTS}
+
+    def fp32_models(self, ctx) -> dict:
+        return {c: ctx.fp32_model(c) for c in COMPONENTS}
+
+    def ensure_stats(self, ctx, set_name: str) -> dict:
+        return ensure_stats(ctx, set_name)
+
+    def build_variant(self, ctx, v, out_dir: Path | None = None) -> tuple[Path, dict]:
+        return build_variant(ctx, v, out_dir)
+
+    def evaluate(self, ctx, v, artifact: Path) -> list[tuple[str, str, float, str]]:
+        return evaluate(ctx, v, artifact)
+
+    def latency_texts(self, ctx) -> list[str]:
+        return latency_texts(ctx)
+
+    def latency_session(self, ctx, artifact: Path):
+        return GenerationSession(ctx, artifact)
+
+    def scorer(self, ctx, subset: list):
+        from qbench.tasks.translation_search import TranslationScorer
+
+        return TranslationScorer(ctx, subset)
+
+    def dim_ranges(self, ctx, seq_opt: int) -> dict[str, tuple[int, int, int]]:
+        """Beams multiply a batch; the decoder takes one new token per step (teacher forcing up to the generation
+        limit), past K/V from 0 (first step) to the generation limit."""
+        cfg = ctx.cfg
+        lat, longest, g = cfg.measure.latency.batch_sizes, cfg.model.max_length, cfg.generation
+        beams = g.num_beams
+        batch = (1, max(lat) * beams, max(*lat, g.batch_size) * beams)
+        steps = g.max_new_tokens + 1
+        return {"batch": batch, "sequence": (1, seq_opt, longest), "src_len": (1, seq_opt, longest),
+                "tgt_len": (1, 1, steps), "past_len": (0, steps // 2, steps)}
+
+    def gpu_latency_rows(self, ctx, engines: dict[str, Path]) -> list[tuple[str, str, float, str]]:
+        """Wall time of whole greedy/beam generation through the encoder and decoder engines, as ORT is timed."""
+        from qbench.backends.measure import as_rows, summarize, time_runs
+        from qbench.backends.trt_runtime import TrtSession
+        from qbench.models.generate import Generator
+
+        lat, g = ctx.cfg.measure.latency, ctx.cfg.generation
+        rows = []
+        enc, dec = TrtSession(Path(engines["encoder"])), TrtSession(Path(engines["decoder"]))
+        try:
+            gen = Generator(enc, dec, ctx.spec)
+            for b, feeds in ctx.latency_feeds.items():
+                secs = time_runs(lambda: gen.generate(feeds["input_ids"], feeds["attention_mask"], g.max_new_tokens,
+                                                      g.num_beams), lat.warmup, lat.runs * lat.rounds)
+                rows += as_rows(summarize(secs, b), b)
+        finally:
+            enc.close()
+            dec.close()
+        return rows
+
+    def leaderboard(self, df, manifest: dict) -> list[dict]:
+        from qbench.tasks.translation_report import translation_leaderboard
+
+        return translation_leaderboard(df, manifest)
+
+    def report_context(self, df, manifest: dict) -> dict:
+        from qbench.tasks.translation_report import translation_context
+
+        return translation_context(df, manifest)
+
+    def markdown_table(self, df, manifest: dict) -> str:
+        from qbench.tasks.translation_report import markdown_translation
+
+        return markdown_translation(self.leaderboard(df, manifest), manifest)

@@ -97,3 +97,8 @@ def read_yaml_mapping(path: Path, what: str) -> dict:
     if not isinstance(raw, dict):
         raise ConfigError(one_line(f"{path}: (top level): expected a mapping of keys, got {type(raw).__name__}"))
     return raw
+
+
+def safe_name(s: str) -> str:
+    """``s`` as a file name: anything but letters, digits and ``-_.=`` becomes ``_`` (variant ids hold ``+``, ``[``)."""
+    return "".join(ch if ch.isalnum() or ch in "-_.=" else "_" for ch in s)

@@ -18,3 +18,12 @@ def quiet_logger(name: str | None, level: int) -> Iterator[None]:
         yield
     finally:
         logger.setLevel(before)
+
+
+def log(msg: str, warning: bool = False) -> None:
+    """A timestamped line on stderr, drawn above the progress bars; ``--quiet`` keeps only warnings."""
+    import time
+
+    from qbench.util import progress
+
+    progress.echo(f"[qbench {time.strftime('%H:%M:%S')}] {msg}", important=warning)

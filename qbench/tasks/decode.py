@@ -1,0 +1,45 @@
+"""Decoding for the translation task: sources with their prefix, target token ids, an encoder/decoder pair of
+ONNX Runtime sessions as a Generator, and batched translation. What the task's evaluation, calibration and
+search scorer all decode with."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from qbench.util import progress
+
+
+def sources(ctx, samples) -> list[str]:
+    prefix = ctx.cfg.model.source_prefix
+    return [prefix.format(lang=s.language) + s.text for s in samples] if prefix else [s.text for s in samples]
+
+
+def _target_ids(ctx, texts: list[str]) -> list[list[int]]:
+    enc = ctx.tokenizer.encode_batch(texts)
+    return [row[m.astype(bool)].tolist() for row, m in zip(enc["input_ids"], enc["attention_mask"])]
+
+
+def generator(ctx, art_dir: Path):
+    from qbench.backends.ort import OrtSession
+    from qbench.models.generate import Generator
+
+    threads = ctx.cfg.backend.threads
+    prov = ["CPUExecutionProvider"]
+    return Generator(OrtSession(Path(art_dir) / "encoder.onnx", threads, prov),
+                     OrtSession(Path(art_dir) / "decoder.onnx", threads, prov), ctx.spec)
+
+
+def translate(ctx, gen, samples) -> list[str]:
+    """Decode every sample, in batches of similar source length (less padding), results in input order."""
+    g = ctx.cfg.generation
+    texts = sources(ctx, samples)
+    order = sorted(range(len(texts)), key=lambda i: len(texts[i]))
+    out: dict[int, str] = {}
+    with progress.task("decoding", total=len(texts), unit="sample") as t:
+        for k in range(0, len(order), g.batch_size):
+            idx = order[k:k + g.batch_size]
+            enc = ctx.tokenizer.encode_batch([texts[i] for i in idx])
+            ids = gen.generate(enc["input_ids"], enc["attention_mask"], g.max_new_tokens, g.num_beams)
+            out.update(zip(idx, ctx.tokenizer.decode_batch(ids)))
+            t.advance(len(idx))
+    return [out[i] for i in range(len(texts))]
