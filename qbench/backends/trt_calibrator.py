@@ -11,7 +11,7 @@ header), and then the scales are TensorRT's, not ours -- ``calibrator.batches_se
 that happened. The same cache file also works without this adapter: ``save_trt_cache`` then
 ``trtexec --int8 --calib=FILE``.
 
-CUDA goes through ``qbench.backends.trt_runtime``'s adapter (``_load_cuda``: cuda-python, else pycuda),
+CUDA goes through ``qbench.backends.cuda_api``'s adapter (``_load_cuda``: cuda-python, else pycuda),
 the same one the engine runner uses, whose cuda-python side (malloc/free, async copies, streams) did run on
 a real H100; the calibrator's own use of it (one stream, async host-to-device copies synchronized before
 ``get_batch`` returns the pointers) only ran against stand-ins.
@@ -67,7 +67,7 @@ def _import_tensorrt() -> Any:
 
 def _cuda_adapter() -> Any:
     """``trt_runtime``'s CUDA adapter (cuda-python preferred, else pycuda); BackendUnavailable if neither."""
-    from qbench.backends.trt_runtime import _load_cuda  # noqa: PLC0415 - imports numpy
+    from qbench.backends.cuda_api import _load_cuda  # noqa: PLC0415 - imports numpy
 
     try:
         return _load_cuda()
