@@ -47,12 +47,12 @@ def latency_phase(ctx, artifacts: dict[str, Path]) -> dict[str, list | str]:
 
 
 def make_latency_feeds(ctx) -> None:
-    """One tokenized batch per latency batch size, drawn from the task's latency texts; recorded in the manifest."""
+    """One encoded batch per latency batch size, drawn from the task's latency texts; recorded in the manifest."""
     rng = np.random.default_rng(ctx.cfg.data.calibration.seed)
     texts = ctx.task.latency_texts(ctx)
     info = {}
     for b in ctx.cfg.measure.latency.batch_sizes:
         pick = [texts[i] for i in rng.choice(len(texts), size=min(b, len(texts)), replace=False)]
-        ctx.latency_feeds[b] = ctx.tokenizer.encode_batch(pick)
-        info[f"batch={b}"] = {"shape": list(ctx.latency_feeds[b]["input_ids"].shape)}
+        feeds = ctx.latency_feeds[b] = ctx.task.encode(ctx, pick)
+        info[f"batch={b}"] = {"shape": list(feeds.get("input_ids", next(iter(feeds.values()))).shape)}
     ctx.manifest["latency_inputs"] = info

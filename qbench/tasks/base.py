@@ -14,7 +14,8 @@ What a task provides, in pipeline order:
 - ``build_variant``: a variant's artifact from its tables and exclusions, and what the manifest records of it;
 - ``evaluate``: a built variant's metric tuples ``(metric, slice, value, unit)``; per-sample rows go to
   ``ctx.sample_frames`` (samples.parquet) for paired resampling;
-- ``latency_texts`` / ``latency_session``: what latency is timed on, and what one call does;
+- ``latency_texts`` / ``encode`` / ``latency_session``: what latency is timed on, its feeds, and what one
+  timed call does (one forward pass; a whole translation);
 - ``scorer``: the fidelity scorer of the sensitivity search (``score``, ``full_quality``, ``base_quality``);
 - ``dim_ranges`` / ``gpu_latency_rows``: TensorRT's optimization profile and latency of built engines;
 - ``leaderboard`` / ``report_context`` / ``markdown_table``: the report's rows and the sections the task adds.
@@ -74,6 +75,10 @@ class Task:
 
     def evaluate(self, ctx, v, artifact: Path) -> list[tuple[str, str, float, str]]:
         raise NotImplementedError
+
+    def encode(self, ctx, texts: list[str]) -> dict:
+        """The model's feeds for a batch of texts (latency batches): the tokenizer's by default."""
+        return ctx.tokenizer.encode_batch(texts)
 
     def latency_texts(self, ctx) -> list[str]:
         """The texts latency batches are drawn from."""
