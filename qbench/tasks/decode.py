@@ -6,6 +6,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import numpy as np
+
 from qbench.util import progress
 
 
@@ -43,3 +45,24 @@ def translate(ctx, gen, samples) -> list[str]:
             out.update(zip(idx, ctx.tokenizer.decode_batch(ids)))
             t.advance(len(idx))
     return [out[i] for i in range(len(texts))]
+
+
+class GenerationSession:
+    """A variant as something latency code can time: ``infer`` translates one tokenized batch end to end."""
+
+    def __init__(self, ctx, art: Path):
+        self._gen = generator(ctx, art)
+        self._g = ctx.cfg.generation
+        self.input_names = ["input_ids", "attention_mask"]
+        self.output_names = ["token_ids"]
+
+    def infer(self, feeds: dict[str, np.ndarray]) -> list:
+        return [self._gen.generate(feeds["input_ids"], feeds["attention_mask"], self._g.max_new_tokens,
+                                   self._g.num_beams)]
+
+    def close(self) -> None:
+        self._gen = None
+
+
+def latency_texts(ctx) -> list[str]:
+    return sources(ctx, ctx.evalset)

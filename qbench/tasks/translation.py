@@ -24,7 +24,8 @@ from qbench.config.schema import build_plugin
 from qbench.config.errors import DataError, QbenchError
 from qbench.run.variants import Variant
 from qbench.tasks.base import Task
-from qbench.tasks.decode import _target_ids, generator, sources, translate  # noqa: F401
+from qbench.tasks.decode import (GenerationSession, _target_ids, generator, latency_texts,  # noqa: F401
+                                 sources, translate)
 from qbench.tasks.common import QDQ_VERSION, cached_stats, cfg_key, table_file
 
 COMPONENTS = ("encoder", "decoder")
@@ -291,30 +292,6 @@ def _deltas(ctx, stats, langs) -> list[tuple[str, str, float, str]]:
         out.append(("gate", "all", float(drop <= gate.max_drop), "pass"))
         out.append(("worst_lang_drop", "all" if worst.lang == "all" else f"lang={worst.lang}", drop, "score"))
     return out
-
-
-# ---------------------------------------------------------------------------------------------- latency
-
-
-class GenerationSession:
-    """A variant as something latency code can time: ``infer`` translates one tokenized batch end to end."""
-
-    def __init__(self, ctx, art: Path):
-        self._gen = generator(ctx, art)
-        self._g = ctx.cfg.generation
-        self.input_names = ["input_ids", "attention_mask"]
-        self.output_names = ["token_ids"]
-
-    def infer(self, feeds: dict[str, np.ndarray]) -> list:
-        return [self._gen.generate(feeds["input_ids"], feeds["attention_mask"], self._g.max_new_tokens,
-                                   self._g.num_beams)]
-
-    def close(self) -> None:
-        self._gen = None
-
-
-def latency_texts(ctx) -> list[str]:
-    return sources(ctx, ctx.evalset)
 
 
 # ---------------------------------------------------------------------------------------------- the contract
