@@ -43,6 +43,7 @@ is finished with --resume, which refuses a config that changed (CONFIG defaults 
   qbench ls calibrators
   qbench ls samplers
   qbench ls metrics
+  qbench ls tasks
 """),
     "table": ("convert a calibration table: qbench JSON <-> TensorRT <=10 cache", """
   qbench table reports/example/tables/entropy.json entropy.cache
@@ -79,7 +80,7 @@ exports and statistics stay. Keep the runs you may still resume or re-time; prun
   qbench config-reference | grep gate.
 """),
 }
-LS_KINDS = ("calibrators", "samplers", "backends", "weights", "metrics")
+LS_KINDS = ("calibrators", "samplers", "backends", "weights", "metrics", "tasks")
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -173,6 +174,12 @@ def _list_plugins(kind: str) -> int:
 
     if kind == "metrics":
         return _list_metrics()
+    if kind == "tasks":  # tasks take no parameters: their graphs and what they are
+        for name in registry.tasks.names():
+            cls = registry.tasks.get(name)
+            doc = (cls.__doc__ or "").strip().splitlines()[0] if cls.__doc__ else ""
+            print(f"{name:18s} graphs: {', '.join(cls.components)}" + (f"    # {doc}" if doc else ""))
+        return 0
     reg = {"calibrators": registry.calibrators, "samplers": registry.samplers,
            "backends": registry.backends, "weights": registry.weight_rules}[kind]
     for name in reg.names():

@@ -282,12 +282,15 @@ class SweepConfig(Strict):
     @model_validator(mode="before")
     @classmethod
     def _task_defaults(cls, data: Any) -> Any:
-        # ONNX Runtime's static quantizer takes one graph: translation's default baselines leave it out
-        # (naming it explicitly is still an error, reported with the others).
-        if isinstance(data, dict) and data.get("task") == "translation":
+        # A task may have its own default baselines (translation leaves out ONNX Runtime's static quantizer,
+        # which takes one graph); naming one it cannot run is still an error, reported with the others.
+        from qbench.config import registry
+
+        if isinstance(data, dict) and isinstance(data.get("task"), str) and data["task"] in registry.tasks.names():
+            default = registry.tasks.get(data["task"]).default_baselines
             sweep = data.get("sweep", {})
-            if isinstance(sweep, dict) and "baselines" not in sweep:
-                data = {**data, "sweep": {**sweep, "baselines": ["fp32", "ort_dynamic"]}}
+            if default is not None and isinstance(sweep, dict) and "baselines" not in sweep:
+                data = {**data, "sweep": {**sweep, "baselines": list(default)}}
         return data
 
     def manifest_path(self) -> Path:
@@ -380,20 +383,10 @@ def _check_plugins(cfg: SweepConfig, file: str) -> list[str]:
 
 
 def _check_task(cfg: SweepConfig, file: str) -> list[str]:
-    """Settings that only one task understands."""
-    problems = []
-    if cfg.task == "translation":
-        if "ort_static" in cfg.sweep.baselines:
-            problems.append(f"{file}: sweep.baselines: ort_static is not available for translation "
-                            "(ONNX Runtime's static quantizer takes one graph; use qbench calibrators)")
-        if cfg.gate is not None and cfg.gate.metric == "accuracy_at_1":
-            problems.append(f"{file}: gate.metric: translation is gated on bleu or chrf")
-    elif cfg.task == "retrieval":
-        if cfg.gate is not None and cfg.gate.metric != "accuracy_at_1":
-            problems.append(f"{file}: gate.metric: retrieval is gated on accuracy_at_1")
-        if cfg.gate is not None and cfg.gate.per == "lang":
-            problems.append(f"{file}: gate.per: retrieval has no languages; use per: all")
-    return problems
+    """Settings that only some tasks understand: the task says (qbench.tasks.base.Task.check_config)."""
+    from qbench.config import registry
+
+    return registry.tasks.get(cfg.task)().check_config(cfg, file)
 
 
 def _instantiate(reg, spec: dict, loc: tuple, file: str) -> list[str]:

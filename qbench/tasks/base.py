@@ -42,6 +42,12 @@ class Task:
     fidelity_label: ClassVar[str] = "rel. MSE"  # what the search's error is, in the report's words
     per_language: ClassVar[bool] = False        # the search's scoring subset is capped per language
 
+    default_baselines: ClassVar[tuple[str, ...] | None] = None  # sweep.baselines when the config names none
+
+    def check_config(self, cfg, file: str) -> list[str]:
+        """Problems with settings this task cannot honour, one ``<file>: <key>: <problem>`` line each."""
+        return []
+
     # ----------------------------------------------------------------------------------------- the model
 
     def prepare_model(self, ctx, sha256: str | None = None) -> dict:

@@ -55,11 +55,21 @@ def fidelity(emb: np.ndarray, ref: np.ndarray) -> float:
 
 
 class RetrievalTask(Task):
+    """Sentence embeddings: accuracy@1 and MRR of finding each query's paired document, cosine to FP32."""
+
     name: ClassVar[str] = "retrieval"
     quality: ClassVar[tuple[str, str]] = ("accuracy_at_1", "accuracy@1")
     short_label: ClassVar[str] = "acc@1"
     plot_title: ClassVar[str] = "Accuracy against latency"
     item_noun: ClassVar[str] = "pairs"
+
+    def check_config(self, cfg, file: str) -> list[str]:
+        problems = []
+        if cfg.gate is not None and cfg.gate.metric != "accuracy_at_1":
+            problems.append(f"{file}: gate.metric: retrieval is gated on accuracy_at_1")
+        if cfg.gate is not None and cfg.gate.per == "lang":
+            problems.append(f"{file}: gate.per: retrieval has no languages; use per: all")
+        return problems
 
     def prepare_model(self, ctx, sha256: str | None = None) -> dict:
         from qbench.models.export import export_encoder

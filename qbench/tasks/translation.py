@@ -298,7 +298,7 @@ def _deltas(ctx, stats, langs) -> list[tuple[str, str, float, str]]:
 
 
 class TranslationTask(Task):
-    """Encoder + decoder graphs, decoded with greedy or beam search, scored per language (qbench.tasks.base)."""
+    """Seq2seq translation: greedy or beam decoding, BLEU and chrF per language with paired-bootstrap deltas."""
 
     name: ClassVar[str] = "translation"
     components: ClassVar[tuple[str, ...]] = COMPONENTS
@@ -307,6 +307,17 @@ class TranslationTask(Task):
     layout: ClassVar[str] = "languages"
     fidelity_label: ClassVar[str] = "KL"
     per_language: ClassVar[bool] = True
+
+    default_baselines: ClassVar[tuple[str, ...]] = ("fp32", "ort_dynamic")
+
+    def check_config(self, cfg, file: str) -> list[str]:
+        problems = []
+        if "ort_static" in cfg.sweep.baselines:
+            problems.append(f"{file}: sweep.baselines: ort_static is not available for translation "
+                            "(ONNX Runtime's static quantizer takes one graph; use qbench calibrators)")
+        if cfg.gate is not None and cfg.gate.metric == "accuracy_at_1":
+            problems.append(f"{file}: gate.metric: translation is gated on bleu or chrf")
+        return problems
 
     def prepare_model(self, ctx, sha256: str | None = None) -> dict:
         return prepare_model(ctx, sha256)
