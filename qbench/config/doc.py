@@ -31,7 +31,7 @@ NOTES = {
 HEADER = """\
 # Sweep config reference
 
-<!-- Generated from qbench/config.py by `qbench config-reference > docs/config.md`; do not edit by hand.
+<!-- Generated from qbench/config/schema.py by `qbench config-reference > docs/config.md`; do not edit by hand.
      tests/unit/test_config_doc.py fails when this file is stale. -->
 
 A sweep config is one YAML file; `qbench validate CONFIG` checks it without loading a model, and
