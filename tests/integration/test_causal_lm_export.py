@@ -187,3 +187,21 @@ def test_bad_sources(tmp_path):
         export_causal_lm(str(two / "a.gguf"), tmp_path / "cache", opset=16)
     with pytest.raises(ConfigError, match="at least one token"):
         left_pad([[5], []], 0)
+
+
+def test_source_resolution(tmp_path):
+    """Hub ids cannot be loaded here (no hub): only how they resolve and key is tested."""
+    from qbench.export_causal_lm import lm_cache_key, resolve_lm_source
+
+    assert resolve_lm_source("HuggingFaceTB/SmolLM2-135M") == ("HuggingFaceTB/SmolLM2-135M", None)
+    assert lm_cache_key("org/m", None, opset=17) != lm_cache_key("org/m", None, opset=17, revision="v2")
+    one = tmp_path / "one"
+    one.mkdir()
+    (one / "m.gguf").write_bytes(b"GGUF-1")
+    assert resolve_lm_source(str(one)) == (str(one.resolve()), "m.gguf")          # a folder with one .gguf
+    assert resolve_lm_source(str(one / "m.gguf")) == (str(one.resolve()), "m.gguf")
+    key = lm_cache_key(str(one), "m.gguf", opset=17)
+    (one / "m.gguf").write_bytes(b"GGUF-2")                                       # the key follows the bytes
+    assert lm_cache_key(str(one), "m.gguf", opset=17) != key
+    (one / "config.json").write_text("{}")                                        # a transformers folder wins
+    assert resolve_lm_source(str(one)) == (str(one.resolve()), None)
