@@ -82,24 +82,26 @@ def time_prefill_decode(decoder: CausalDecoder, *, prompt_len: int = 128, new_to
                         repeats: int = 5, seed: int = 0) -> dict[str, float]:
     """Median ms of a ``prompt_len``-token prefill, and median ms per decode step over ``new_tokens`` steps that
     follow it, at ``batch`` rows of random non-special ids; one warm-up round first. The decode steps feed fixed
-    ids (argmax is not timed), so every round does the same work."""
+    ids (argmax is not timed), so every round does the same work. The process CPU time of the same spans is
+    reported beside the wall time: on a shared machine it moves far less (all threads summed)."""
     rng = np.random.default_rng(seed)
     specials = {decoder.spec.pad_token_id, *decoder.spec.eos_token_ids}
     ids = rng.integers(3, decoder.spec.vocab_size, size=(batch, prompt_len)).astype(np.int64)
     ids = np.where(np.isin(ids, list(specials)), 3, ids)
     step_ids = ids[:, :1]
-    prefill, per_token = [], []
+    rows: list[tuple[float, float, float, float]] = []
     for r in range(repeats + 1):
         mask = np.ones_like(ids)
-        t0 = time.perf_counter()
+        t0, c0 = time.perf_counter(), time.process_time()
         _, past = decoder.forward(ids, mask, None)
-        t1 = time.perf_counter()
+        t1, c1 = time.perf_counter(), time.process_time()
         for _ in range(new_tokens):
             mask = np.concatenate([mask, np.ones((batch, 1), np.int64)], axis=1)
             _, past = decoder.forward(step_ids, mask, past)
-        t2 = time.perf_counter()
+        t2, c2 = time.perf_counter(), time.process_time()
         if r:  # round 0 warms up
-            prefill.append((t1 - t0) * 1e3)
-            per_token.append((t2 - t1) * 1e3 / new_tokens)
-    return {"prefill_ms": statistics.median(prefill), "decode_ms_per_token": statistics.median(per_token),
-            "prompt_len": prompt_len, "new_tokens": new_tokens, "batch": batch, "repeats": repeats}
+            rows.append(((t1 - t0) * 1e3, (t2 - t1) * 1e3 / new_tokens, (c1 - c0) * 1e3, (c2 - c1) * 1e3 / new_tokens))
+    med = [statistics.median(col) for col in zip(*rows)]
+    return {"prefill_ms": med[0], "decode_ms_per_token": med[1], "prefill_cpu_ms": med[2],
+            "decode_cpu_ms_per_token": med[3], "prompt_len": prompt_len, "new_tokens": new_tokens, "batch": batch,
+            "repeats": repeats}
