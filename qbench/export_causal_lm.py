@@ -396,13 +396,18 @@ def _retie_lm_head(model: Any, path: Path) -> bool:
     """Where the model ties lm_head to the token embeddings, make the graph say so: the exporter folds
     Transpose(table) into a second [hidden x vocab] copy (113 MB for SmolLM2); it is replaced by a Transpose
     of the embedding table itself, so the file holds the table once and the logits MatMul visibly reads it.
-    Returns whether the graph's logits MatMul now reads the embedding table."""
+    Returns whether the graph's logits MatMul now reads the embedding table. A graph whose weights the exporter
+    wrote as external data (above 2 GB) is left as exported: untested here, and rewriting it would need the data
+    re-laid out."""
     import numpy as np
     import onnx
     from onnx import helper, numpy_helper
 
     emb, head = model.get_input_embeddings(), model.get_output_embeddings()
     if head is None or head.weight.data_ptr() != emb.weight.data_ptr():
+        return False
+    bare = onnx.load(str(path), load_external_data=False)
+    if any(t.data_location == onnx.TensorProto.EXTERNAL for t in bare.graph.initializer):
         return False
     table = emb.weight.detach().numpy()
     onnx_model = onnx.load(str(path))
