@@ -249,10 +249,17 @@ def _build_entry(source: str, resolved: str, gguf_file: str | None, out: Path, *
 
     started = time.perf_counter()
     model = load_model(source, resolved, gguf_file, revision)
-    with torch.no_grad():
-        dims = _probe_dims(model)
-    wrapper = _wrapper(model, dims["num_layers"])
-    _export_graph(wrapper, out / "model.onnx", opset, dims)
+    facts = _token_facts(model)  # before the slow part: a model that names no EOS fails at once
+    try:
+        with torch.no_grad():
+            dims = _probe_dims(model)
+        wrapper = _wrapper(model, dims["num_layers"])
+        _export_graph(wrapper, out / "model.onnx", opset, dims)
+    except ModelError:
+        raise
+    except Exception as err:  # an architecture the tracer or the cache wrapper cannot handle: the user's model
+        raise ModelError(f"ONNX export of causal LM {source} failed: {type(err).__name__}: "
+                         f"{first_line(err, 300)}") from err
     for module in (model, wrapper):
         module.eval()  # the exporter restores the previous mode; references need dropout off
     if model.training or wrapper.training:
@@ -262,7 +269,7 @@ def _build_entry(source: str, resolved: str, gguf_file: str | None, out: Path, *
         diffs = _check_diffs(model, out / "model.onnx", dims)
     has_tokenizer = _save_tokenizer(resolved, gguf_file, revision, out / "tokenizer")
     record = _export_record(source, resolved, revision, out / "model.onnx", opset=opset)
-    return {**dims, **diffs, **_token_facts(model), "opset": opset, "exporter": EXPORTER,
+    return {**dims, **diffs, **facts, "opset": opset, "exporter": EXPORTER,
             "model_type": str(getattr(model.config, "model_type", "")), "gguf_file": gguf_file,
             "tied_embeddings": tied, "export_version": LM_EXPORT_VERSION, "source": source,
             "resolved": resolved, "revision": revision, "has_tokenizer": has_tokenizer, "file": record,
