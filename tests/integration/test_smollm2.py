@@ -115,6 +115,17 @@ def test_roles_from_structure(smollm2):
     downs = [d for d in q if "reads mlp_gate output" in d["roles"]]
     assert len(downs) == 30 and all(d["name"].endswith("mlp/down_proj/MatMul") for d in downs)
     assert sum("reads softmax output" in d["roles"] for d in q) == 30
+    # What the exclusions built on these roles keep float (qdq.plan): the tied head alone; per layer q, k, v, gate
+    # and up (they read a norm) and the head; per layer probs x V.
+    from qbench.config import ExclusionCfg
+    from qbench.qdq import plan
+
+    counts = {}
+    for role in ("lm_head", "layernorm", "softmax"):
+        chosen, rep = plan(model, ExclusionCfg(roles=[role]))
+        assert rep.warnings == []
+        counts[role] = len(chosen)
+    assert counts == {"lm_head": 270, "layernorm": 271 - 30 * 5 - 1, "softmax": 271 - 30}
 
 
 def test_inspect_shows_the_roles(smollm2):
