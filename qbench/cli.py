@@ -314,7 +314,7 @@ def _inspect(path: str, as_json: bool) -> int:
     for role, groups in roles.items():
         kinds: dict[str, int] = {}
         for g in groups:
-            key = g.detail.split(" -> ")[0]
+            key = g.detail.split(" -> ")[0] + (", tied to the token embeddings" if "(tied to " in g.detail else "")
             kinds[key] = kinds.get(key, 0) + 1
         what = "; ".join(f"{c} x {k}" for k, c in kinds.items())
         if role == "embeddings" and groups:

@@ -7,7 +7,7 @@ match at all (the old name regexes, kept in ``NAME_HINTS``).
 - ``layernorm``: LayerNormalization, SimplifiedLayerNormalization, Skip(Simplified)LayerNormalization
   and RMSNormalization nodes; the decomposed LayerNorm
   ``x - ReduceMean(x) -> Pow 2 | Mul self -> ReduceMean -> Add eps -> Sqrt -> Div | Reciprocal+Mul
-  -> Mul gamma -> Add beta``; and the decomposed RMSNorm (T5)
+  -> Mul gamma -> Add beta``; and the decomposed RMSNorm (T5, Llama)
   ``Pow 2 -> ReduceMean -> Add eps -> Sqrt -> Reciprocal | Div(1, .) -> Mul x -> Mul gamma``.
   A leading Cast read only by the pattern belongs to it. One group per pattern; its output is the
   normalized tensor.
@@ -28,6 +28,11 @@ match at all (the old name regexes, kept in ``NAME_HINTS``).
   input) only those are lm_head. Otherwise, as in an encoder with a classifier, every such head is the
   lm_head: the layer the old ``/classifier|/cls/`` name hint meant. An encoder whose outputs leave
   through a LayerNorm or pooling (a sentence embedder) has no lm_head.
+- ``mlp_gate``: the gated MLP of Llama/Qwen-style decoders (SwiGLU, GeGLU): ``act(x W_gate) * (x W_up)``,
+  two MatMuls with constant weights reading the same tensor, one through SiLU (``Mul(g, Sigmoid(g))``, or a
+  fused Swish/Gelu/FastGelu/QuickGelu op), multiplied. The group is the activation and the product; its output is
+  what down_proj reads. That product carries the MLP's largest outliers, so excluding ``mlp_gate`` keeps
+  down_proj's input float and nothing else.
 
 Unnamed nodes get stable analysis names (``<op_type>_<index>``); the model is never mutated.
 """
@@ -44,7 +49,7 @@ from onnx import TensorProto, numpy_helper
 
 from qbench.quantize.graph import _INDEX_PASS, _PASS, _RANDOM, _SHAPE_ONLY, _attr, _Graph, stable_names  # noqa: F401
 
-ROLES = ("layernorm", "softmax", "embeddings", "lm_head")
+ROLES = ("layernorm", "softmax", "embeddings", "lm_head", "mlp_gate")
 ALIASES = {"attention_probs": "softmax"}
 NAME_HINTS = {"embeddings": r"(^|/)embeddings?(/|$)", "lm_head": r"(lm_head|classifier|/cls/)"}
 QUANTIZABLE = ("MatMul", "Gemm")
@@ -332,6 +337,56 @@ def _head_groups(G: _Graph) -> list[RoleGroup]:
     return groups
 
 
+# ------------------------------------------------------------------------------------------- gated MLP
+
+_FUSED_ACTS = {"Swish", "Gelu", "FastGelu", "QuickGelu"}
+
+
+def _projection_input(G: _Graph, t: str) -> str | None:
+    """The activation a MatMul/Gemm with a constant weight reads, if ``t`` is its output (after a bias Add)."""
+    n = G.prod(t)
+    if n is not None and n.op_type == "Add" and any(x in G.const for x in n.input):
+        n = G.prod(next(x for x in n.input if x not in G.const))
+    if n is None or n.op_type not in QUANTIZABLE or _weight_of(G, n) is None:
+        return None
+    acts = [x for x in n.input[:2] if x and x not in G.const]
+    return acts[0] if len(acts) == 1 else None
+
+
+def _activation(G: _Graph, t: str) -> tuple[list[int], str, str] | None:
+    """(nodes, their input, name) if ``t`` is SiLU(g) as ``Mul(g, Sigmoid(g))`` or a fused activation of g."""
+    n = G.prod(t)
+    if n is None:
+        return None
+    if n.op_type in _FUSED_ACTS:
+        return [G.producer[t]], n.input[0], n.op_type
+    if n.op_type != "Mul":
+        return None
+    for g, s in (n.input[:2], n.input[1::-1]):
+        sig = G.prod(s)
+        if sig is not None and sig.op_type == "Sigmoid" and sig.input[0] == g and G.readers(s) == [G.producer[t]]:
+            return [G.producer[s], G.producer[t]], g, "SiLU"
+    return None
+
+
+def _gate_groups(G: _Graph) -> list[RoleGroup]:
+    groups = []
+    for i, n in enumerate(G.nodes):
+        if n.op_type != "Mul" or len(n.input) != 2 or any(x in G.const for x in n.input):
+            continue
+        for a, b in (n.input, n.input[::-1]):
+            act = _activation(G, a)
+            if act is None or len(G.readers(a)) != 1:
+                continue
+            x = _projection_input(G, act[1])
+            if x is not None and x == _projection_input(G, b):
+                glu = {"SiLU": "SwiGLU", "Swish": "SwiGLU"}.get(act[2], f"{act[2]}-GLU")
+                groups.append(_group(G, "mlp_gate", [*act[0], i], n.output[0],
+                                     f"{glu}: {act[2]}(x W_gate) * (x W_up)"))
+                break
+    return groups
+
+
 # ------------------------------------------------------------------------------------------- API
 
 def _name_hint_group(G: _Graph, role: str) -> list[RoleGroup]:
@@ -350,6 +405,7 @@ def _find_roles(G: _Graph) -> dict[str, list[RoleGroup]]:
         "softmax": [_softmax_group(G, i) for i, n in enumerate(G.nodes) if n.op_type == "Softmax"],
         "embeddings": _embedding_groups(G, norms),
         "lm_head": _head_groups(G),
+        "mlp_gate": _gate_groups(G),
     }
     for role in NAME_HINTS:
         if not roles[role]:

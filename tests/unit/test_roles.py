@@ -82,7 +82,8 @@ def _summary(groups):
 
 def test_exact_groups(model):
     roles = find_roles(model)
-    assert set(roles) == {"layernorm", "softmax", "embeddings", "lm_head"}
+    assert set(roles) == {"layernorm", "softmax", "embeddings", "lm_head", "mlp_gate"}
+    assert roles["mlp_gate"] == []                            # no gated MLP here
     assert _summary(roles["layernorm"]) == [(LN, "t11"), (RMS, "t24"), (["n26"], "t26")]
     assert [g.detail for g in roles["layernorm"]] == [
         "LayerNorm (decomposed, 9 nodes)", "RMSNorm (decomposed, 7 nodes)", "LayerNormalization op"]
@@ -207,3 +208,30 @@ def test_name_hint_fallback():
     (g,) = find_roles(m)["embeddings"]
     assert g.nodes == ["/bert/embeddings/word/Gather"] and "name hint" in g.detail
     assert match_exclusions(m, ExclusionCfg(roles=["embeddings"])) == ({"/bert/embeddings/word/Gather"}, [])
+
+
+def test_swiglu_gate():
+    """Llama's MLP as torch exports it: SiLU(x Wg) = Mul(g, Sigmoid(g)), times x Wu, read by down_proj. Two decoys:
+    the same shape with projections of different tensors, and a plain sigmoid GLU (Sigmoid(g) * u, not SiLU)."""
+    mk = helper.make_node
+    nodes = [mk("MatMul", ["x", "wg"], ["g"], name="gate_proj"), mk("Sigmoid", ["g"], ["s"], name="sig"),
+             mk("Mul", ["g", "s"], ["a"], name="silu"), mk("MatMul", ["x", "wu"], ["u"], name="up_proj"),
+             mk("Mul", ["a", "u"], ["p"], name="gate"), mk("MatMul", ["p", "wd"], ["y"], name="down_proj"),
+             # decoy 1: SiLU(x Wg) * (y Wu): the two projections read different tensors
+             mk("MatMul", ["x", "wg"], ["g2"], name="g2"), mk("Sigmoid", ["g2"], ["s2"], name="sig2"),
+             mk("Mul", ["s2", "g2"], ["a2"], name="silu2"), mk("MatMul", ["y", "wu2"], ["u2"], name="u2"),
+             mk("Mul", ["a2", "u2"], ["z"], name="mul2"),
+             # decoy 2: Sigmoid(x Wg) * (x Wu): a GLU without the SiLU
+             mk("MatMul", ["x", "wg"], ["g3"], name="g3"), mk("Sigmoid", ["g3"], ["s3"], name="sig3"),
+             mk("MatMul", ["x", "wu"], ["u3"], name="u3"), mk("Mul", ["s3", "u3"], ["v"], name="mul3")]
+    rng = np.random.default_rng(0)
+    w = {k: rng.standard_normal(shape).astype(np.float32)
+         for k, shape in (("wg", (D, 3)), ("wu", (D, 3)), ("wd", (3, D)), ("wu2", (D, 3)))}
+    m = _model(nodes, [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["b", D])],
+               [helper.make_tensor_value_info(o, TensorProto.FLOAT, ["b", d]) for o, d in (("z", 3), ("v", 3))], w)
+    (g,) = find_roles(m)["mlp_gate"]
+    assert (g.nodes, g.output, g.detail) == (["sig", "silu", "gate"], "p", "SwiGLU: SiLU(x W_gate) * (x W_up)")
+    q = {d["name"]: d for d in quantizable_nodes(m)}
+    assert q["down_proj"]["roles"] == ["reads mlp_gate output"]
+    assert q["down_proj"]["float_if_excluded"] == ["mlp_gate"]
+    assert q["gate_proj"]["roles"] == [] and q["up_proj"]["roles"] == []
