@@ -34,8 +34,8 @@ def main() -> None:
     import torch
 
     from qbench.backends.ort import OrtSession
-    from qbench.export_causal_lm import export_causal_lm
-    from qbench.lm_decode import CausalDecoder, time_prefill_decode
+    from qbench.models.causal_lm import export_causal_lm
+    from qbench.models.lm_decode import CausalDecoder, time_prefill_decode
 
     torch.set_num_threads(args.threads)
     started = time.perf_counter()

@@ -296,7 +296,8 @@ def _inspect(path: str, as_json: bool) -> int:
     from pathlib import Path
 
     from qbench.quantize.qdq import load_model
-    from qbench.quantize.roles import find_roles, quantizable_nodes, roles_as_json
+    from qbench.quantize.roles import find_roles
+    from qbench.quantize.nodes import quantizable_nodes, roles_as_json
 
     model = load_model(Path(path))
     roles = find_roles(model)

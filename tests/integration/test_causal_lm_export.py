@@ -24,11 +24,11 @@ import numpy as np  # noqa: E402
 import onnx  # noqa: E402
 
 from qbench.backends.ort import OrtSession  # noqa: E402
-from qbench.errors import ConfigError, ModelError  # noqa: E402
-from qbench.export_causal_lm import (export_causal_lm, load_export, past_names,  # noqa: E402
+from qbench.config.errors import ConfigError, ModelError  # noqa: E402
+from qbench.models.causal_lm import (export_causal_lm, load_export, past_names,  # noqa: E402
                                      present_names)
-from qbench.lm_decode import CausalDecoder, left_pad, time_prefill_decode, trim  # noqa: E402
-from qbench.roles import find_roles  # noqa: E402
+from qbench.models.lm_decode import CausalDecoder, left_pad, time_prefill_decode, trim  # noqa: E402
+from qbench.quantize.roles import find_roles  # noqa: E402
 
 FAMILIES = ("llama", "qwen2", "gpt2")
 VOCAB, LAYERS = 101, 2  # 101: no weight of these models has a dim of that size by chance
@@ -191,7 +191,7 @@ def test_bad_sources(tmp_path):
 
 def test_source_resolution(tmp_path):
     """Hub ids cannot be loaded here (no hub): only how they resolve and key is tested."""
-    from qbench.export_causal_lm import lm_cache_key, resolve_lm_source
+    from qbench.models.causal_lm import lm_cache_key, resolve_lm_source
 
     assert resolve_lm_source("HuggingFaceTB/SmolLM2-135M") == ("HuggingFaceTB/SmolLM2-135M", None)
     assert lm_cache_key("org/m", None, opset=17) != lm_cache_key("org/m", None, opset=17, revision="v2")

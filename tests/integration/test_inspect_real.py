@@ -13,7 +13,8 @@ transformers = pytest.importorskip("transformers")
 
 from qbench.config.schema import ExclusionCfg  # noqa: E402
 from qbench.quantize.qdq import load_model, plan  # noqa: E402
-from qbench.quantize.roles import find_roles, quantizable_nodes  # noqa: E402
+from qbench.quantize.roles import find_roles  # noqa: E402
+from qbench.quantize.nodes import quantizable_nodes  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[2]
 ENC, DEC, VOCAB = 2, 3, 96

