@@ -247,6 +247,10 @@ def test_modelopt_mse_passes_num_bits_as_bias(mo):
     as_called = mo.fake_tensor_quant(c, amax, 8, False)       # how _compute_amax_mse calls it
     # Were num_bits honoured, 0.1 would quantize to 13/127 of amax; with bias=8 every centre comes out 9.
     assert torch.equal(as_called, torch.full((3,), 9.0))
+    # So every candidate scores the same error, and the first one wins: the centre of bin start_bin.
+    t = _lattice(_tensor("gaussian"))
+    hist, edges = _trimmed(t)
+    assert float(mo._compute_amax_mse(hist.copy(), edges, 8, False)) == 128.5 * t.bin_width
 
 
 # --- the independent implementation --------------------------------------------------------------------
