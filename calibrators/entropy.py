@@ -65,8 +65,10 @@ def kl_divergence_curve(hist: np.ndarray, start_bin: int = 128, levels: int = 12
 
 
 class Entropy(Calibrator):
-    """TensorRT's EntropyCalibrator2 as NVIDIA's reference code computes it: the threshold minimising
-    KL(P || Q) of the 128-level quantization, bin 0 counted as bin 1 (``zero_bin``: see the module)."""
+    """The KL threshold of TensorRT's EntropyCalibrator2, as NVIDIA's reference code (ModelOpt) computes it.
+
+    Bin 0 is counted as bin 1, as the reference does; ``zero_bin="counted"`` keeps its real count (the
+    earlier rule, which clips tensors with most mass at zero harder: see the module)."""
 
     name: ClassVar[str] = "entropy"
     needs: ClassVar[frozenset[str]] = frozenset({"absmax", "abs_hist"})

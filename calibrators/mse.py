@@ -16,16 +16,17 @@ GELU-like and softmax-like tensors).
 below (mse_curve). It differs in the error model (values spread over their bin, the error integrated
 exactly), the candidates (upper bin edges and absmax) and the tie-break (the largest amax).
 
-The integral rule. Entropy matches the *shape* of the distribution; what a layer downstream actually sees is the error
-x - Q(x). Here Q is the symmetric int8 quantizer the QDQ graph will use: scale s = amax / 127,
-values rounded to the nearest of the 255 levels in [-amax, amax], anything beyond amax clipped to
-it. A larger amax clips less but rounds more coarsely; the optimum balances the two.
+The integral rule. Entropy matches the *shape* of the distribution; what a layer downstream actually
+sees is the error x - Q(x). Here Q is the symmetric int8 quantizer the QDQ graph will use: scale s =
+amax / 127, values rounded to the nearest of the 255 levels in [-amax, amax], anything beyond amax
+clipped to it. A larger amax clips less but rounds more coarsely; the optimum balances the two.
 
-The error is computed with every bin's count spread uniformly over the bin, and the error integrated exactly over that interval (the
-rounding error is a sawtooth with a closed-form antiderivative). The symmetric quantizer makes the
-error of x and -x equal, so |x| suffices. An earlier bin-centre model put every centre at the same
-phase of the sawtooth whenever the step was a whole number of bins, underestimating the rounding
-error there by about bin_width**2 / 12 per value and biasing the choice towards such candidates.
+The error is computed with every bin's count spread uniformly over the bin, and the error integrated
+exactly over that interval (the rounding error is a sawtooth with a closed-form antiderivative). The
+symmetric quantizer makes the error of x and -x equal, so |x| suffices. An earlier bin-centre model
+(with upper-edge candidates) put every centre at the same phase of the sawtooth whenever the step
+was a whole number of bins, underestimating the rounding error there by about bin_width**2 / 12 per
+value and biasing the choice towards such candidates.
 
 Candidates: the upper edges of bins start_bin, start_bin + stride, ... up to the last non-empty
 bin, plus absmax itself. Ties go to the largest amax (clip as little as possible, as Entropy does);
@@ -98,7 +99,9 @@ def mse_curve(hist: np.ndarray, bin_width: float, candidates: np.ndarray) -> np.
 
 
 class Mse(Calibrator):
-    """The clip minimising the squared int8 quantization error, from the histogram (``rule``: see the module)."""
+    """The clip minimising the squared int8 error: ModelOpt's bin-centre rule, or ``rule="integral"``.
+
+    See the module for how the two rules differ."""
 
     name: ClassVar[str] = "mse"
     needs: ClassVar[frozenset[str]] = frozenset({"absmax", "abs_hist"})
