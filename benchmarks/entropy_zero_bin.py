@@ -1,7 +1,7 @@
 """How the entropy calibrator's reference rule moves the thresholds of a translation sweep's tensors.
 
     QBENCH_CACHE=/tmp/qb-cache python benchmarks/entropy_zero_bin.py examples/bible-en-es.yaml \
-        [--set NAME] [--json out.json]
+        [--set NAME] [--json out.json] [--committed reports/example-bible-en-es/tables/entropy]
 
 Runs the sweep's statistics pass only (encoder and decoder, one calibration set: the first unless
 --set names one), then computes each calibrated tensor's amax with ``entropy`` (the reference rule:
@@ -10,6 +10,10 @@ Softmax outputs are found from graph structure (qbench.roles); the decoder's are
 cross-attention (the key length is the source length: the scores' last axis does not grow with the
 decoder's tokens) and self-attention by name, as torch's Marian export names them
 (``encoder_attn`` / ``self_attn``). No variant is built or evaluated.
+
+--committed PREFIX reads a committed run's entropy tables (PREFIX.encoder.json, PREFIX.decoder.json)
+and says how many of its thresholds this pass's earlier-rule thresholds reproduce: the check that
+the statistics here are the ones that run calibrated from.
 """
 
 from __future__ import annotations
@@ -47,6 +51,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("config")
     ap.add_argument("--set", dest="set_name")
     ap.add_argument("--json", type=Path)
+    ap.add_argument("--committed", help="a committed run's entropy table prefix, e.g. reports/x/tables/entropy")
     args = ap.parse_args(argv)
 
     from calibrators.entropy import Entropy
@@ -79,9 +84,25 @@ def main(argv: list[str] | None = None) -> int:
         cnt = np.array([r["counted"] for r in rs])
         ratio = ref / np.where(cnt > 0, cnt, np.nan)
         print(f"{comp:9} {kind:24} {len(rs):3d} {_span(ref):>22} {_span(cnt):>22} {_span(ratio, '.2f'):>22}")
+    if args.committed:
+        compare_committed(rows, args.committed)
     if args.json:
         args.json.write_text(json.dumps({"config": str(args.config), "set": set_name, "rows": rows}, indent=1))
     return 0
+
+
+def compare_committed(rows: list[dict], prefix: str) -> None:
+    n = same = 0
+    worst = 0.0
+    for comp in sorted({r["component"] for r in rows}):
+        table = json.loads(Path(f"{prefix}.{comp}.json").read_text())["amax"]
+        for r in rows:
+            if r["component"] == comp and r["tensor"] in table:
+                n += 1
+                same += table[r["tensor"]] == r["counted"]
+                worst = max(worst, abs(table[r["tensor"]] / r["counted"] - 1))
+    print(f"committed {prefix}: {same} of {n} thresholds identical to entropy[zero_bin=counted] here, "
+          f"the largest relative difference {worst:.1%}")
 
 
 def _span(a: np.ndarray, fmt: str = ".4g") -> str:
