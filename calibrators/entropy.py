@@ -1,9 +1,23 @@
-"""Entropy (KL) calibration: the algorithm of TensorRT's EntropyCalibrator2.
+"""Entropy (KL) calibration: the algorithm of TensorRT's EntropyCalibrator2, as NVIDIA's reference code has it.
 
-For each candidate threshold bin i >= start_bin: P = hist[:i] with every count beyond i folded
-into bin i-1; Q = hist[:i] merged into 128 levels and expanded back over the non-empty source bins
-of each level; choose the i that minimises KL(P || Q). amax = i * bin_width (the upper edge of the
-last included bin).
+The reference is the histogram calibrator of pytorch-quantization, kept by ModelOpt as
+``modelopt.torch.quantization.calib.histogram._compute_amax_entropy``. On the same histogram this
+calibrator returns the same threshold (tests/unit/test_calibrator_references.py checks it against
+ModelOpt's own function and against an independent implementation).
+
+First the count of bin 0 is replaced by the count of bin 1 (``zero_bin="reference"``): the
+reference does this so that the exact zeros a ReLU or a padded softmax produce, all of which land in
+bin 0, do not dominate the divergence. Then, for each candidate threshold bin i >= start_bin:
+P = hist[:i] with every count beyond i folded into bin i-1; Q = hist[:i] merged into 128 levels and
+expanded back over the non-empty source bins of each level; choose the i that minimises KL(P || Q),
+the largest i on ties. amax = i * bin_width (the upper edge of the last included bin).
+
+``zero_bin="counted"`` keeps bin 0's real count: a plain reading of TensorRT's published description,
+and what this calibrator did before it followed the reference. The two agree wherever bin 0 holds
+about as much as bin 1 (Gaussian, Laplace or GELU-like tensors). They part on tensors whose mass sits
+in bin 0, such as softmax probabilities over long rows: there the real count makes P a spike at zero
+that every candidate's Q reproduces, so the divergence barely penalises clipping and the counted
+threshold comes out several times smaller (docs/calibrator-references.md has the figures).
 
 The histogram is whatever the statistics pass collected. With ``calibration.histogram: trt`` that is
 TensorRT's own layout, exactly 2048 bins over [0, absmax] (two passes), and this is TensorRT's
@@ -13,7 +27,7 @@ to the last non-empty bin, 1025-2048 bins cover [0, absmax] instead.
 
 from __future__ import annotations
 
-from typing import ClassVar
+from typing import ClassVar, Literal
 
 import numpy as np
 from pydantic import Field
@@ -51,18 +65,26 @@ def kl_divergence_curve(hist: np.ndarray, start_bin: int = 128, levels: int = 12
 
 
 class Entropy(Calibrator):
-    """TensorRT's EntropyCalibrator2: the threshold minimising KL(P || Q) of the 128-level quantization."""
+    """The KL threshold of TensorRT's EntropyCalibrator2, as NVIDIA's reference code (ModelOpt) computes it.
+
+    Bin 0 is counted as bin 1, as the reference does; ``zero_bin="counted"`` keeps its real count (the
+    earlier rule, which clips tensors with most mass at zero harder: see the module)."""
 
     name: ClassVar[str] = "entropy"
     needs: ClassVar[frozenset[str]] = frozenset({"absmax", "abs_hist"})
     start_bin: int = Field(128, ge=1)
     stride: int = Field(1, ge=1)
+    zero_bin: Literal["reference", "counted"] = "reference"
 
     def amax(self, t: TensorStats) -> float:
         if t.hist is None or t.count == 0 or t.absmax == 0.0:
             return t.absmax
         last = int(np.flatnonzero(t.hist)[-1]) + 1
-        hist = t.hist[:last]
+        # The reference's histogram spans [0, absmax], so its last bin is never empty; trimming the
+        # lattice's empty top bins gives the same layout (and the same candidates).
+        hist = t.hist[:last].astype(np.float64)
+        if self.zero_bin == "reference" and last > 1:
+            hist[0] = hist[1]
         if last <= self.start_bin:
             return t.absmax
         cands, kls = kl_divergence_curve(hist, self.start_bin, 128, self.stride)

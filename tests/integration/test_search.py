@@ -28,8 +28,9 @@ def _translation_cfg(tmp: Path, cache: Path) -> dict:
                  "evaluation": {"split": "test", "n": 16}},
         "calibration": {"batch_size": 16},
         "generation": {"max_new_tokens": 64, "batch_size": 16},
-        # entropy clips the cross-attention softmax: all-INT8 fails, so the search has work to do
-        "sweep": {"baselines": ["fp32"], "calibrators": [{"name": "entropy"}], "exclusions": ["auto"]},
+        # entropy with bin 0 counted clips the cross-attention softmax: all-INT8 fails, so the search has work to do
+        "sweep": {"baselines": ["fp32"], "calibrators": [{"name": "entropy", "zero_bin": "counted"}],
+                  "exclusions": ["auto"]},
         # 5 BLEU: 16-24 verses cannot resolve less (this test is about the mechanics; the full runs in
         # examples/ use 1.0 on hundreds of sentences)
         "gate": {"metric": "bleu", "max_drop": 5.0, "per": "lang"},
@@ -57,7 +58,8 @@ def two_runs(tmp_path_factory, qbench_cache):
 
 
 def _search(run_dir: Path) -> dict:
-    return json.loads((run_dir / "manifest.json").read_text())["variants"]["entropy+auto+s8s8"]["search"]
+    variants = json.loads((run_dir / "manifest.json").read_text())["variants"]
+    return variants["entropy[zero_bin=counted]+auto+s8s8"]["search"]
 
 
 def test_search_is_deterministic_and_the_ranking_stable(two_runs):
@@ -109,7 +111,7 @@ def test_trace_is_doubling_then_bisection_and_the_choice_passes(two_runs):
 def test_only_the_searched_candidates_stay_in_the_cache(two_runs, qbench_cache):
     """The 2 x 29 sensitivity models are built in scratch and deleted once scored; what stays in the cache
     is what the trace scored against the gate (the chosen variant among them), reused by the second run."""
-    v = json.loads((two_runs[0] / "manifest.json").read_text())["variants"]["entropy+auto+s8s8"]
+    v = json.loads((two_runs[0] / "manifest.json").read_text())["variants"]["entropy[zero_bin=counted]+auto+s8s8"]
     kept = {p.name for p in (qbench_cache / "variants").iterdir()}
     # one artifact per distinct k scored (each k excludes a different set of units), the chosen one among them
     assert len(kept) == len({t["k"] for t in v["search"]["trace"]}) <= 12 < 2 * v["search"]["units"]
@@ -120,7 +122,7 @@ def test_only_the_searched_candidates_stay_in_the_cache(two_runs, qbench_cache):
 def test_chosen_exclusions_are_exactly_the_chosen_units_nodes(two_runs):
     run = two_runs[0]
     m = json.loads((run / "manifest.json").read_text())
-    v = m["variants"]["entropy+auto+s8s8"]
+    v = m["variants"]["entropy[zero_bin=counted]+auto+s8s8"]
     from qbench.quantize.qdq import load_model
 
     dec = load_model(Path(m["model"]["onnx_path"]) / "decoder.onnx")
@@ -128,7 +130,7 @@ def test_chosen_exclusions_are_exactly_the_chosen_units_nodes(two_runs):
     want = sorted(n for u in v["search"]["chosen_units"] for n in all_units[u].nodes)
     assert sorted(v["excluded_nodes"]["decoder"]) == want and v["excluded_nodes"]["encoder"] == []
     df = pd.read_parquet(run / "results.parquet")
-    assert (df[df.variant == "entropy+auto+s8s8"].status == "ok").all()
+    assert (df[df.variant == "entropy[zero_bin=counted]+auto+s8s8"].status == "ok").all()
 
 
 def test_exclusion_for_quantizes_only_or_keeps_exactly_the_units(minilm):

@@ -46,36 +46,43 @@ def samples_100k(request):
 def test_percentile_within_one_bin_of_numpy(samples_100k, p):
     t = _stats(samples_100k)
     a = np.abs(samples_100k)
-    amax = Percentile(percentile=p).amax(t)
+    lower = Percentile(percentile=p).amax(t)
+    upper = Percentile(percentile=p, edge="upper").amax(t)
     ref = float(np.percentile(a, p))
-    assert ref - t.bin_width <= amax <= ref + t.bin_width
+    for amax in (lower, upper):
+        assert ref - t.bin_width <= amax <= ref + t.bin_width
     # Exact-rank oracle (no float rounding in p*N/100): the smallest sample with rank >= p% of N.
     k = math.ceil(Fraction(str(p)) / 100 * a.size)
     v = float(np.sort(a)[k - 1])
-    assert v <= amax <= v + t.bin_width
+    assert lower <= v <= upper == lower + t.bin_width
 
 
-def test_percentile_100_is_absmax(samples_100k):
+def test_percentile_100(samples_100k):
     t = _stats(samples_100k)
-    assert Percentile(percentile=100).amax(t) == t.absmax == float(np.abs(samples_100k).max())
+    absmax = float(np.abs(samples_100k).max())
+    assert Percentile(percentile=100, edge="upper").amax(t) == t.absmax == absmax
+    # The reference's lower edge: the last non-empty bin's, up to one bin below absmax.
+    last = int(np.flatnonzero(t.hist)[-1])
+    assert Percentile(percentile=100).amax(t) == last * t.bin_width > absmax - t.bin_width
 
 
 def test_percentile_golden_on_handmade_histogram():
-    # 10 values in bin 0, 80 in bin 3, 10 in bin 9: 50th pct -> upper edge of bin 3; 95th -> bin 9 (clipped).
+    # 10 values in bin 0, 80 in bin 3, 10 in bin 9: 50th pct -> bin 3; 95th -> bin 9.
     h = np.zeros(16, np.int64)
     h[0], h[3], h[9] = 10, 80, 10
     t = _hist_stats(h, 0.25, absmax=2.4)
-    assert Percentile(percentile=50).amax(t) == 4 * 0.25
-    assert Percentile(percentile=10).amax(t) == 1 * 0.25
-    assert Percentile(percentile=90).amax(t) == 4 * 0.25
-    assert Percentile(percentile=95).amax(t) == 2.4     # upper edge 2.5 clipped to absmax
+    upper = {p: Percentile(percentile=p, edge="upper").amax(t) for p in (10, 50, 90, 95)}
+    lower = {p: Percentile(percentile=p).amax(t) for p in (10, 50, 90, 95)}
+    assert upper == {10: 1 * 0.25, 50: 4 * 0.25, 90: 4 * 0.25, 95: 2.4}   # 95: edge 2.5 clipped to absmax
+    assert lower == {10: 0.0, 50: 3 * 0.25, 90: 3 * 0.25, 95: 9 * 0.25}
 
 
 def test_percentile_rank_not_bumped_by_float_rounding():
     x = np.array([0.1] * 999 + [100.0], np.float32)
     t = _stats(x, 1)
-    amax = Percentile(percentile=99.9).amax(t)
-    assert amax <= float(np.percentile(x, 99.9)) + t.bin_width  # numpy: 0.1999
+    for edge in ("lower", "upper"):
+        amax = Percentile(percentile=99.9, edge=edge).amax(t)
+        assert amax <= float(np.percentile(x, 99.9)) + t.bin_width  # numpy: 0.1999
 
 
 # --- minmax ------------------------------------------------------------------------------------
@@ -236,6 +243,8 @@ def test_signatures():
     assert (MinMax(moving_average=True, averaging_constant=0.5).signature()
             == "minmax[averaging_constant=0.5,moving_average=True]")
     assert Entropy().signature() == "entropy"
+    assert Entropy(zero_bin="counted").signature() == "entropy[zero_bin=counted]"
+    assert Percentile(edge="upper").signature() == "percentile[edge=upper,percentile=99.99]"
     assert Entropy(stride=4).signature() == "entropy[stride=4]"
 
 
