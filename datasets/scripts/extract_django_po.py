@@ -11,8 +11,16 @@ header are skipped.  Placeholders (``%(name)s``, ``%s``, ``{0}``) are kept as is
 
 Splits are held out by msgid: every distinct English msgid (a plural entry's
 msgid_plural travels with its msgid) is assigned, once for all languages, to test
-(15 %), calibration (5 %) or train, so a test source is never seen in training in
-any language.  The test split is then
+(15 %), calibration (5 %) or train.  Then near-duplicates are held out too: a test or
+calibration source whose normalised form (segment_key.normalise: case, digits and
+punctuation dropped, placeholders unified, so 'Yesterday'/'yesterday', 'Dec'/'Dec.'
+and 'Add another %(model)s'/'Add another %(verbose_name)s' are one key) is also the
+normalised form of a training source, in any language, is dropped from its split
+(and a test source that normalises like a calibration source likewise).  Dropping,
+rather than re-drawing the split, keeps the train split exactly the one the shipped
+model (examples/models/marian-django-multi) was trained on, so its test scores stay
+held out.  No test source, nor a near-duplicate of one, is seen in training in any
+language.  The test split is then
 capped at ``--test-cap`` pairs per language (deterministic sample); test strings
 dropped by the cap are *not* moved to train.
 
@@ -36,6 +44,8 @@ from pathlib import Path
 
 import pyarrow as pa
 import pyarrow.parquet as pq
+
+from segment_key import normalise  # the split key, shared with extract_debian_multi.py and the leak tests
 
 DJANGO_VERSION = "5.2.17"
 ROOT = Path(__file__).resolve().parents[1]
@@ -409,6 +419,17 @@ def main(argv=None) -> int:
     unit_split.update({u: "calibration" for u in order[n_test:n_test + n_cal]})
     unit_split.update({u: "train" for u in order[n_test + n_cal:]})
     assign = {s: unit_split[find(s)] for s in sources}
+    # near-duplicates: a normalised key belongs to the highest-ranked split any of its sources is in
+    # (train > calibration > test); sources of that key in a lower-ranked split are dropped
+    rank = {"train": 2, "calibration": 1, "test": 0}
+    key_split: dict[str, str] = {}
+    for src in sources:
+        k = normalise(src)
+        if k not in key_split or rank[assign[src]] > rank[key_split[k]]:
+            key_split[k] = assign[src]
+    near_dup = {s for s in sources if assign[s] != key_split[normalise(s)]}
+    print(f"near-duplicates dropped: {len(near_dup)} sources "
+          f"({collections.Counter(assign[s] for s in near_dup)})")
     n_src = collections.Counter(assign.values())
     print(f"distinct English sources: {len(sources)} in {len(units)} msgid units -> "
           f"test {n_test} units ({n_src['test']} sources), calibration {n_cal} ({n_src['calibration']}), "
@@ -418,6 +439,8 @@ def main(argv=None) -> int:
     for loc in LANGS:
         lang = lang_code(loc)
         for _, src, tgt, _, _ in per_lang[loc]:
+            if src in near_dup:
+                continue
             splits[assign[src]].append({"id": f"{lang}:{sid(src)}", "source": src, "target": tgt,
                                         "lang": lang, "script": SCRIPTS[loc]})
     # cap test per language (deterministic sample by id)
@@ -444,6 +467,8 @@ def main(argv=None) -> int:
     te = {r["source"] for r in splits["test"]}
     ca = {r["source"] for r in splits["calibration"]}
     assert not tr & te and not tr & ca and not te & ca, "source string in two splits"
+    ntr, nte, nca = ({normalise(x) for x in xs} for xs in (tr, te, ca))
+    assert not ntr & nte and not ntr & nca and not nte & nca, "normalised source in two splits"
 
     args.out.mkdir(parents=True, exist_ok=True)
     shas = {name: write_parquet(rs, args.out / f"{name}.parquet") for name, rs in splits.items()}
@@ -473,7 +498,7 @@ def main(argv=None) -> int:
     manifest = (
         "name: django_multi\n"
         f"description: \"English -> {len(LANGS)} languages ({len(scripts_used)} scripts), Django "
-        f"{DJANGO_VERSION} gettext catalogues (msgid -> msgstr); splits held out by msgid. "
+        f"{DJANGO_VERSION} gettext catalogues (msgid -> msgstr); splits held out by msgid, near-duplicates dropped. "
         "Extracted by datasets/scripts/extract_django_po.py.\"\n"
         "license: BSD-3-Clause\n"
         "task: translation\n"
