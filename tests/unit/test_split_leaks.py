@@ -14,7 +14,7 @@ import pandas as pd
 import pytest
 import yaml
 
-from qbench.data import load_manifest, load_split, sha256_file
+from qbench.data.manifest import load_manifest, load_split, sha256_file
 
 DATASETS = Path(__file__).resolve().parents[2] / "datasets"
 sys.path.insert(0, str(DATASETS / "scripts"))
