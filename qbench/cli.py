@@ -383,6 +383,8 @@ def _dispatch(args) -> int:
                             retry_failed=args.retry_failed, config_path=args.config)
     except Interrupted as e:  # the run directory is written and resumable; the log said how
         progress.close_all()
+        if e.run_dir is not None:  # stdout gets the run directory, finished or not: a script resumes it from there
+            print(e.run_dir)
         return e.exit_code
     print(run_dir)
     return 0

@@ -490,6 +490,7 @@ class Interrupted(BaseException):
         super().__init__(signal.Signals(signum).name)
         self.signum = signum
         self.exit_code = 128 + signum  # 130 for SIGINT, 143 for SIGTERM: what a shell reports for the signal
+        self.run_dir: Path | None = None  # set once the run directory holds the written, resumable run
 
 
 @contextmanager
@@ -638,6 +639,7 @@ def _run_on(ctx: Context, prev, retry_failed: bool, runner, variants: list[Varia
         flush()
         log(f"interrupted by {e}: {sum(1 for en in ctx.manifest['variants'].values() if en.get('done'))} variant(s) "
             f"kept in {run_dir}; finish it with: qbench sweep CONFIG --resume {run_dir}", warning=True)
+        e.run_dir = run_dir  # the CLI prints it on stdout, as after a finished run, for a script to resume
         raise
     ctx.manifest.pop("interrupted", None)
     ctx.manifest["complete"] = True

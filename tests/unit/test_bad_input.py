@@ -383,3 +383,58 @@ def test_table_source_missing_or_a_directory(tmp_path, capsys):
     assert line == f"{tmp_path / 'nope.cache'}: cannot read calibration table: No such file or directory"
     line = _one_line(capsys, CONFIG, "table", tmp_path, tmp_path / "out.json")
     assert line == f"{tmp_path}: cannot read calibration table: Is a directory"
+
+
+@pytest.mark.parametrize("split", ["calibration", "evaluation"])
+def test_parquet_split_with_zero_rows(tiny, capsys, split):
+    """A Parquet split with a schema but no rows: one data line naming the manifest, the split and the file
+    (datasets alone fails inside Arrow with "BatchSize must be greater than 0", naming neither)."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    cfg = tiny(manifest=MANIFEST.replace("format: json", "format: parquet")
+               .replace(".jsonl", ".parquet"))
+    data = cfg.parent / "data"
+    for name in ("calibration", "evaluation"):
+        rows = [json.loads(line) for line in (data / f"{name}.jsonl").read_text().splitlines()]
+        schema = pa.Table.from_pylist(rows).schema
+        pq.write_table(pa.Table.from_pylist(rows if name != split else [], schema=schema), data / f"{name}.parquet")
+    (line,) = _sweep(capsys, cfg, DATA)
+    assert line == f"{(data / 'manifest.yaml').resolve()}: splits.{split}: {(data / f'{split}.parquet').resolve()} " \
+                   "is empty (no samples)", line
+
+
+@pytest.mark.parametrize("sig, code", [("SIGTERM", 143), ("SIGINT", 130)])
+def test_interrupted_sweep_prints_its_run_directory(tiny, capsys, monkeypatch, sig, code):
+    """A real signal, sent to this process the moment the sweep logs its second variant: the exit code is the
+    signal's, and stdout's last line is the run directory, which ``--resume`` then finishes."""
+    import io
+    import os
+    import signal
+    import sys
+
+    class Tripwire(io.StringIO):
+        def write(self, s):
+            if "variant 2/2: " in s and not self.fired:
+                self.fired = True
+                os.kill(os.getpid(), getattr(signal, sig))
+            return super().write(s)
+
+    cfg = tiny()
+    wire = Tripwire()
+    wire.fired = False
+    captured = sys.stderr
+    monkeypatch.setattr(sys, "stderr", wire)
+    rc = main(["sweep", str(cfg), "--out", str(cfg.parent / "out")])
+    out = capsys.readouterr().out
+    monkeypatch.setattr(sys, "stderr", captured)
+    assert wire.fired and rc == code, wire.getvalue()
+    run = Path(out.splitlines()[-1])
+    assert run.parent.parent == cfg.parent / "out" and (run / "manifest.json").is_file()
+    manifest = json.loads((run / "manifest.json").read_text())
+    assert manifest["interrupted"]["signal"] == sig and manifest["complete"] is False
+    assert f"--resume {run}" in wire.getvalue() and "Traceback" not in wire.getvalue()
+    rc, err, out = _run(capsys, "sweep", "--resume", run, "-q")
+    assert (rc, out.strip()) == (0, str(run)), err
+    assert err == []
+    assert json.loads((run / "manifest.json").read_text())["complete"] is True
