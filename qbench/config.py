@@ -22,7 +22,11 @@ class Strict(BaseModel):
 
 
 class ModelCfg(Strict):
-    source: str = Field(description="pkg:<python package>, a local directory, or a Hugging Face hub id")
+    source: str = Field(description="pkg:<python package>, a local directory, or a Hugging Face hub id; or an "
+                                    "ONNX model: a .onnx file (retrieval), or a folder holding encoder.onnx and "
+                                    "decoder.onnx (translation), used as is (docs/onnx-models.md)")
+    tokenizer: str | None = Field(None, description="with an ONNX model.source: the folder holding its "
+                                                    "tokenizer.json, or that file (default: the model's folder)")
     pooling: Literal["mean", "cls"] = Field("mean", description="retrieval: how token states become one vector")
     max_length: int = Field(128, ge=8, le=4096, description="tokens per input; longer inputs are truncated")
     source_prefix: str = Field("", description="translation: put before every source, '{lang}' = the sample's "
@@ -285,7 +289,8 @@ class SweepConfig(Strict):
     def model_source(self) -> str:
         """The model source with a relative local path resolved against the config's folder."""
         src = self.model.source
-        if src.startswith((".", "~")) or (not src.startswith("pkg:") and (Path(self.base_dir) / src).is_dir()):
+        # an existing file too: a .onnx model source (qbench.onnx_source)
+        if src.startswith((".", "~")) or (not src.startswith("pkg:") and (Path(self.base_dir) / src).exists()):
             return str((Path(self.base_dir) / Path(src).expanduser()).resolve())
         return src
 
@@ -423,8 +428,13 @@ def load_config(path: str | Path) -> SweepConfig:
     from qbench.errors import ModelError
     from qbench.export import resolve_source
 
+    from qbench import onnx_source
+
     try:
-        resolve_source(cfg.model_source())  # local paths and pkg: sources are checked now, hub ids at load time
+        if onnx_source.kind(cfg) is not None:  # an ONNX model, used as is: its own checks (one line each)
+            problems += [f"{file}: {p}" for p in onnx_source.problems(cfg)]
+        else:
+            resolve_source(cfg.model_source())  # local paths and pkg: sources are checked now, hub ids at load time
     except ModelError as e:
         problems.append(f"{file}: model.source: {e}")
     except (OSError, ValueError, RuntimeError) as e:  # a NUL byte, a name too long, an unknown ~user
