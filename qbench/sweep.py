@@ -119,9 +119,9 @@ def prepare(cfg: SweepConfig, run_dir: Path, data: dict | None = None, model_sha
         model_entry = translation.prepare_model(ctx, model_sha256)
         hit = ctx.spec.from_cache
     else:
-        from qbench import onnx_source
+        from qbench import onnx_load, onnx_source
 
-        exp = (onnx_source.encoder(cfg) if onnx_source.kind(cfg) else  # an ONNX file, used as is
+        exp = (onnx_load.encoder(cfg) if onnx_source.kind(cfg) else  # an ONNX file, used as is
                export_encoder(cfg.model_source(), cache / "models", opset=cfg.model.opset, pooling=cfg.model.pooling))
         ctx.fp32 = exp.onnx_path
         ctx.tokenizer = Tokenizer(exp.tokenizer_dir, max_length=cfg.model.max_length)

@@ -34,9 +34,9 @@ def prepare_model(ctx, sha256: str | None = None) -> dict:
     from qbench.tokenize import Tokenizer
 
     cfg = ctx.cfg
-    from qbench import onnx_source
+    from qbench import onnx_load, onnx_source
 
-    exp = (onnx_source.seq2seq(cfg) if onnx_source.kind(cfg) else  # a folder of ONNX graphs, used as is
+    exp = (onnx_load.seq2seq(cfg) if onnx_source.kind(cfg) else  # a folder of ONNX graphs, used as is
            export_seq2seq(cfg.model_source(), ctx.cache / "models", opset=cfg.model.opset))
     if exp.tokenizer_dir is None or not (exp.tokenizer_dir / "tokenizer.json").is_file():
         raise QbenchError(f"{cfg.model.source}: the model has no tokenizer.json (qbench tokenizes with the "
