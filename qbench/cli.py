@@ -31,9 +31,11 @@ COMMANDS = {
   qbench sweep examples/bible-en-es.yaml --resume reports/example-bible-en-es --retry-failed
   qbench sweep examples/minilm-retrieval.yaml --executor ray     # Ray tasks (executor.address: auto|HOST:PORT)
 
-Progress bars (with ETA) show on stderr when it is a terminal; logs and pipes get the log lines only.
-A run is written after every variant; a killed or interrupted one (Ctrl-C: exit 130, SIGTERM: 143)
-is finished with --resume, which refuses a config that changed (CONFIG defaults to the run's own).
+Progress bars (with ETA) show on stderr when it is a terminal; logs and pipes get the log lines and, per
+phase (variants, TensorRT builds, latency), its steps with the time left and its elapsed time.
+A run is written after every variant, and stdout gets its directory, also when interrupted (Ctrl-C: exit
+130, SIGTERM: 143); a killed or interrupted run is finished with --resume, which refuses a config that
+changed (CONFIG defaults to the run's own).
 """),
     "validate": ("check a sweep config without loading any model", """
   qbench validate examples/minilm-retrieval.yaml
