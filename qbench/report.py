@@ -815,7 +815,9 @@ def markdown(run_dir: str | Path) -> str:
         cells += [f(r["size"], ".1f"), mm] + ([r["trt"].replace("|", "/")] if trt else [])
         cells += [r["status"] + (f": {r['error']}" if r["error"] else "")]
         lines.append("| " + " | ".join(cells) + " |")
-    lines += ["", _run_line(manifest, "evaluation pairs"), *search]
+    from qbench.report_trt_md import trt_markdown
+
+    lines += ["", _run_line(manifest, "evaluation pairs"), *trt_markdown(trt_tables(manifest)), *search]
     return "\n".join(lines)
 
 
