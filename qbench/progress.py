@@ -138,10 +138,12 @@ class Task:
 def task(description: str, total: int | None = None, unit: str = "item", note: str = "") -> Iterator[Task]:
     t = Task(description, total, unit, note)
     _start(t)
+    finished = False
     try:
         yield t
+        finished = True  # not on an exception or an interrupt: no "finished" line then
     finally:
-        _end(t)
+        _end(t, finished)
 
 
 def iterate(items: Iterable, description: str, total: int | None = None, unit: str = "item",
@@ -190,13 +192,8 @@ class _Counted:
 def close_all() -> None:
     """End every open task and take the bars down (the command is ending, maybe on an error: no task
     finished, so no "finished" line)."""
-    global _quiet
-    before, _quiet = _quiet, True
-    try:
-        for t in list(_open):
-            _end(t)
-    finally:
-        _quiet = before
+    for t in list(_open):
+        _end(t)
 
 
 def _start(t: Task) -> None:
@@ -220,11 +217,11 @@ def _stamp(line: str) -> str:
     return f"[qbench {time.strftime('%H:%M:%S')}] {line}"  # the sweep's log-line format
 
 
-def _end(t: Task) -> None:
+def _end(t: Task, finished: bool = False) -> None:
     global _display
     if t not in _open:
         return
-    if _lines_wanted(t):
+    if finished and _lines_wanted(t):
         done = f"{t.completed} {plural(t.unit) if t.completed != 1 else t.unit} " if t.completed else ""
         echo(_stamp(f"{t.description}: finished {done}in {clock(t.elapsed())}"))
     _open.remove(t)

@@ -88,10 +88,13 @@ def test_off_a_terminal_a_phase_prints_its_steps_with_what_is_left_and_its_end(c
     with progress.task("variants", total=1, unit="variant") as t:
         t.advance()
     assert capsys.readouterr().err == ""               # --quiet: none of them
+    progress.configure()
     with progress.task("variants", total=2, unit="variant") as t:
-        progress.configure()
         t.advance()
         progress.close_all()                           # an error ends the command: nothing "finished"
+    with pytest.raises(KeyboardInterrupt):
+        with progress.task("variants", total=2, unit="variant") as t:
+            raise KeyboardInterrupt                    # nor does a phase an exception leaves
     assert capsys.readouterr().err == ""
 
 
