@@ -96,8 +96,20 @@ def update() -> None:
             print(f"updated {f.relative_to(ROOT)}")
 
 
+def test_relative_links_in_the_docs_reach_a_file():
+    """A page moved or renamed leaves no dead link behind in the README or docs/."""
+    dead = []
+    for f in doc_files():
+        for target in re.findall(r"\]\(([^)\s]+)\)", f.read_text()):
+            path = target.split("#")[0]
+            if path and not re.match(r"[a-z]+:", path) and not (f.parent / path).exists():
+                dead.append(f"{f.relative_to(ROOT)}: {target}")
+    assert dead == []
+
+
 if __name__ == "__main__":
     sys.path.insert(0, str(ROOT))
     if sys.argv[1:] != ["--update"]:
         sys.exit("usage: python tests/unit/test_doc_tables.py --update")
     update()
+
