@@ -31,9 +31,11 @@ COMMANDS = {
   qbench sweep examples/bible-en-es.yaml --resume reports/example-bible-en-es --retry-failed
   qbench sweep examples/minilm-retrieval.yaml --executor ray     # Ray tasks (executor.address: auto|HOST:PORT)
 
-Progress bars (with ETA) show on stderr when it is a terminal; logs and pipes get the log lines only.
-A run is written after every variant; a killed or interrupted one (Ctrl-C: exit 130, SIGTERM: 143)
-is finished with --resume, which refuses a config that changed (CONFIG defaults to the run's own).
+Progress bars (with ETA) show on stderr when it is a terminal; logs and pipes get the log lines and, per
+phase (variants, TensorRT builds, latency), its steps with the time left and its elapsed time.
+A run is written after every variant, and stdout gets its directory, also when interrupted (Ctrl-C: exit
+130, SIGTERM: 143); a killed or interrupted run is finished with --resume, which refuses a config that
+changed (CONFIG defaults to the run's own).
 """),
     "validate": ("check a sweep config without loading any model", """
   qbench validate examples/minilm-retrieval.yaml
@@ -391,6 +393,8 @@ def _dispatch(args) -> int:
                             retry_failed=args.retry_failed, config_path=args.config)
     except Interrupted as e:  # the run directory is written and resumable; the log said how
         progress.close_all()
+        if e.run_dir is not None:  # stdout gets the run directory, finished or not: a script resumes it from there
+            print(e.run_dir)
         return e.exit_code
     print(run_dir)
     return 0

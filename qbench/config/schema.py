@@ -7,13 +7,13 @@ Calibrator and sampler parameters are validated here too, through their register
 from __future__ import annotations
 
 import difflib
-import typing
 from pathlib import Path
 from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from qbench.config.errors import ConfigError, one_line
+from qbench.config.messages import _loc, format_errors
 from qbench.util.io import read_yaml_mapping
 
 
@@ -22,7 +22,11 @@ class Strict(BaseModel):
 
 
 class ModelCfg(Strict):
-    source: str = Field(description="pkg:<python package>, a local directory, or a Hugging Face hub id")
+    source: str = Field(description="pkg:<python package>, a local directory, or a Hugging Face hub id; or an "
+                                    "ONNX model: a .onnx file (retrieval), or a folder holding encoder.onnx and "
+                                    "decoder.onnx (translation), used as is (docs/onnx-models.md)")
+    tokenizer: str | None = Field(None, description="with an ONNX model.source: the folder holding its "
+                                                    "tokenizer.json, or that file (default: the model's folder)")
     pooling: Literal["mean", "cls"] = Field("mean", description="retrieval: how token states become one vector")
     max_length: int = Field(128, ge=8, le=4096, description="tokens per input; longer inputs are truncated")
     source_prefix: str = Field("", description="translation: put before every source, '{lang}' = the sample's "
@@ -299,52 +303,10 @@ class SweepConfig(Strict):
     def model_source(self) -> str:
         """The model source with a relative local path resolved against the config's folder."""
         src = self.model.source
-        if src.startswith((".", "~")) or (not src.startswith("pkg:") and (Path(self.base_dir) / src).is_dir()):
+        # an existing file too: a .onnx model source (qbench.config.onnx_source)
+        if src.startswith((".", "~")) or (not src.startswith("pkg:") and (Path(self.base_dir) / src).exists()):
             return str((Path(self.base_dir) / Path(src).expanduser()).resolve())
         return src
-
-
-def _loc(loc: tuple) -> str:
-    out = ""
-    for part in loc:
-        out += f"[{part}]" if isinstance(part, int) else (f".{part}" if out else str(part))
-    return out or "(top level)"
-
-
-def _fields_at(model: type[BaseModel], loc: tuple) -> list[str]:
-    """Field names of the sub-model that ``loc`` points into, for did-you-mean on unknown keys."""
-    cur: Any = model
-    skip_key = False
-    for part in loc[:-1]:
-        if skip_key or isinstance(part, int):  # a dict key or a list index: same model below it
-            skip_key = False
-            continue
-        f = cur.model_fields.get(part)
-        if f is None:
-            return []
-        ann = f.annotation
-        skip_key = typing.get_origin(ann) is dict
-        cur = next((a for a in (ann, *typing.get_args(ann)) if isinstance(a, type) and issubclass(a, BaseModel)),
-                   None)
-        if cur is None:
-            return []
-    return [k for k in cur.model_fields if k != "base_dir"]
-
-
-def format_errors(err: ValidationError, file: str, model: type[BaseModel], prefix: tuple = ()) -> list[str]:
-    lines = []
-    for e in err.errors():
-        loc = prefix + tuple(e["loc"])
-        if e["type"] == "extra_forbidden":
-            known = _fields_at(model, tuple(e["loc"]))
-            close = difflib.get_close_matches(str(loc[-1]), known, n=1)
-            msg = "unknown key" + (f" (did you mean '{close[0]}'?)" if close else "")
-        elif e["type"] == "missing":
-            msg = "required key is missing"
-        else:
-            msg = e["msg"]
-        lines.append(f"{file}: {_loc(loc)}: {msg}")
-    return lines
 
 
 def _check_plugins(cfg: SweepConfig, file: str) -> list[str]:
@@ -427,8 +389,13 @@ def load_config(path: str | Path) -> SweepConfig:
     from qbench.config.errors import ModelError
     from qbench.models.export import resolve_source
 
+    from qbench.config import onnx_source
+
     try:
-        resolve_source(cfg.model_source())  # local paths and pkg: sources are checked now, hub ids at load time
+        if onnx_source.kind(cfg) is not None:  # an ONNX model, used as is: its own checks (one line each)
+            problems += [f"{file}: {p}" for p in onnx_source.problems(cfg)]
+        else:
+            resolve_source(cfg.model_source())  # local paths and pkg: sources are checked now, hub ids at load time
     except ModelError as e:
         problems.append(f"{file}: model.source: {e}")
     except (OSError, ValueError, RuntimeError) as e:  # a NUL byte, a name too long, an unknown ~user

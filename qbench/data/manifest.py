@@ -61,7 +61,7 @@ class Sample:
 
 def load_manifest(path: Path) -> Manifest:
     """Read and validate a dataset manifest. Every problem is a ``ConfigError('<file>: <key>: <problem>')``."""
-    from qbench.config.schema import format_errors
+    from qbench.config.messages import format_errors
 
     raw = read_yaml_mapping(Path(path), "dataset manifest")
     bad = [k for k in raw if not isinstance(k, str)]  # YAML allows null, number and list keys
@@ -117,7 +117,7 @@ def load_split(m: Manifest, split: str) -> list[Sample]:
         want = m.sha256.get(m.splits[split])
         if want and sha256_file(f) != want:
             raise DataError(f"{f}: sha256 does not match the manifest (the file changed)")
-        if f.stat().st_size < 4096 and not f.read_bytes().strip():
+        if f.stat().st_size < 4096 and not f.read_bytes().strip() or _parquet_rows(m, f) == 0:
             raise DataError(f"{m.path}: splits.{split}: {f} is empty (no samples)")
         try:
             # datasets logs a parse failure itself (several lines) before raising it: we report it once
@@ -139,6 +139,20 @@ def load_split(m: Manifest, split: str) -> list[Sample]:
     if len(ds) == 0:
         raise DataError(f"{m.path}: splits.{split}: {where} has no samples")
     return _to_samples(ds, m, split, where)
+
+
+def _parquet_rows(m: Manifest, f: Path) -> int | None:
+    """The row count a Parquet file's footer declares; None when it is not Parquet or has no readable footer
+    (load_dataset then names the parse error). A 0-row file must be caught here: datasets would fail on it
+    inside Arrow ("BatchSize must be greater than 0"), a message that names neither the split nor the file."""
+    if m.source.format != "parquet":
+        return None
+    try:
+        import pyarrow.parquet as pq
+
+        return pq.read_metadata(f).num_rows
+    except Exception:  # noqa: BLE001 - not Parquet at all: the loader below reports it with its cause
+        return None
 
 
 def _root_cause(e: BaseException) -> str:

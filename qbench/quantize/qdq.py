@@ -67,7 +67,18 @@ def load_model(path: Path) -> onnx.ModelProto:
     except Exception as e:  # onnx raises DecodeError and friends for a corrupt file
         raise ModelError(f"{path}: not a readable ONNX model ({type(e).__name__})") from None
     check_model_header(model, path)
+    name_nodes(model)
     return model
+
+
+def name_nodes(model: onnx.ModelProto) -> None:
+    """Give every node of the main graph a unique name, in place: its own where it has one (the first of
+    duplicates keeps it), else ``<op_type>_<index>`` (qbench.quantize.roles.stable_names). Exclusions, roles, the
+    search's units and the layer report all address nodes by name; some exporters leave names empty, and a
+    graph of empty names would match an exclusion on every node or on none."""
+    for n, name in zip(model.graph.node, stable_names(model)):
+        if n.name != name:
+            n.name = name
 
 
 def check_model_header(model: onnx.ModelProto, path: Path | str) -> None:
@@ -119,6 +130,7 @@ def match_exclusions(model: onnx.ModelProto, excl: ExclusionCfg) -> tuple[set[st
 
     Roles come from the graph's structure (qbench.quantize.roles.find_roles), not from node names.
     """
+    name_nodes(model)  # a model not read by load_model may still have unnamed nodes
     nodes = list(model.graph.node)
     matched: set[str] = set()
     warnings: list[str] = []
@@ -134,17 +146,12 @@ def match_exclusions(model: onnx.ModelProto, excl: ExclusionCfg) -> tuple[set[st
             warnings.append(f"exclusion name pattern '{pat}' matches no node")
         matched |= hit
     if excl.roles:
-        groups = find_roles(model)
-        real = dict(zip(stable_names(model), (n.name for n in nodes)))
+        groups = find_roles(model)  # its group names are the node names name_nodes gave
         for role in excl.roles:
             found = [name for g in groups[canonical_role(role)] for name in g.nodes]
             if not found:
                 warnings.append(f"exclusion role '{role}' matches no node")
-            unnamed = [name for name in found if not real[name]]
-            if unnamed:
-                warnings.append(f"exclusion role '{role}' matches {len(unnamed)} unnamed node(s) "
-                                f"(e.g. {unnamed[0]}); exclusions address nodes by name, so those stay in")
-            matched |= {real[name] for name in found if real[name]}
+            matched |= set(found)
     return matched, [one_line(w) for w in warnings]  # each is logged as one line
 
 

@@ -322,5 +322,7 @@ def markdown_single(task, rows: list[dict], manifest: dict, cols: list[tuple[str
         cells += [f(r["size"], ".1f"), mm] + ([r["trt"].replace("|", "/")] if trt else [])
         cells += [r["status"] + (f": {r['error']}" if r["error"] else "")]
         lines.append("| " + " | ".join(cells) + " |")
-    lines += ["", _run_line(manifest, f"evaluation {task.item_noun}")]
+    from qbench.report.trt_md import trt_markdown
+
+    lines += ["", _run_line(manifest, f"evaluation {task.item_noun}"), *trt_markdown(trt_tables(manifest))]
     return "\n".join(lines)

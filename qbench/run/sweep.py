@@ -31,6 +31,7 @@ class Interrupted(BaseException):
         super().__init__(signal.Signals(signum).name)
         self.signum = signum
         self.exit_code = 128 + signum  # 130 for SIGINT, 143 for SIGTERM: what a shell reports for the signal
+        self.run_dir: Path | None = None  # set once the run directory holds the written, resumable run
 
 
 @contextmanager
@@ -203,3 +204,4 @@ def _interrupted(ctx, rec: _Record, e: Interrupted) -> None:
     rec.flush()
     log(f"interrupted by {e}: {sum(1 for en in ctx.manifest['variants'].values() if en.get('done'))} variant(s) "
         f"kept in {ctx.run_dir}; finish it with: qbench sweep CONFIG --resume {ctx.run_dir}", warning=True)
+    e.run_dir = ctx.run_dir  # the CLI prints it on stdout, as after a finished run, for a script to resume

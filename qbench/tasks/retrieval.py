@@ -76,7 +76,11 @@ class RetrievalTask(Task):
         from qbench.models.tokenize import Tokenizer
 
         cfg = ctx.cfg
-        exp = export_encoder(cfg.model_source(), ctx.cache / "models", opset=cfg.model.opset, pooling=cfg.model.pooling)
+        from qbench.config import onnx_source
+        from qbench.models import onnx_load
+
+        exp = (onnx_load.encoder(cfg) if onnx_source.kind(cfg) else  # an ONNX file, used as is
+               export_encoder(cfg.model_source(), ctx.cache / "models", opset=cfg.model.opset, pooling=cfg.model.pooling))
         ctx.fp32 = exp.onnx_path
         ctx.tokenizer = Tokenizer(exp.tokenizer_dir, max_length=cfg.model.max_length)
         ctx.model_from_cache = exp.from_cache

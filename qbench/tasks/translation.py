@@ -39,7 +39,11 @@ def prepare_model(ctx, sha256: str | None = None) -> dict:
     from qbench.models.tokenize import Tokenizer
 
     cfg = ctx.cfg
-    exp = export_seq2seq(cfg.model_source(), ctx.cache / "models", opset=cfg.model.opset)
+    from qbench.models import onnx_load
+    from qbench.config import onnx_source
+
+    exp = (onnx_load.seq2seq(cfg) if onnx_source.kind(cfg) else  # a folder of ONNX graphs, used as is
+           export_seq2seq(cfg.model_source(), ctx.cache / "models", opset=cfg.model.opset))
     if exp.tokenizer_dir is None or not (exp.tokenizer_dir / "tokenizer.json").is_file():
         raise QbenchError(f"{cfg.model.source}: the model has no tokenizer.json (qbench tokenizes with the "
                           "`tokenizers` library; save a fast tokenizer beside the model)")
@@ -51,8 +55,8 @@ def prepare_model(ctx, sha256: str | None = None) -> dict:
             "exporter": exp.exporter, "model_type": exp.model_type,
             "onnx_sha256": sha256 or dir_sha256(ctx.fp32),
             "onnx_path": str(ctx.fp32), "tokenizer_dir": str(exp.tokenizer_dir),
-            "export_max_abs_diff": max(exp.encoder_max_abs_diff, exp.decoder_max_abs_diff,
-                                       exp.decoder_past_max_abs_diff),
+            "export_max_abs_diff": None if exp.encoder_max_abs_diff is None else  # given as ONNX: no export
+            max(exp.encoder_max_abs_diff, exp.decoder_max_abs_diff, exp.decoder_past_max_abs_diff),
             "export_max_abs_diffs": {"encoder": exp.encoder_max_abs_diff, "decoder": exp.decoder_max_abs_diff,
                                      "decoder_with_past": exp.decoder_past_max_abs_diff}}
 

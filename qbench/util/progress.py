@@ -13,9 +13,12 @@
     progress.echo("[qbench 12:00:00] a log line")   # printed above the bars while they show
 
 Bars show when stderr is a terminal (and TERM is not ``dumb``), unless ``configure(bars=False)``
-(``qbench sweep --no-progress``). Anywhere else (CI, pipes, pytest) this module prints nothing of
-its own and never imports rich, so logs hold exactly the log lines. ``configure(quiet=True)``
-(``--quiet``) turns the bars off and drops every echo line not marked important (warnings, failures).
+(``qbench sweep --no-progress``). Anywhere else (CI, pipes, pytest) it never imports rich and prints,
+besides the log lines, one timestamped line per finished phase (a task no other task encloses: the
+variants, the TensorRT builds, a latency batch size) with its elapsed time, and, while such a phase runs,
+a line per finished step (at most one every ``LINE_EVERY_S``) with the estimate of what is left, so a run
+piped to a file still shows how far it got. ``configure(quiet=True)`` (``--quiet``) turns the bars and
+those lines off and drops every echo line not marked important (warnings, failures).
 
 Tasks nest: each open task is one row; a row goes away when its task ends, and the bars vanish when
 the last one does, so what stays on screen is the log. Rate and ETA are the task's own average since it
@@ -40,6 +43,7 @@ _display = None             # the live rich display, while a task is open and ba
 _open: list[Task] = []
 
 _now = time.monotonic       # the clock of every task (tests replace it)
+LINE_EVERY_S = 10.0         # off a terminal: a phase's step lines, at most one this often (its last one always)
 
 
 def configure(bars: bool | None = None, quiet: bool = False, stream=None) -> None:
@@ -106,9 +110,14 @@ class Task:
         self.completed = 0
         self.started = _now()
         self.shown = False  # a row on screen
+        self.lined = self.started  # off a terminal: when its last step line was printed
 
     def advance(self, n: int = 1) -> None:
         self.completed += n
+        if _lines_wanted(self) and self.total is not None and (
+                self.completed >= self.total or _now() - self.lined >= LINE_EVERY_S):
+            self.lined = _now()
+            echo(_stamp(f"{self.description}: {self.status_text()}"))
 
     def elapsed(self) -> float:
         return _now() - self.started
@@ -129,10 +138,12 @@ class Task:
 def task(description: str, total: int | None = None, unit: str = "item", note: str = "") -> Iterator[Task]:
     t = Task(description, total, unit, note)
     _start(t)
+    finished = False
     try:
         yield t
+        finished = True  # not on an exception or an interrupt: no "finished" line then
     finally:
-        _end(t)
+        _end(t, finished)
 
 
 def iterate(items: Iterable, description: str, total: int | None = None, unit: str = "item",
@@ -179,7 +190,8 @@ class _Counted:
 
 
 def close_all() -> None:
-    """End every open task and take the bars down (the command is ending, maybe on an error)."""
+    """End every open task and take the bars down (the command is ending, maybe on an error: no task
+    finished, so no "finished" line)."""
     for t in list(_open):
         _end(t)
 
@@ -196,10 +208,22 @@ def _start(t: Task) -> None:
         _display.add(t)
 
 
-def _end(t: Task) -> None:
+def _lines_wanted(t: Task) -> bool:
+    """Off a terminal (no bars drawn), not quiet, and ``t`` is a phase: no open task encloses it."""
+    return _display is None and not _quiet and bool(_open) and _open[0] is t and not bars_wanted()
+
+
+def _stamp(line: str) -> str:
+    return f"[qbench {time.strftime('%H:%M:%S')}] {line}"  # the sweep's log-line format
+
+
+def _end(t: Task, finished: bool = False) -> None:
     global _display
     if t not in _open:
         return
+    if finished and _lines_wanted(t):
+        done = f"{t.completed} {plural(t.unit) if t.completed != 1 else t.unit} " if t.completed else ""
+        echo(_stamp(f"{t.description}: finished {done}in {clock(t.elapsed())}"))
     _open.remove(t)
     if _display is not None:
         _display.remove(t)

@@ -383,3 +383,129 @@ def test_table_source_missing_or_a_directory(tmp_path, capsys):
     assert line == f"{tmp_path / 'nope.cache'}: cannot read calibration table: No such file or directory"
     line = _one_line(capsys, CONFIG, "table", tmp_path, tmp_path / "out.json")
     assert line == f"{tmp_path}: cannot read calibration table: Is a directory"
+
+
+@pytest.mark.parametrize("split", ["calibration", "evaluation"])
+def test_parquet_split_with_zero_rows(tiny, capsys, split):
+    """A Parquet split with a schema but no rows: one data line naming the manifest, the split and the file
+    (datasets alone fails inside Arrow with "BatchSize must be greater than 0", naming neither)."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    cfg = tiny(manifest=MANIFEST.replace("format: json", "format: parquet")
+               .replace(".jsonl", ".parquet"))
+    data = cfg.parent / "data"
+    for name in ("calibration", "evaluation"):
+        rows = [json.loads(line) for line in (data / f"{name}.jsonl").read_text().splitlines()]
+        schema = pa.Table.from_pylist(rows).schema
+        pq.write_table(pa.Table.from_pylist(rows if name != split else [], schema=schema), data / f"{name}.parquet")
+    (line,) = _sweep(capsys, cfg, DATA)
+    assert line == f"{(data / 'manifest.yaml').resolve()}: splits.{split}: {(data / f'{split}.parquet').resolve()} " \
+                   "is empty (no samples)", line
+
+
+@pytest.mark.parametrize("sig, code", [("SIGTERM", 143), ("SIGINT", 130)])
+def test_interrupted_sweep_prints_its_run_directory(tiny, capsys, monkeypatch, sig, code):
+    """A real signal, sent to this process the moment the sweep logs its second variant: the exit code is the
+    signal's, and stdout's last line is the run directory, which ``--resume`` then finishes."""
+    import io
+    import os
+    import signal
+    import sys
+
+    class Tripwire(io.StringIO):
+        def write(self, s):
+            if "variant 2/2: " in s and not self.fired:
+                self.fired = True
+                os.kill(os.getpid(), getattr(signal, sig))
+            return super().write(s)
+
+    cfg = tiny()
+    wire = Tripwire()
+    wire.fired = False
+    captured = sys.stderr
+    monkeypatch.setattr(sys, "stderr", wire)
+    rc = main(["sweep", str(cfg), "--out", str(cfg.parent / "out")])
+    out = capsys.readouterr().out
+    monkeypatch.setattr(sys, "stderr", captured)
+    assert wire.fired and rc == code, wire.getvalue()
+    run = Path(out.splitlines()[-1])
+    assert run.parent.parent == cfg.parent / "out" and (run / "manifest.json").is_file()
+    manifest = json.loads((run / "manifest.json").read_text())
+    assert manifest["interrupted"]["signal"] == sig and manifest["complete"] is False
+    assert f"--resume {run}" in wire.getvalue() and "Traceback" not in wire.getvalue()
+    rc, err, out = _run(capsys, "sweep", "--resume", run, "-q")
+    assert (rc, out.strip()) == (0, str(run)), err
+    assert err == []
+    assert json.loads((run / "manifest.json").read_text())["complete"] is True
+
+
+# --------------------------------------------------------------------------- model.source as ONNX
+
+
+def _onnx_source(tiny, tmp_path, model_line: str, *, task: str = "", rename_input: str = "") -> Path:
+    """The tiny sweep with ``model:`` replaced by ``model_line``; ``given/`` holds the tiny encoder as
+    ``model.onnx`` (an input renamed to ``rename_input`` if given) and its tokenizer."""
+    cfg = tiny()
+    given = tmp_path / "given"
+    given.mkdir(exist_ok=True)
+    entry = next((tmp_path / "cache" / "models").iterdir())
+    m = onnx.load(str(entry / "model.onnx"))
+    if rename_input:
+        for n in m.graph.node:
+            n.input[:] = [rename_input if x == "attention_mask" else x for x in n.input]
+        m.graph.input[1].name = rename_input
+    onnx.save(m, str(given / "model.onnx"))
+    (given / "tok").mkdir(exist_ok=True)
+    for f in (entry / "tokenizer").iterdir():
+        (given / "tok" / f.name).write_bytes(f.read_bytes())
+    text = cfg.read_text().replace("model: {source: ./model, max_length: 16}", model_line)
+    cfg.write_text(task + text)
+    return cfg
+
+
+def test_retrieval_model_source_as_an_onnx_file(tiny, tmp_path, capsys):
+    cfg = _onnx_source(tiny, tmp_path, "model: {source: given/model.onnx, tokenizer: given/tok, max_length: 16}")
+    rc, err, out = _run(capsys, "sweep", cfg, "-q", "--out", cfg.parent / "out")
+    assert (rc, err) == (0, [])
+    manifest = json.loads((Path(out.strip()) / "manifest.json").read_text())
+    assert manifest["model"]["onnx_path"] == str((tmp_path / "given" / "model.onnx").resolve())
+    assert manifest["model"]["export_max_abs_diff"] is None  # no PyTorch model: no export check
+    assert {v: e["status"] for v, e in manifest["variants"].items()} == {"fp32": "ok", "minmax+none+s8s8": "ok"}
+
+
+@pytest.mark.parametrize("model_line, task, expect", [
+    ("model: {source: given/nope.onnx, tokenizer: given/tok}", "",
+     "model.source: ONNX file not found: {given}/nope.onnx"),
+    ("model: {source: given/model.onnx}", "",
+     "model.source: no tokenizer.json in {given} (an ONNX model needs the tokenizer it was exported with; "
+     "set model.tokenizer to its folder)"),
+    ("model: {source: given/model.onnx, tokenizer: given}", "",
+     "model.tokenizer: no tokenizer.json in {given} (an ONNX model needs the tokenizer it was exported with; "
+     "set model.tokenizer to its folder)"),
+    ("model: {source: given/model.onnx, tokenizer: given/tok}", "task: translation\n",
+     "model.source: an ONNX file serves task retrieval; a translation model is a folder holding encoder.onnx "
+     "and decoder.onnx"),
+])
+def test_onnx_model_source_config_errors(tiny, tmp_path, capsys, model_line, task, expect):
+    cfg = _onnx_source(tiny, tmp_path, model_line, task=task)
+    line = _one_line(capsys, CONFIG, "validate", cfg)
+    assert line == f"{cfg}: " + expect.format(given=tmp_path / "given"), line
+
+
+def test_onnx_folder_with_a_decoder_alone(tiny, tmp_path, capsys):
+    cfg = _onnx_source(tiny, tmp_path, "model: {source: given, tokenizer: given/tok}", task="task: translation\n")
+    (tmp_path / "given" / "model.onnx").rename(tmp_path / "given" / "decoder.onnx")
+    line = _one_line(capsys, CONFIG, "validate", cfg)
+    assert line == (f"{cfg}: model.source: {tmp_path / 'given'} has no encoder.onnx: the translation task needs "
+                    "both encoder.onnx and decoder.onnx (a decoder alone is a decoder-only model, which it does not "
+                    "run)"), line
+
+
+def test_onnx_file_with_another_interface(tiny, tmp_path, capsys):
+    """A graph that does not take what qbench feeds: one model line (exit 4) naming the file and the input."""
+    cfg = _onnx_source(tiny, tmp_path, "model: {source: given/model.onnx, tokenizer: given/tok, max_length: 16}",
+                       rename_input="mask")
+    (line,) = _sweep(capsys, cfg, MODEL)
+    assert line == (f"{(tmp_path / 'given' / 'model.onnx').resolve()}: no graph input 'attention_mask' (a retrieval "
+                    "model takes inputs input_ids, attention_mask [batch, sequence] -> one embedding [batch, dim])")

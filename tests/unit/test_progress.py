@@ -51,10 +51,51 @@ def test_off_a_terminal_only_the_log_lines_are_printed(capsys, monkeypatch):
     _drive()
     out = capsys.readouterr()
     assert out.out == ""
-    assert out.err.splitlines() == ["[qbench 00:00:00] variant 1/2: fp32",
-                                    "[qbench 00:00:01] warning: variant minmax: something",
-                                    "[qbench 00:00:02] wrote reports/x"]
+    lines = out.err.splitlines()
+    # The log lines, and the outer task's (a phase's) lines; nested tasks print none.
+    assert [x for x in lines if "] variants: " not in x] == ["[qbench 00:00:00] variant 1/2: fp32",
+                                                           "[qbench 00:00:01] warning: variant minmax: something",
+                                                           "[qbench 00:00:02] wrote reports/x"]
+    assert [x.split("] ", 1)[1].split(" · ")[0] for x in lines if "] variants: " in x] == [
+        "variants: 2/2 variants", "variants: finished 2 variants in 0:00"]
     assert progress._open == []
+
+
+def test_off_a_terminal_a_phase_prints_its_steps_with_what_is_left_and_its_end(capsys, monkeypatch):
+    """A run piped to a file: a line per finished step of a phase (at most one every LINE_EVERY_S, the last
+    always) with the estimate of what is left, and one when the phase ends; nested tasks print nothing."""
+    now = [100.0]
+    monkeypatch.setattr(progress, "_now", lambda: now[0])
+    with progress.task("variants", total=3, unit="variant") as t:
+        now[0] = 112.0
+        t.advance()                                    # 12 s since the start: a line
+        now[0] = 115.0
+        with progress.task("evaluation", total=4, unit="text") as inner:
+            inner.advance(4)                           # nested: no line
+        t.advance()                                    # 3 s since the last line: none
+        now[0] = 130.0
+        t.advance()                                    # the last step: always a line
+    progress.echo("[qbench 12:00:00] wrote reports/x")
+    with progress.task("latency batch=1", total=10, unit="run"):
+        now[0] = 131.0                                 # not counted (no bars): only its end
+    lines = [x.split("] ", 1)[1] if x.startswith("[qbench ") else x for x in capsys.readouterr().err.splitlines()]
+    assert lines == ["variants: 1/3 variants · eta 0:24 · 0:12 · 12.0 s/variant",
+                     "variants: 3/3 variants · eta 0:00 · 0:30 · 10.0 s/variant",
+                     "variants: finished 3 variants in 0:30",
+                     "wrote reports/x",
+                     "latency batch=1: finished in 0:01"]
+    progress.configure(quiet=True)
+    with progress.task("variants", total=1, unit="variant") as t:
+        t.advance()
+    assert capsys.readouterr().err == ""               # --quiet: none of them
+    progress.configure()
+    with progress.task("variants", total=2, unit="variant") as t:
+        t.advance()
+        progress.close_all()                           # an error ends the command: nothing "finished"
+    with pytest.raises(KeyboardInterrupt):
+        with progress.task("variants", total=2, unit="variant") as t:
+            raise KeyboardInterrupt                    # nor does a phase an exception leaves
+    assert capsys.readouterr().err == ""
 
 
 def test_quiet_keeps_only_important_lines(capsys):
