@@ -98,6 +98,7 @@ class Decision:
     settings: Settings
     langs: list[LangDecision] = field(default_factory=list)
     reason: str = ""
+    resamples_used: int = 0
 
     @property
     def by_state(self) -> dict[str, list[LangDecision]]:
@@ -141,7 +142,7 @@ class Decision:
 
     def as_dict(self) -> dict:
         return {"state": self.state, "metric": self.metric, "budget": self.budget, "per": self.per,
-                "settings": self.settings.as_dict(), "reason": self.reason,
+                "settings": {**self.settings.as_dict(), "resamples_used": self.resamples_used}, "reason": self.reason,
                 "langs": [d.as_dict() for d in self.langs]}
 
 
@@ -309,11 +310,15 @@ def decide_stats(base: np.ndarray, var: np.ndarray, langs: Sequence[str], metric
         raise ConfigError(f"gate.per must be lang or all, got {per!r}")
     langs = np.asarray(langs, dtype=object)
     order = sorted(set(langs))
+    # A bootstrap p-value is at least 1 / (resamples + 1): with 28 languages at alpha 0.05 the smallest level
+    # Holm uses is 0.0018, so too few resamples could never decide anything. At least 10 resamples are
+    # expected beyond the smallest level's bound.
+    b = max(st.resamples, math.ceil(10 * (1 if per == "all" else len(order)) / st.alpha))
     res, full, ns = [], [], []
     for lang in order:
         mask = langs == lang
         n = int(mask.sum())
-        f, r = drops(base[mask][None], var[mask][None], metric, counts_matrix(n, st.resamples, st.seed))
+        f, r = drops(base[mask][None], var[mask][None], metric, counts_matrix(n, b, st.seed))
         full.append(float(f[0]))
         res.append(r[0])
         ns.append(n)
@@ -336,7 +341,8 @@ def decide_stats(base: np.ndarray, var: np.ndarray, langs: Sequence[str], metric
         if d.state == INCONCLUSIVE:
             d.n_needed = sentences_needed(d.n, d.drop, se, budget, level)
         out.append(d)
-    return Decision(state=str(overall(lstate)), metric=metric, budget=float(budget), per=per, settings=st, langs=out)
+    return Decision(state=str(overall(lstate)), metric=metric, budget=float(budget), per=per, settings=st, langs=out,
+                    resamples_used=b)
 
 
 def unknown(metric: str, budget: float, per: str, settings: Settings, reason: str) -> Decision:
@@ -355,3 +361,42 @@ def from_run(samples, gate: Mapping, variant: str, baseline: str = "fp32", alpha
         return unknown(metric, budget, per, st, "the run has no per-sample statistics (samples.parquet), so no "
                                                 "interval can be computed")
     return decide(samples, variant, metric, budget, per, st, baseline)
+
+
+def gate_of(manifest: Mapping) -> dict | None:
+    """The gate config a run was made with (config.gate, else a top-level gate of older runs)."""
+    return (manifest.get("config") or {}).get("gate") or manifest.get("gate") or None
+
+
+def looks(manifest: Mapping, variant: str) -> int:
+    """How many candidates may have been checked against the gate before ``variant`` was named: an
+    ``exclude: auto`` variant is the first of up to ``search.max_confirmations`` candidates that the search
+    confirmed on the evaluation set, so its decision spends alpha / that (Bonferroni over the looks, fixed
+    before the search starts, so valid whichever look succeeded)."""
+    info = (manifest.get("variants") or {}).get(variant) or {}
+    if info.get("exclusion") != "auto":
+        return 1
+    search = (manifest.get("config") or {}).get("search") or {}
+    return max(1, int(search.get("max_confirmations", 4)), len(info.get("confirmations") or []))
+
+
+def for_run(samples, manifest: Mapping, variant: str, baseline: str = "fp32") -> Decision | None:
+    """The decision of one variant of a run (None: the run has no gate); UNKNOWN without per-sample data."""
+    gate = gate_of(manifest)
+    if not gate:
+        return None
+    if samples is not None and not (samples.variant == variant).any():
+        samples = None
+    return from_run(samples, gate, variant, baseline, looks(manifest, variant))
+
+
+def load_samples(run_dir):
+    """samples.parquet of a run, or None (retrieval runs and older runs have none)."""
+    from pathlib import Path
+
+    p = Path(run_dir) / "samples.parquet"
+    if not p.exists():
+        return None
+    import pandas as pd
+
+    return pd.read_parquet(p)

@@ -99,3 +99,28 @@ def test_aa_identical_quality_fails_at_most_5_percent_with_holm(django):
     assert fail_rate <= 0.05
     # The point-estimate gate this replaces fails the same variants most of the time.
     assert float(np.mean(point.max(axis=1) > 1.0)) > 0.8
+
+
+@pytest.mark.parametrize("run, variant, code, head", [
+    ("example-django-multi", "entropy+none+s8s8@balanced", 1, "FAIL: 0 PASS, 28 FAIL"),
+    ("example-django-multi", "ort_dynamic", 10, "INCONCLUSIVE: "),
+    ("example-bible-en-es", "mse+none+s8s8", 0, "PASS: drop 0.13 BLEU"),
+])
+def test_gate_exit_codes_on_the_committed_runs(capsys, run, variant, code, head):
+    from qbench.cli import main
+
+    assert main(["gate", str(ROOT / "reports" / run), "--variant", variant]) == code
+    out = capsys.readouterr().out.strip()
+    assert out.startswith(f"{variant}: {head}")
+    if code == 10:
+        assert "not enough data to decide: test sentences per language that would decide it: " in out
+
+
+def test_resamples_grow_until_the_smallest_holm_level_can_be_reached(django):
+    """28 languages at alpha 0.05/4 (the search's looks): 2000 resamples could never reach p <= 0.00045."""
+    a, b = D.paired_frames(django, "ort_dynamic")
+    st = D.Settings(alpha=0.05 / 4, resamples=2000)
+    d = D.decide_stats(mm.stats_from_samples(a)["bleu"], mm.stats_from_samples(a)["bleu"], a.lang, "bleu", 1.0,
+                       "lang", st)
+    assert d.resamples_used == int(np.ceil(10 * 28 / (0.05 / 4)))
+    assert d.state == D.PASS  # identical outputs: every language shows non-inferiority
