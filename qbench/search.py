@@ -143,6 +143,7 @@ class RetrievalScorer:
         from qbench.sweep import embed_pairs
 
         q, d, _ = embed_pairs(self.ctx, art, self.ctx.evalset)
+        self.last_pairs = (q, d)  # for the confirmation's decision (per-query correctness)
         return {"all": retrieval_metrics(q, d)["accuracy_at_1"] * 100}, {"all": self.ctx.fp32_quality * 100}
 
     def score(self, art: Path, quality: bool = True) -> dict:
@@ -310,8 +311,12 @@ class Search:
         row = next(r for r in self.trace if r["k"] == k)
         quality, base = self.scorer.full_quality(Path(row["artifact"]))
         ok, drop, where = self.gate(quality, base)
+        dec = confirm_decision(self, Path(row["artifact"]))
+        if dec is not None:  # a candidate counts as passing only when its interval shows PASS
+            ok = dec.state == "PASS"
         self.confirmations.append({"k": k, "worst_drop": drop, "worst": where, "pass": ok,
-                                   "quality_all": quality.get("all"), "seconds": round(time.perf_counter() - t0, 2)})
+                                   "quality_all": quality.get("all"), "seconds": round(time.perf_counter() - t0, 2),
+                                   **({} if dec is None else {"decision": dec.state, "summary": dec.summary()})})
         return ok
 
     def search(self, ranked: list[Unit]) -> dict:
@@ -345,6 +350,38 @@ class Search:
             raise DataError(f"search: no candidate with INT8 left passed the gate on the scoring subset "
                             f"({self.evaluations} evaluations, up to {max(tried)} of {n} units float)")
         return {"passing": passing, "smallest": passing[0]}
+
+
+def confirm_decision(s: Search, art: Path):
+    """The interval decision (qbench.decision) of a candidate on the full evaluation set, against FP32, with
+    alpha shared by the at most ``search.max_confirmations`` looks (Bonferroni: whichever look succeeds, the
+    chance that a wrong PASS was among them stays within gate.alpha). None where per-sample data is missing."""
+    from qbench import decision as dn
+
+    ctx, g = s.ctx, s.ctx.cfg.gate
+    st = dn.Settings.from_gate(g.model_dump())
+    st = dn.Settings(alpha=st.alpha / ctx.cfg.search.max_confirmations, resamples=st.resamples, seed=st.seed,
+                     correction=st.correction)
+    if ctx.cfg.task == "translation":
+        from qbench import mt_metrics as mm
+
+        langs = [x.language for x in ctx.evalset]
+        hyps = (ctx.decoded.get(str(art)) or (None,))[0]
+        if hyps is None or ctx.fp32_stats is None:
+            return None
+        var = mm.sample_stats_by_lang(hyps, [x.reference for x in ctx.evalset], langs)[g.metric]
+        base = ctx.fp32_stats[g.metric]
+    else:
+        from qbench.retrieval import ranks
+
+        pairs = getattr(s.scorer, "last_pairs", None)
+        if pairs is None or ctx.fp32_emb is None:
+            return None
+        n = len(ctx.evalset)
+        var = (ranks(*pairs) == 1).astype(float)[:, None]
+        base = (ranks(ctx.fp32_emb[:n], ctx.fp32_emb[n:]) == 1).astype(float)[:, None]
+        langs = ["all"] * n
+    return dn.decide_stats(base, var, langs, g.metric, g.max_drop, g.per, st)
 
 
 def order(s: Search, passing: list[int]) -> tuple[list[int], dict]:
