@@ -27,6 +27,7 @@ Pure numpy (pandas for the samples frame); nothing here knows a sweep or a repor
 
 from __future__ import annotations
 
+import functools
 import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
@@ -165,11 +166,21 @@ def needed_text(dec: Decision) -> str:
 
 def counts_matrix(n: int, resamples: int, seed: int) -> np.ndarray:
     """(resamples, n) how often each sample is drawn in each resample, drawn as ``mt_metrics`` draws indices."""
+    return _counts(n, resamples, seed).astype(np.float64)
+
+
+@functools.lru_cache(maxsize=64)
+def _counts(n: int, resamples: int, seed: int) -> np.ndarray:
+    """Cached as integers (a report decides every variant on the same languages, so the same draws): uint16
+    holds any count below 65536, and a sample drawn that often in one resample needs n in the millions."""
     from qbench.mt_metrics import resample_indices
 
     idx = resample_indices(n, resamples, seed)
     b = idx.shape[0]
-    return np.bincount((idx + n * np.arange(b)[:, None]).ravel(), minlength=b * n).reshape(b, n).astype(np.float64)
+    c = np.bincount((idx + n * np.arange(b)[:, None]).ravel(), minlength=b * n).reshape(b, n)
+    out = c.astype(np.uint16 if c.max() < 2 ** 16 else np.uint32)
+    out.setflags(write=False)
+    return out
 
 
 def _score(summed: np.ndarray, metric: str, n: float | np.ndarray) -> np.ndarray:

@@ -95,4 +95,25 @@ def compare(run_a: Path, run_b: Path, metrics: list[str] | None = None) -> str:
     lines.append(f"{'variant':{w}s}  {'backend':8s}  {'metric':22s}  {'A':>10s}  {'B':>10s}  {'B - A':>10s}")
     for (v, be, m), r in both.iterrows():
         lines.append(f"{v:{w}s}  {be:8s}  {m:22s}  {r.A:10.4f}  {r.B:10.4f}  {r.B - r.A:+10.4f}")
-    return "\n".join(lines)
+    return "\n".join(lines + _decisions(run_a, ma, run_b, mb))
+
+
+def _decisions(run_a: Path, ma: dict, run_b: Path, mb: dict) -> list[str]:
+    """Each shared variant's gate decision (qbench gate's) in A and in B: PASS, FAIL, INCONCLUSIVE, or '-'."""
+    from qbench import decision as dn
+
+    shared = [v for v in ma.get("variants", {}) if v in mb.get("variants", {}) and v != "fp32"]
+    if not shared or not (dn.gate_of(ma) or dn.gate_of(mb)):
+        return []
+    sa, sb = dn.load_samples(run_a), dn.load_samples(run_b)
+
+    def state(samples, m, v):
+        if (m["variants"][v].get("status") != "ok"):
+            return "FAIL (variant failed)"
+        d = dn.for_run(samples, m, v)
+        return "-" if d is None else "point estimate only" if d.state == dn.UNKNOWN else d.state
+
+    w = max(7, *(len(v) for v in shared))
+    out = ["", f"{'variant':{w}s}  {'decision A':22s}  decision B"]
+    out += [f"{v:{w}s}  {state(sa, ma, v):22s}  {state(sb, mb, v)}" for v in shared]
+    return out

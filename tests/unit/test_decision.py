@@ -124,3 +124,13 @@ def test_resamples_grow_until_the_smallest_holm_level_can_be_reached(django):
                        "lang", st)
     assert d.resamples_used == int(np.ceil(10 * 28 / (0.05 / 4)))
     assert d.state == D.PASS  # identical outputs: every language shows non-inferiority
+
+
+def test_compare_shows_each_shared_variants_decision_in_both_runs():
+    from qbench.verdict import compare
+
+    bible = ROOT / "reports" / "example-bible-en-es"
+    text = compare(bible, bible, ["bleu"])
+    rows = {ln.split()[0]: ln.split()[1:] for ln in text.split("decision A", 1)[1].splitlines()[1:]}
+    assert rows["entropy+none+s8s8"] == ["FAIL", "FAIL"] and rows["mse+none+s8s8"] == ["PASS", "PASS"]
+    assert "fp32" not in rows  # the reference is not gated
