@@ -426,7 +426,7 @@ def latency_phase(ctx: Context, artifacts: dict[str, Path]) -> dict[str, list | 
 
     Returns, per variant id, its latency metric tuples, or an error string if its session failed.
     """
-    from qbench.measure import as_rows, calls_per_session, interleaved
+    from qbench.measure import ROUNDS, as_rows, calls_per_session, interleaved
 
     lat = ctx.cfg.measure.latency
     out: dict[str, list | str] = {vid: [] for vid in artifacts}
@@ -449,6 +449,7 @@ def latency_phase(ctx: Context, artifacts: dict[str, Path]) -> dict[str, list | 
                     sessions.pop(vid).close()
                 elif isinstance(out[vid], list):
                     out[vid] += as_rows(r, b)
+                    ctx.manifest.setdefault("latency_rounds", {}).setdefault(vid, {})[f"batch={b}"] = r[ROUNDS]
     finally:
         for s in sessions.values():
             s.close()
