@@ -509,6 +509,7 @@ def verdict(df, manifest: dict, samples=None) -> dict:
     if gate_cfg and not decs and cands:
         out["rule"] += (" The gate is a point estimate: the run has no per-sample statistics (samples.parquet), so "
                         "no interval backs it.")
+    out["gates"] = {x: gates[x] for x in decs}
     v = out["variant"]
     if v is None:
         return out
@@ -845,13 +846,22 @@ def render(run_dir: str | Path) -> Path:
     rows = translation_leaderboard(df, manifest) if task == "translation" else leaderboard(df, manifest)
     batches = list(rows[0]["lat"]) if rows else []
     mt = translation_context(df, manifest) if task == "translation" else {}
+    vd = verdict(df, manifest, _samples(run_dir))
+    _decided(rows, vd)
     html = _env().get_template("report.html.j2").render(
-        m=manifest, rows=rows, batches=batches, task=task, mt=mt, trt=trt_tables(manifest), vd=verdict(df, manifest, _samples(run_dir)),
+        m=manifest, rows=rows, batches=batches, task=task, mt=mt, trt=trt_tables(manifest), vd=vd,
         ranges=calibration_ranges(manifest, run_dir),
         search=search_sections(df, manifest, _load_sensitivity(run_dir)),
         plot=_pareto_svg(df, batches, metric, label) if batches else "",
     )
     return atomic_write_text(run_dir / "report.html", html)
+
+
+def _decided(rows: list[dict], vd: dict) -> None:
+    """The leaderboard's gate cells show the verdict's decisions (three states), where it made them."""
+    for r in rows:
+        if r["variant"] in vd.get("gates", {}):
+            r["gate"] = vd["gates"][r["variant"]]
 
 
 def _samples(run_dir: Path):
@@ -867,7 +877,9 @@ def markdown(run_dir: str | Path) -> str:
     df, manifest = load(Path(run_dir))
     search = _markdown_search(search_sections(df, manifest))
     if task_of(manifest) == "translation":
-        return "\n".join([_markdown_translation(translation_leaderboard(df, manifest), manifest), *search])
+        rows = translation_leaderboard(df, manifest)
+        _decided(rows, verdict(df, manifest, _samples(Path(run_dir))))
+        return "\n".join([_markdown_translation(rows, manifest), *search])
     rows = leaderboard(df, manifest)
     batches = list(rows[0]["lat"]) if rows else []
     head = ["variant", "acc@1", "Δ vs FP32 (pts)", "MRR", "cos vs FP32"]
@@ -900,7 +912,7 @@ def _markdown_translation(rows: list[dict], m: dict) -> str:
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for r in rows:
         g = r["gate"] or {}
-        gate = "" if g.get("pass") is None else "PASS" if g["pass"] else "FAIL"
+        gate = g.get("state") or ("" if g.get("pass") is None else "PASS" if g["pass"] else "FAIL")
         worst = "" if g.get("lang") is None else f"{'macro' if g['lang'] == 'all' else g['lang']} {_num(g['drop'])}"
         cells = [f"`{r['variant']}`", _num(r["bleu"]), (r["d_bleu"] or {}).get("ci", ""), _num(r["chrf"]), worst, gate]
         cells += [_num(r["lat"][b][0]) for b in batches]
