@@ -71,9 +71,14 @@ def test_compare_lists_shared_metrics_and_the_difference(tmp_path, capsys):
     assert out[2:] == ["no shared variant metrics"]
     assert main(["compare", str(a), str(b), "--metric", "bleu"]) == 0
     out = capsys.readouterr().out.splitlines()
-    table = {r.split()[0]: r.split()[3:] for r in out[3:]}
+    blank = out.index("")  # the metrics, then each shared variant's decision in A and B
+    table = {r.split()[0]: r.split()[3:] for r in out[3:blank]}
     assert table["minmax+auto+s8s8"] == ["29.8000", "29.5000", "-0.3000"]
     assert table["fp32"] == ["30.0000", "30.0000", "+0.0000"]
+    # these hand-built runs have no samples.parquet: no interval, and compare says so
+    assert [r.split(None, 1) for r in out[blank + 2:]] == [
+        ["minmax+none+s8s8", "point estimate only     point estimate only"],
+        ["minmax+auto+s8s8", "point estimate only     point estimate only"]]
 
 
 def test_gate_refuses_an_unfinished_run(tmp_path, capsys):
