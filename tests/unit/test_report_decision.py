@@ -53,3 +53,14 @@ def test_tensorrt_target_names_a_built_engine_and_says_latency_was_not_measured(
     # ort_dynamic's engine does not parse (non-zero zero point): never a candidate on TensorRT
     assert "ort_dynamic" in {d["variant"] for d in v["dropped"]} and v["variant"] != "ort_dynamic"
     assert "proxy" in v["rule"] and "p50 latency" not in v["rule"]
+
+
+def test_tensorrt_verdict_block_says_latency_was_not_measured_and_shows_the_proxy(tmp_path):
+    run = tmp_path / "trt"
+    shutil.copytree(REPORTS / "example-minilm-trt", run, ignore=shutil.ignore_patterns("report.html"))
+    html = report.render(run).read_text()
+    block = html[html.index('<section id="verdict"'):html.index("</section>", html.index('<section id="verdict"'))]
+    assert "first by the TensorRT proxy within the best quality" in block
+    assert ('<div class="k">TensorRT latency</div><div class="x">not measured here</div>'
+            '<div class="d">no supported GPU; ranked by the proxy: INT8 share of linear FLOPs 100%, engine 66.2 MB') in block
+    assert "(not used to rank)" in block
