@@ -14,7 +14,7 @@ EPILOG = """Examples:
   qbench sweep examples/minilm-retrieval.yaml
   qbench report reports/example-minilm-auto --markdown
   qbench ls calibrators
-  qbench gate reports/example-minilm-auto                        # exit 0 pass, 1 fail, 2 cannot tell
+  qbench gate reports/example-minilm-auto                        # exit 0 pass, 1 fail, 2 cannot tell, 10 inconclusive
   qbench compare reports/example reports/example-minilm-trt
   qbench config-reference > docs/config.md
   qbench cache --prune --keep reports/example-minilm-auto         # free the disk old variants fill
@@ -56,7 +56,8 @@ changed (CONFIG defaults to the run's own).
   qbench report reports/example-minilm-auto
   qbench report reports/example-bible-en-es --markdown
 """),
-    "gate": ("exit 0 if a variant of a run passes its gate, 1 if not (for release pipelines)", """
+    "gate": ("exit 0 if a variant of a run passes its gate, 1 if it fails, 10 if the data cannot decide yet "
+             "(for release pipelines)", """
   qbench gate reports/example-minilm-auto                        # its exclude: auto variant
   qbench gate reports/example-bible-en-es --variant minmax+none+s8s8
   qbench gate reports/example-minilm-auto --variant 'percentile[percentile=99.99]+none+u8s8'   # exit 1: FAIL

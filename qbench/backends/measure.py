@@ -38,13 +38,19 @@ def summarize(seconds: np.ndarray, batch: int) -> dict[str, float]:
 
 def as_rows(summary: dict[str, float], batch: int) -> list[tuple[str, str, float, str]]:
     """A latency summary as result tuples (metric, ``batch=<b>``, value, unit)."""
-    return [(k, f"batch={batch}", v, "ms" if k.endswith("_ms") else "items/s") for k, v in summary.items()]
+    return [(k, f"batch={batch}", v, "ms" if k.endswith("_ms") else "items/s") for k, v in summary.items()
+            if k != ROUNDS]
 
 
 def calls_per_session(warmup: int, runs: int, rounds: int) -> int:
     """How many times ``interleaved`` calls each session: ``warmup`` then ``runs`` in the first round, one
     warm-up and ``runs`` in each later one (a progress bar's total)."""
     return warmup + runs + (rounds - 1) * (1 + runs)
+
+
+# Key of the per-round p50s in an ``interleaved`` summary: the manifest keeps them (latency_rounds), so that
+# two variants compare as paired ratios over rounds with an interval (qbench.shipping), not as two p50s.
+ROUNDS = "rounds_p50_ms"
 
 
 def interleaved(sessions: dict[str, object], feeds: dict[str, np.ndarray], warmup: int, runs: int,
@@ -68,5 +74,6 @@ def interleaved(sessions: dict[str, object], feeds: dict[str, np.ndarray], warmu
             except Exception as e:  # noqa: BLE001 - one failing variant must not stop the others
                 failed[name] = e
     out: dict = {k: failed[k] for k in failed}
-    out.update({k: summarize(np.concatenate(v), batch) for k, v in times.items() if k not in failed})
+    out.update({k: {**summarize(np.concatenate(v), batch), ROUNDS: [float(np.median(t) * 1e3) for t in v]}
+                for k, v in times.items() if k not in failed})
     return out

@@ -25,6 +25,8 @@ code  raised as               meaning
                               and the sweep goes on)
 8     ``StorageError``        a file could not be written (a full disk, a file-size limit, no
                               permission); the files written before it are intact
+10                            ``qbench gate`` only: INCONCLUSIVE, the data cannot decide yet (the
+                              line says how many test sentences would); not an error
 130                           ``qbench sweep`` interrupted by SIGINT (Ctrl-C); the run is resumable
 143                           ``qbench sweep`` stopped by SIGTERM; the run is resumable
 ====  ======================  =================================================================

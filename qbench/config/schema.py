@@ -174,11 +174,17 @@ class GenerationCfg(Strict):
 
 
 class GateCfg(Strict):
-    """Pass/fail per variant: the drop against FP32 of ``metric`` stays within ``max_drop``."""
+    """Per variant: PASS when a paired-bootstrap interval shows the drop against FP32 of ``metric`` within
+    ``max_drop``, FAIL when it shows it beyond, else INCONCLUSIVE (qbench.decision)."""
 
     metric: Literal["bleu", "chrf", "accuracy_at_1"] = "bleu"
     max_drop: float = Field(1.0, ge=0, description="in points: BLEU/chrF points, or percentage points of accuracy@1")
     per: Literal["lang", "all"] = Field("lang", description="lang: every language must hold; all: the mean only")
+    # The decision (qbench.decision): three states from paired-bootstrap intervals, error-controlled.
+    alpha: float = Field(0.05, gt=0, lt=1, description="chance of any wrong PASS or FAIL, over all languages gated")
+    correction: Literal["holm", "bonferroni"] = Field("holm", description="error control over languages")
+    resamples: int = Field(2000, ge=100, description="paired-bootstrap resamples per language")
+    seed: int = Field(0, description="draws the bootstrap resamples")
 
 
 class TensorRTCfg(Strict):
@@ -264,6 +270,9 @@ class SweepConfig(Strict):
     backend: BackendCfg = BackendCfg()
     measure: MeasureCfg = MeasureCfg()
     tensorrt: TensorRTCfg | None = None
+    target: Literal["tensorrt", "ort"] | None = Field(
+        None, description="what the verdict picks a variant to ship on; null: tensorrt when a tensorrt section "
+                          "exists, else ort")
     generation: GenerationCfg = GenerationCfg()
     gate: GateCfg | None = None
     search: SearchCfg = SearchCfg()

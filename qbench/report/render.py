@@ -14,7 +14,7 @@ from pathlib import Path
 from qbench.report.search import (_load_sensitivity, _markdown_search, search_sections, sensitivity,  # noqa: F401
                                   sensitivity_svg, svg_labels, unit_labels)
 from qbench.report.tables import (BASELINE, MT_METRICS, QUALITY, _batches, _colour,  # noqa: F401
-                                  _delta, _gate, _gate_text, _num, _pareto_svg, _scale, _values,
+                                  _delta, _gate, _node_counts, _gate_text, _num, _pareto_svg, _scale, _values,
                                   calibration_ranges, languages, pvalue, signed, task_of, trt_tables)
 from qbench.report.task import task_for
 
@@ -46,7 +46,7 @@ def _verdict_metric(task: str, gate: dict | None) -> tuple[str, str, float]:
     return metric, MT_METRICS[metric], 1.0
 
 
-def verdict(df, manifest: dict) -> dict:
+def verdict(df, manifest: dict, samples=None) -> dict:
     """What ships, computed from results.parquet and manifest.json alone (the first block of report.html).
 
     Candidates: every variant with status ok except the FP32 reference (baselines such as ort_dynamic are
@@ -59,6 +59,11 @@ def verdict(df, manifest: dict) -> dict:
     - no gate: nothing is gated (state 'nogate'); named instead: the fastest candidate whose overall quality is
       within ``NO_GATE_TOLERANCE`` points of the best candidate's.
     - no candidate at all: state 'empty'.
+
+    With ``samples`` (samples.parquet) the gate is the interval decision of qbench.report.decision: 'ships' needs PASS
+    shown; when no candidate PASSes and one is INCONCLUSIVE the state is 'undecided' (not enough data), named:
+    the INCONCLUSIVE candidate that needs the fewest test sentences. The target (qbench.report.shipping) decides the
+    candidates and their order: on tensorrt, engines that built and held their exclusions, ranked by a proxy.
     """
     infos = manifest["variants"]
     task = task_of(manifest)
@@ -69,31 +74,72 @@ def verdict(df, manifest: dict) -> dict:
     batch = batches[0] if batches else None
     order = {v: i for i, v in enumerate(infos)}
     cands = [v for v, i in infos.items() if v != BASELINE and i.get("status") == "ok"]
+    from qbench.report import decision as dn
+    from qbench.report import shipping as sh
+
+    target = sh.target_of(manifest)
+    dropped = {}
+    if target == "tensorrt":
+        cands, dropped = sh.tensorrt_candidates(df, cands)
 
     def lat(v, b=batch):
         return None if b is None else val.get((v, "latency_p50_ms", b))
 
     def speed(v):  # fastest first; no latency ranks last; ties keep manifest order
+        if target == "tensorrt":  # never the ONNX Runtime CPU latency of another format: the stated proxy
+            return (*sh.proxy_key(df, v), order[v])
         return lat(v) is None, lat(v) or 0.0, order[v]
 
     gates = {v: _gate(val, v, metric) for v in cands}
+    decs = {v: dn.for_run(samples, manifest, v) for v in cands} if gate_cfg and samples is not None else {}
+    decs = {v: d for v, d in decs.items() if d is not None and d.state != dn.UNKNOWN}
+    for v, d in decs.items():
+        w = d.worst()
+        gates[v] = {"pass": {dn.PASS: True, dn.FAIL: False}.get(d.state), "state": d.state, "lang": w.lang,
+                    "drop": max(x.drop for x in d.langs), "summary": d.summary(),
+                    "needed": max((x.n_needed or 0) for x in d.langs),
+                    "worst": f"{'' if w.lang == 'all' else w.lang + ': '}{label} drop {_num(w.drop)} "
+                             f"[{_num(w.lo)}, {_num(w.hi)}]"}
     out = {"state": "empty", "variant": None, "task": task, "metric": metric, "label": label, "batch": batch,
            "n_candidates": len(cands), "gate_text": _gate_text(gate_cfg), "gate_cfg": gate_cfg or {},
-           "passing": [], "also": [], "rule": ""}
+           "passing": [], "also": [], "rule": "", "target": target, "decision": None,
+           "dropped": [{"variant": v, "why": w} for v, w in dropped.items()]}
     where = f"p50 latency at {batch}" if batch else "p50 latency (none measured)"
+    best_by = f"the lowest {where}"
+    if target == "tensorrt":
+        best_by = f"the first by the TensorRT proxy ({sh.TRT_PROXY})"
+        out["target_text"] = ("Target: TensorRT. TensorRT latency was not measured here (no supported GPU), and the "
+                              "ONNX Runtime CPU latency of the QDQ model does not rank engines, so candidates rank by "
+                              f"a proxy: {sh.TRT_PROXY}. Candidates: variants whose engine built and whose "
+                              f"exclusions held ({len(cands)}"
+                              + (f"; left out: {len(dropped)}" if dropped else "") + ").")
     if not cands:
         out["rule"] = "There is no variant besides the FP32 reference."
         return out
+    undecided = [v for v in cands if (gates[v] or {}).get("state") == dn.INCONCLUSIVE]
     if gate_cfg:
         passing = [v for v in cands if gates[v] and gates[v]["pass"]]
         out["passing"] = sorted(passing, key=speed)
+        tie_rule = ""
+        if passing and target != "tensorrt":
+            out["passing"], tie_rule = sh.rank_ort(manifest, out["passing"], batch, lat,
+                                                   lambda v: _node_counts(val, v)["mm_f"] or None,
+                                                   lambda v: val.get((v, "size_mb", "all")))
         if passing:
-            out.update(state="ships", variant=min(passing, key=speed))
+            out.update(state="ships", variant=out["passing"][0])
             out["also"] = [v for v in out["passing"] if v != out["variant"]]
             n = len(passing)
-            out["rule"] = (f"Rule: the lowest {where} among the {n} of {len(cands)} candidate"
+            out["rule"] = (f"Rule: {best_by} among the {n} of {len(cands)} candidate"
                            f"{'s' if len(cands) != 1 else ''} that pass the gate ({out['gate_text']}). "
-                           "FP32 is the reference, not a candidate.")
+                           "FP32 is the reference, not a candidate." + (" " + tie_rule if tie_rule else "")
+                           + (f" Its decision: {decs[out['variant']].summary()}." if out["variant"] in decs else ""))
+        elif undecided:
+            pick = min(undecided, key=lambda v: (gates[v]["needed"], *speed(v)))
+            out.update(state="undecided", variant=pick)
+            out["also"] = sorted((v for v in undecided if v != pick), key=lambda v: (gates[v]["needed"], *speed(v)))
+            out["rule"] = (f"Not enough data to decide: no candidate of {len(cands)} shows PASS ({out['gate_text']}), "
+                           f"and {len(undecided)} show no loss beyond the budget either (INCONCLUSIVE). Named: the "
+                           f"one that needs the fewest test sentences to decide. {gates[pick]['summary']}")
         else:
             gated = [v for v in cands if gates[v] and gates[v]["drop"] is not None]
             closest = min(gated, key=lambda v: (gates[v]["drop"], *speed(v)), default=None)
@@ -112,21 +158,39 @@ def verdict(df, manifest: dict) -> dict:
             out.update(state="nogate", variant=min(tier, key=speed), best=best, tier=tier)
             out["also"] = sorted((v for v in tier if v != out["variant"]), key=speed)
             fmt = (lambda x: f"{x:.4f}") if metric == QUALITY else _num
-            out["rule"] = (f"No gate is configured, so nothing is gated. Named instead: the lowest {where} among "
+            out["rule"] = (f"No gate is configured, so nothing is gated. Named instead: {best_by} among "
                            f"the {len(tier)} candidate{'s' if len(tier) != 1 else ''} whose {label} is within "
                            f"{tol:g} {unit} of the best candidate's ({best}, {fmt(q[best])}). "
                            "FP32 is the reference, not a candidate.")
         else:
             out.update(state="nogate", variant=None)
             out["rule"] = f"No gate is configured, and no candidate has a {label} result."
+    if gate_cfg and not decs and cands:
+        out["rule"] += (" The gate is a point estimate: the run has no per-sample statistics (samples.parquet), so "
+                        "no interval backs it.")
+    out["gates"] = {x: gates[x] for x in decs}
     v = out["variant"]
     if v is None:
         return out
     budget = gate_cfg.get("max_drop") if gate_cfg and gate_cfg.get("per", "lang") == "lang" else None
     out.update(_verdict_numbers(val, v, metric, label, pts, batches, gates.get(v), task, budget))
-    out["also"] = [{"variant": a, "text": "" if (r := _ratio(lat(a), lat(BASELINE))) is None else f"{r:.2f}×",
-                    "worst": (gates[a] or {}).get("worst", "") if out["state"] == "nothing" else ""}
+    out["also"] = [{"variant": a, "text": sh.proxy_text(df, a) if target == "tensorrt" else
+                    (sh.ratio_text(sh.ratio(manifest, a, BASELINE, batch)) if batch else "")
+                    or ("" if (r := _ratio(lat(a), lat(BASELINE))) is None else f"{r:.2f}×"),
+                    "worst": (gates[a] or {}).get("worst", "") if out["state"] in ("nothing", "undecided") else ""}
                    for a in out["also"]]
+    if v in decs:
+        d = decs[v]
+        bs = d.by_state
+        out["decision"] = {"state": d.state, "summary": d.summary(), "n_pass": len(bs[dn.PASS]),
+                           "n_fail": len(bs[dn.FAIL]), "n_inconclusive": len(bs[dn.INCONCLUSIVE]),
+                           "needed": dn.needed_text(d) if bs[dn.INCONCLUSIVE] else "",
+                           "settings": {**d.settings.as_dict(), "resamples_used": d.resamples_used},
+                           "langs": {x.lang: x.state for x in d.langs}}
+    if target == "tensorrt":
+        out["proxy"] = sh.proxy_text(df, v)
+    elif batch:
+        out["lat_ci"] = sh.ratio_text(sh.ratio(manifest, v, BASELINE, batch))
     return out
 
 
@@ -208,10 +272,12 @@ def render(run_dir: str | Path) -> Path:
     metric, label = task.quality
     rows = task.leaderboard(df, manifest)
     batches = list(rows[0]["lat"]) if rows else []
+    vd = verdict(df, manifest, _samples(run_dir))
+    _decided(rows, vd)
     html = _env().get_template("report.html.j2").render(
         m=manifest, rows=rows, batches=batches, task=task_of(manifest), layout=task.layout, items=task.item_noun,
         qlabel=label, qshort=task.short_label, plot_title=task.plot_title,
-        mt=task.report_context(df, manifest), trt=trt_tables(manifest), vd=verdict(df, manifest),
+        mt=task.report_context(df, manifest), trt=trt_tables(manifest), vd=vd,
         ranges=calibration_ranges(manifest, run_dir),
         search=search_sections(df, manifest, _load_sensitivity(run_dir)),
         plot=_pareto_svg(df, batches, metric, label) if batches else "",
@@ -225,4 +291,20 @@ def markdown(run_dir: str | Path) -> str:
 
     df, manifest = load(Path(run_dir))
     search = _markdown_search(search_sections(df, manifest))
-    return "\n".join([task_for(manifest).markdown_table(df, manifest), *search])
+    task = task_for(manifest)
+    rows = task.leaderboard(df, manifest)
+    _decided(rows, verdict(df, manifest, _samples(Path(run_dir))))
+    return "\n".join([task.markdown_table(df, manifest, rows), *search])
+
+
+def _decided(rows: list[dict], vd: dict) -> None:
+    """The leaderboard's gate cells show the verdict's decisions (three states), where it made them."""
+    for r in rows:
+        if r["variant"] in vd.get("gates", {}):
+            r["gate"] = vd["gates"][r["variant"]]
+
+
+def _samples(run_dir: Path):
+    from qbench.report.decision import load_samples
+
+    return load_samples(run_dir)

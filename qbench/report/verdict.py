@@ -11,8 +11,9 @@ from qbench.config.errors import ConfigError
 
 # Exit codes of `qbench gate`: 0 the variant passes its gate, 1 it fails (or the variant itself failed),
 # 2 the question cannot be answered (no such run or variant, no gate in the run): always raised as ConfigError,
-# whose exit code is 2 (see qbench.config.errors).
-PASS, FAIL = 0, 1
+# whose exit code is 2 (see qbench.config.errors); 10 the data cannot decide yet (INCONCLUSIVE): 10, not 3-8, so that a
+# pipeline can tell "measure more" from every error code.
+PASS, FAIL, INCONCLUSIVE = 0, 1, 10
 
 
 def gate(run_dir: Path, variant: str | None = None) -> tuple[int, str]:
@@ -39,6 +40,15 @@ def gate(run_dir: Path, variant: str | None = None) -> tuple[int, str]:
     info = variants[variant]
     if info.get("status") != "ok":
         return FAIL, f"{variant}: FAIL (the variant failed: {info.get('error', 'no reason recorded')})"
+    from qbench.report import decision as dn
+
+    dec = dn.for_run(dn.load_samples(run_dir), manifest, variant)
+    if dec is not None and dec.state != dn.UNKNOWN:
+        if variant == "fp32":
+            raise ConfigError(f"{run_dir}: variant 'fp32' has no gate result (fp32 is the reference, not gated)")
+        code = {dn.PASS: PASS, dn.FAIL: FAIL, dn.INCONCLUSIVE: INCONCLUSIVE}[dec.state]
+        return code, f"{variant}: {dec.summary()}"
+    # No per-sample statistics (retrieval runs, older runs): the stored point-estimate gate, said as such.
     from qbench.report.render import _backend_values, _gate
 
     g = _gate(_backend_values(df, manifest), variant)  # the rows the report's verdict reads
@@ -50,7 +60,8 @@ def gate(run_dir: Path, variant: str | None = None) -> tuple[int, str]:
         unit = "points" if cfg_gate.get("metric") == "accuracy_at_1" else cfg_gate.get("metric", "")
         where = f": worst drop {g['drop']:.2f} {unit}" + ("" if g["lang"] == "all" else f" ({g['lang']})")
     line = (f"{variant}: {'PASS' if passed else 'FAIL'}{where}, budget {cfg_gate.get('max_drop')} "
-            f"per {cfg_gate.get('per')}")
+            f"per {cfg_gate.get('per')}" + ("" if dec is None else " (point estimate: the run has no per-sample "
+                                                                  "statistics, so no interval)"))
     return (PASS if passed else FAIL), line
 
 
@@ -84,4 +95,25 @@ def compare(run_a: Path, run_b: Path, metrics: list[str] | None = None) -> str:
     lines.append(f"{'variant':{w}s}  {'backend':8s}  {'metric':22s}  {'A':>10s}  {'B':>10s}  {'B - A':>10s}")
     for (v, be, m), r in both.iterrows():
         lines.append(f"{v:{w}s}  {be:8s}  {m:22s}  {r.A:10.4f}  {r.B:10.4f}  {r.B - r.A:+10.4f}")
-    return "\n".join(lines)
+    return "\n".join(lines + _decisions(run_a, ma, run_b, mb))
+
+
+def _decisions(run_a: Path, ma: dict, run_b: Path, mb: dict) -> list[str]:
+    """Each shared variant's gate decision (qbench gate's) in A and in B: PASS, FAIL, INCONCLUSIVE, or '-'."""
+    from qbench.report import decision as dn
+
+    shared = [v for v in ma.get("variants", {}) if v in mb.get("variants", {}) and v != "fp32"]
+    if not shared or not (dn.gate_of(ma) or dn.gate_of(mb)):
+        return []
+    sa, sb = dn.load_samples(run_a), dn.load_samples(run_b)
+
+    def state(samples, m, v):
+        if (m["variants"][v].get("status") != "ok"):
+            return "FAIL (variant failed)"
+        d = dn.for_run(samples, m, v)
+        return "-" if d is None else "point estimate only" if d.state == dn.UNKNOWN else d.state
+
+    w = max(7, *(len(v) for v in shared))
+    out = ["", f"{'variant':{w}s}  {'decision A':22s}  decision B"]
+    out += [f"{v:{w}s}  {state(sa, ma, v):22s}  {state(sb, mb, v)}" for v in shared]
+    return out

@@ -17,7 +17,7 @@ def latency_phase(ctx, artifacts: dict[str, Path]) -> dict[str, list | str]:
 
     Returns, per variant id, its latency metric tuples, or an error string if its session failed.
     """
-    from qbench.backends.measure import as_rows, calls_per_session, interleaved
+    from qbench.backends.measure import ROUNDS, as_rows, calls_per_session, interleaved
 
     lat = ctx.cfg.measure.latency
     out: dict[str, list | str] = {vid: [] for vid in artifacts}
@@ -40,6 +40,7 @@ def latency_phase(ctx, artifacts: dict[str, Path]) -> dict[str, list | str]:
                     sessions.pop(vid).close()
                 elif isinstance(out[vid], list):
                     out[vid] += as_rows(r, b)
+                    ctx.manifest.setdefault("latency_rounds", {}).setdefault(vid, {})[f"batch={b}"] = r[ROUNDS]
     finally:
         for s in sessions.values():
             s.close()

@@ -179,8 +179,12 @@ class Search:
         row = next(r for r in self.trace if r["k"] == k)
         quality, base = self.scorer.full_quality(Path(row["artifact"]))
         ok, drop, where = self.gate(quality, base)
+        dec = confirm_decision(self, Path(row["artifact"]))
+        if dec is not None:  # a candidate counts as passing only when its interval shows PASS
+            ok = dec.state == "PASS"
         self.confirmations.append({"k": k, "worst_drop": drop, "worst": where, "pass": ok,
-                                   "quality_all": quality.get("all"), "seconds": round(time.perf_counter() - t0, 2)})
+                                   "quality_all": quality.get("all"), "seconds": round(time.perf_counter() - t0, 2),
+                                   **({} if dec is None else {"decision": dec.state, "summary": dec.summary()})})
         return ok
 
     def search(self, ranked: list[Unit]) -> dict:
@@ -214,6 +218,24 @@ class Search:
             raise DataError(f"search: no candidate with INT8 left passed the gate on the scoring subset "
                             f"({self.evaluations} evaluations, up to {max(tried)} of {n} units float)")
         return {"passing": passing, "smallest": passing[0]}
+
+
+def confirm_decision(s: Search, art: Path):
+    """The interval decision (qbench.report.decision) of a candidate on the full evaluation set, against FP32,
+    with alpha shared by the at most ``search.max_confirmations`` looks (Bonferroni: whichever look succeeds, the
+    chance that a wrong PASS was among them stays within gate.alpha). None where the task's scorer has no
+    per-sample statistics for the candidate."""
+    from qbench.report import decision as dn
+
+    ctx, g = s.ctx, s.ctx.cfg.gate
+    per_sample = getattr(s.scorer, "decision_stats", lambda art, metric: None)(art, g.metric)
+    if per_sample is None:
+        return None
+    base, var, langs = per_sample
+    st = dn.Settings.from_gate(g.model_dump())
+    st = dn.Settings(alpha=st.alpha / ctx.cfg.search.max_confirmations, resamples=st.resamples, seed=st.seed,
+                     correction=st.correction)
+    return dn.decide_stats(base, var, langs, g.metric, g.max_drop, g.per, st)
 
 
 def order(s: Search, passing: list[int]) -> tuple[list[int], dict]:

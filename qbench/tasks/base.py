@@ -143,8 +143,8 @@ class Task:
         """What the task's own report sections need, beyond the leaderboard (the template's ``mt``)."""
         return {}
 
-    def markdown_table(self, df, manifest: dict) -> str:
-        """The leaderboard as a Markdown table."""
+    def markdown_table(self, df, manifest: dict, rows: list[dict] | None = None) -> str:
+        """The leaderboard as a Markdown table (``rows``: the leaderboard, as the report decided its gates)."""
         from qbench.report.tables import markdown_single
 
-        return markdown_single(self, self.leaderboard(df, manifest), manifest)
+        return markdown_single(self, self.leaderboard(df, manifest) if rows is None else rows, manifest)

@@ -193,12 +193,12 @@ class RetrievalTask(Task):
     def scorer(self, ctx, subset: list):
         return RetrievalScorer(ctx, subset)
 
-    def markdown_table(self, df, manifest: dict) -> str:
+    def markdown_table(self, df, manifest: dict, rows: list[dict] | None = None) -> str:
         from qbench.report.tables import markdown_single
 
         cols = [("acc@1", "acc", ".4f"), ("Δ vs FP32 (pts)", "delta", "+.2f"), ("MRR", "mrr", ".4f"),
                 ("cos vs FP32", "cos", ".4f")]
-        return markdown_single(self, self.leaderboard(df, manifest), manifest, cols)
+        return markdown_single(self, self.leaderboard(df, manifest) if rows is None else rows, manifest, cols)
 
     def leaderboard(self, df, manifest: dict) -> list[dict]:
         """One dict per variant, in manifest order: the numbers the table shows."""
@@ -272,7 +272,18 @@ class RetrievalScorer:
     def full_quality(self, art: Path) -> tuple[dict[str, float], dict[str, float]]:
         """(candidate, FP32) accuracy@1 in points on the sweep's evaluation set."""
         q, d, _ = embed_pairs(self.ctx, art, self.ctx.evalset)
+        self.last_pairs = (str(art), q, d)  # for the confirmation's decision (per-query correctness)
         return {"all": retrieval_metrics(q, d)["accuracy_at_1"] * 100}, {"all": self.ctx.fp32_ref["quality"] * 100}
+
+    def decision_stats(self, art: Path, metric: str):
+        """(FP32, candidate, languages) per-query correctness on the evaluation set, from ``full_quality``."""
+        pairs, emb = getattr(self, "last_pairs", None), self.ctx.fp32_ref.get("emb")
+        if pairs is None or pairs[0] != str(art) or emb is None:
+            return None
+        n = len(self.ctx.evalset)
+        var = (ranks(pairs[1], pairs[2]) == 1).astype(float)[:, None]
+        base = (ranks(emb[:n], emb[n:]) == 1).astype(float)[:, None]
+        return base, var, ["all"] * n
 
     def score(self, art: Path, quality: bool = True) -> dict:
         emb = self._embed(art)

@@ -396,7 +396,7 @@ class TranslationTask(Task):
 
         return translation_context(df, manifest)
 
-    def markdown_table(self, df, manifest: dict) -> str:
+    def markdown_table(self, df, manifest: dict, rows: list[dict] | None = None) -> str:
         from qbench.tasks.translation_report import markdown_translation
 
-        return markdown_translation(self.leaderboard(df, manifest), manifest)
+        return markdown_translation(self.leaderboard(df, manifest) if rows is None else rows, manifest)

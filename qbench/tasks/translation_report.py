@@ -71,7 +71,7 @@ def markdown_translation(rows: list[dict], m: dict) -> str:
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for r in rows:
         g = r["gate"] or {}
-        gate = "" if g.get("pass") is None else "PASS" if g["pass"] else "FAIL"
+        gate = g.get("state") or ("" if g.get("pass") is None else "PASS" if g["pass"] else "FAIL")
         worst = "" if g.get("lang") is None else f"{'macro' if g['lang'] == 'all' else g['lang']} {_num(g['drop'])}"
         cells = [f"`{r['variant']}`", _num(r["bleu"]), (r["d_bleu"] or {}).get("ci", ""), _num(r["chrf"]), worst, gate]
         cells += [_num(r["lat"][b][0]) for b in batches]

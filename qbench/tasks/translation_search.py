@@ -65,6 +65,19 @@ class TranslationScorer:
         return self._quality(hyps, ctx.evalset), self._scores(ctx.fp32_ref["stats"],
                                                               [s.language for s in ctx.evalset])
 
+    def decision_stats(self, art: Path, metric: str):
+        """(FP32, candidate, languages) per-sentence statistics of ``metric`` on the evaluation set, from the
+        outputs ``full_quality`` decoded."""
+        from qbench.tasks import mt_metrics as mm
+
+        ctx = self.ctx
+        hyps = (ctx.decoded.get(str(art)) or (None,))[0]
+        if hyps is None or ctx.fp32_ref.get("stats") is None:
+            return None
+        langs = [x.language for x in ctx.evalset]
+        var = mm.sample_stats_by_lang(hyps, [x.reference for x in ctx.evalset], langs)[metric]
+        return ctx.fp32_ref["stats"][metric], var, langs
+
     def score(self, art: Path, quality: bool = True) -> dict:
         gen = self.tr.generator(self.ctx, art)  # one pair of sessions for the logits and the decoding
         logits = self._logits(gen)

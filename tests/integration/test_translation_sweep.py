@@ -92,7 +92,8 @@ def test_deltas_intervals_and_gate_are_consistent(run):
         drop = _val(df, v, "worst_lang_drop", "lang=es")
         assert drop == pytest.approx(-d, abs=1e-9)
         assert _val(df, v, "gate") == float(drop <= 1.0)
-    assert manifest["gate"] == {"metric": "bleu", "max_drop": 1.0, "per": "lang"}
+    assert manifest["gate"] == {"metric": "bleu", "max_drop": 1.0, "per": "lang", "alpha": 0.05, "correction": "holm",
+                                "resamples": 2000, "seed": 0}  # the decision's settings (qbench.report.decision)
 
 
 def test_both_graphs_quantized_and_lm_head_exclusion_holds(run):

@@ -11,6 +11,8 @@ from qbench.cli import main
 from qbench.report.results import metric_rows, write_manifest, write_results
 
 GATE = {"metric": "bleu", "max_drop": 1.0, "per": "lang"}
+# Runs without samples.parquet keep the stored point-estimate gate, and say so.
+POINT = " (point estimate: the run has no per-sample statistics, so no interval)"
 
 
 def _run(d: Path, auto_drop: float, gate: dict | None = GATE, auto_status: str = "ok") -> Path:
@@ -31,8 +33,8 @@ def _run(d: Path, auto_drop: float, gate: dict | None = GATE, auto_status: str =
 
 
 @pytest.mark.parametrize("drop, code, line", [
-    (0.4, 0, "minmax+auto+s8s8: PASS: worst drop 0.40 bleu (sv), budget 1.0 per lang"),
-    (1.25, 1, "minmax+auto+s8s8: FAIL: worst drop 1.25 bleu (sv), budget 1.0 per lang"),
+    (0.4, 0, "minmax+auto+s8s8: PASS: worst drop 0.40 bleu (sv), budget 1.0 per lang" + POINT),
+    (1.25, 1, "minmax+auto+s8s8: FAIL: worst drop 1.25 bleu (sv), budget 1.0 per lang" + POINT),
 ])
 def test_gate_exit_codes_on_a_passing_and_a_failing_run(tmp_path, capsys, drop, code, line):
     run = _run(tmp_path / "r", drop)
@@ -69,9 +71,14 @@ def test_compare_lists_shared_metrics_and_the_difference(tmp_path, capsys):
     assert out[2:] == ["no shared variant metrics"]
     assert main(["compare", str(a), str(b), "--metric", "bleu"]) == 0
     out = capsys.readouterr().out.splitlines()
-    table = {r.split()[0]: r.split()[3:] for r in out[3:]}
+    blank = out.index("")  # the metrics, then each shared variant's decision in A and B
+    table = {r.split()[0]: r.split()[3:] for r in out[3:blank]}
     assert table["minmax+auto+s8s8"] == ["29.8000", "29.5000", "-0.3000"]
     assert table["fp32"] == ["30.0000", "30.0000", "+0.0000"]
+    # these hand-built runs have no samples.parquet: no interval, and compare says so
+    assert [r.split(None, 1) for r in out[blank + 2:]] == [
+        ["minmax+none+s8s8", "point estimate only     point estimate only"],
+        ["minmax+auto+s8s8", "point estimate only     point estimate only"]]
 
 
 def test_gate_refuses_an_unfinished_run(tmp_path, capsys):

@@ -1,0 +1,66 @@
+"""The report's verdict on the committed runs: the interval decision (three states) and the deployment target."""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+import pytest
+
+from qbench.report import render as report
+from qbench.report.decision import load_samples
+from qbench.report.results import load
+
+ROOT = Path(__file__).resolve().parents[2]
+REPORTS = ROOT / "reports"
+
+
+def _verdict(name: str) -> dict:
+    df, m = load(REPORTS / name)
+    return report.verdict(df, m, load_samples(REPORTS / name))
+
+
+def test_django_run_says_not_enough_data_and_how_much_would_decide(tmp_path):
+    run = tmp_path / "django"
+    shutil.copytree(REPORTS / "example-django-multi", run, ignore=shutil.ignore_patterns("report.html"))
+    html = report.render(run).read_text()
+    assert 'data-state="undecided"' in html and "NOT ENOUGH DATA TO DECIDE" in html
+    assert 'class="badge warn">INCONCLUSIVE' in html  # amber, neither the green PASS nor the red FAIL
+    assert "not enough data to decide: test sentences per language that would decide it: ko ~" in html
+    df, m = load(run)
+    v = report.verdict(df, m, load_samples(run))
+    assert v["state"] == "undecided" and v["decision"]["n_fail"] == 0
+    # the point-estimate gate stored in results.parquet failed every candidate; no candidate FAILs here but
+    # the three broken entropy variants (BLEU down ~20 everywhere)
+    assert sorted(x["variant"] for x in v["also"] if "entropy+none" in x["variant"]) == []
+
+
+def test_bible_run_ships_a_variant_whose_interval_shows_pass():
+    v = _verdict("example-bible-en-es")
+    assert v["state"] == "ships" and v["decision"]["state"] == "PASS"
+    assert "Its decision: PASS: drop" in v["rule"]
+    assert all("entropy+none" not in x and "entropy+no_lm_head" not in x for x in v["passing"])
+
+
+@pytest.mark.parametrize("name", ["example-minilm-trt", "example"])
+def test_tensorrt_target_names_a_built_engine_and_says_latency_was_not_measured(name):
+    df, _ = load(REPORTS / name)
+    v = _verdict(name)
+    assert v["target"] == "tensorrt" and v["variant"]
+    built = df[(df.variant == v["variant"]) & (df.backend == "tensorrt") & (df.metric == "engine_mb")]
+    assert len(built) == 1 and built.value.iloc[0] > 0
+    assert "TensorRT latency was not measured here" in v["target_text"]
+    # ort_dynamic's engine does not parse (non-zero zero point): never a candidate on TensorRT
+    assert "ort_dynamic" in {d["variant"] for d in v["dropped"]} and v["variant"] != "ort_dynamic"
+    assert "proxy" in v["rule"] and "p50 latency" not in v["rule"]
+
+
+def test_tensorrt_verdict_block_says_latency_was_not_measured_and_shows_the_proxy(tmp_path):
+    run = tmp_path / "trt"
+    shutil.copytree(REPORTS / "example-minilm-trt", run, ignore=shutil.ignore_patterns("report.html"))
+    html = report.render(run).read_text()
+    block = html[html.index('<section id="verdict"'):html.index("</section>", html.index('<section id="verdict"'))]
+    assert "first by the TensorRT proxy within the best quality" in block
+    assert ('<div class="k">TensorRT latency</div><div class="x">not measured here</div>'
+            '<div class="d">no supported GPU; ranked by the proxy: INT8 share of linear FLOPs 100%, engine 66.2 MB') in block
+    assert "(not used to rank)" in block
