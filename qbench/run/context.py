@@ -5,10 +5,10 @@ every variant's child (qbench.run.isolate)."""
 from __future__ import annotations
 
 import hashlib
+import json
 import os
 import platform
 import time
-import json
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
