@@ -5,24 +5,26 @@ The reference is the histogram calibrator of pytorch-quantization, kept by Model
 calibrator returns the same threshold (tests/unit/test_calibrator_references.py checks it against
 ModelOpt's own function and against an independent implementation).
 
-First the count of bin 0 is replaced by the count of bin 1 (``zero_bin="reference"``): the
-reference does this so that the exact zeros a ReLU or a padded softmax produce, all of which land in
-bin 0, do not dominate the divergence. Then, for each candidate threshold bin i >= start_bin:
+First the count of bin 0 is replaced by the count of bin 1 (``zero_bin="reference"``), as the
+reference does (its code gives no reason); the effect is that the zeros and near-zeros a ReLU, an
+attention mask or a softmax produce, all of which land in bin 0, no longer dominate the divergence.
+Then, for each candidate threshold bin i >= start_bin:
 P = hist[:i] with every count beyond i folded into bin i-1; Q = hist[:i] merged into 128 levels and
 expanded back over the non-empty source bins of each level; choose the i that minimises KL(P || Q),
 the largest i on ties. amax = i * bin_width (the upper edge of the last included bin).
 
 ``zero_bin="counted"`` keeps bin 0's real count: a plain reading of TensorRT's published description,
 and what this calibrator did before it followed the reference. The two agree wherever bin 0 holds
-about as much as bin 1 (Gaussian, Laplace or GELU-like tensors). They part on tensors whose mass sits
-in bin 0, such as softmax probabilities over long rows: there the real count makes P a spike at zero
-that every candidate's Q reproduces, so the divergence barely penalises clipping and the counted
-threshold comes out several times smaller (docs/calibrator-references.md has the figures).
+about as much as bin 1 (Gaussian or Laplace tensors). They part on tensors whose mass sits in bin 0:
+softmax probabilities, masked attention, GELU outputs (the negative side squashed towards 0). There
+the real count makes P a spike at zero that every candidate's Q reproduces, so the divergence barely
+penalises clipping, and the counted threshold comes out smaller, for attention probabilities 3 to 16
+times (docs/calibrator-references.md has the figures).
 
 The histogram is whatever the statistics pass collected. With ``calibration.histogram: trt`` that is
-TensorRT's own layout, exactly 2048 bins over [0, absmax] (two passes), and this is TensorRT's
-algorithm end to end. With the default one-pass power-of-two lattice (see TensorStats), trimmed here
-to the last non-empty bin, 1025-2048 bins cover [0, absmax] instead.
+the reference's own layout, exactly 2048 bins over [0, absmax] (two passes). With the default
+one-pass power-of-two lattice (see TensorStats), trimmed here to the last non-empty bin, 1025-2048
+bins cover [0, absmax] instead.
 """
 
 from __future__ import annotations
