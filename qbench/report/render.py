@@ -139,7 +139,7 @@ def verdict(df, manifest: dict, samples=None) -> dict:
             out["also"] = sorted((v for v in undecided if v != pick), key=lambda v: (gates[v]["needed"], *speed(v)))
             out["rule"] = (f"Not enough data to decide: no candidate of {len(cands)} shows PASS ({out['gate_text']}), "
                            f"and {len(undecided)} show no loss beyond the budget either (INCONCLUSIVE). Named: the "
-                           f"one that needs the fewest test sentences to decide. {gates[pick]['summary']}")
+                           f"one that needs the fewest test sentences to decide.")
         else:
             gated = [v for v in cands if gates[v] and gates[v]["drop"] is not None]
             closest = min(gated, key=lambda v: (gates[v]["drop"], *speed(v)), default=None)

