@@ -425,10 +425,9 @@ def load_config(path: str | Path) -> SweepConfig:
     except ValidationError as e:
         raise ConfigError("\n".join(map(one_line, format_errors(e, file, SweepConfig)))) from None
     problems = _check_plugins(cfg, file)
+    from qbench import onnx_source
     from qbench.errors import ModelError
     from qbench.export import resolve_source
-
-    from qbench import onnx_source
 
     try:
         if onnx_source.kind(cfg) is not None:  # an ONNX model, used as is: its own checks (one line each)
