@@ -13,7 +13,7 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from qbench.config.errors import ConfigError, one_line
-from qbench.config.messages import _loc, format_errors
+from qbench.config.schema.messages import _loc, format_errors
 from qbench.util.io import read_yaml_mapping
 
 
@@ -175,12 +175,12 @@ class GenerationCfg(Strict):
 
 class GateCfg(Strict):
     """Per variant: PASS when a paired-bootstrap interval shows the drop against FP32 of ``metric`` within
-    ``max_drop``, FAIL when it shows it beyond, else INCONCLUSIVE (qbench.decision)."""
+    ``max_drop``, FAIL when it shows it beyond, else INCONCLUSIVE (qbench.report.decision)."""
 
     metric: Literal["bleu", "chrf", "accuracy_at_1"] = "bleu"
     max_drop: float = Field(1.0, ge=0, description="in points: BLEU/chrF points, or percentage points of accuracy@1")
     per: Literal["lang", "all"] = Field("lang", description="lang: every language must hold; all: the mean only")
-    # The decision (qbench.decision): three states from paired-bootstrap intervals, error-controlled.
+    # The decision (qbench.report.decision): three states from paired-bootstrap intervals, error-controlled.
     alpha: float = Field(0.05, gt=0, lt=1, description="chance of any wrong PASS or FAIL, over all languages gated")
     correction: Literal["holm", "bonferroni"] = Field("holm", description="error control over languages")
     resamples: int = Field(2000, ge=100, description="paired-bootstrap resamples per language")
@@ -395,10 +395,9 @@ def load_config(path: str | Path) -> SweepConfig:
     except ValidationError as e:
         raise ConfigError("\n".join(map(one_line, format_errors(e, file, SweepConfig)))) from None
     problems = _check_plugins(cfg, file)
+    from qbench.config import onnx_source
     from qbench.config.errors import ModelError
     from qbench.models.export import resolve_source
-
-    from qbench.config import onnx_source
 
     try:
         if onnx_source.kind(cfg) is not None:  # an ONNX model, used as is: its own checks (one line each)

@@ -443,10 +443,12 @@ def test_interrupted_sweep_prints_its_run_directory(tiny, capsys, monkeypatch, s
 # --------------------------------------------------------------------------- model.source as ONNX
 
 
-def _onnx_source(tiny, tmp_path, model_line: str, *, task: str = "", rename_input: str = "") -> Path:
-    """The tiny sweep with ``model:`` replaced by ``model_line``; ``given/`` holds the tiny encoder as
-    ``model.onnx`` (an input renamed to ``rename_input`` if given) and its tokenizer."""
-    cfg = tiny()
+def _onnx_source(tiny, tmp_path, model_line: str, *, task: str = "", rename_input: str = "", blank: bool = False,
+                 **options) -> Path:
+    """The tiny sweep (``options`` as for ``tiny``) with ``model:`` replaced by ``model_line``; ``given/`` holds
+    the tiny encoder as ``model.onnx`` (an input renamed to ``rename_input``, node names blanked if asked)
+    and its tokenizer."""
+    cfg = tiny(**options)
     given = tmp_path / "given"
     given.mkdir(exist_ok=True)
     entry = next((tmp_path / "cache" / "models").iterdir())
@@ -455,6 +457,8 @@ def _onnx_source(tiny, tmp_path, model_line: str, *, task: str = "", rename_inpu
         for n in m.graph.node:
             n.input[:] = [rename_input if x == "attention_mask" else x for x in n.input]
         m.graph.input[1].name = rename_input
+    for n in m.graph.node if blank else []:
+        n.name = ""
     onnx.save(m, str(given / "model.onnx"))
     (given / "tok").mkdir(exist_ok=True)
     for f in (entry / "tokenizer").iterdir():
@@ -509,3 +513,19 @@ def test_onnx_file_with_another_interface(tiny, tmp_path, capsys):
     (line,) = _sweep(capsys, cfg, MODEL)
     assert line == (f"{(tmp_path / 'given' / 'model.onnx').resolve()}: no graph input 'attention_mask' (a retrieval "
                     "model takes inputs input_ids, attention_mask [batch, sequence] -> one embedding [batch, dim])")
+
+
+def test_role_exclusion_reaches_unnamed_nodes(tiny, tmp_path, capsys):
+    """Node names blanked, as some exporters leave them: the embeddings role still keeps the first MatMul (it
+    reads the table lookup's output) float, and the other two quantized."""
+    import pandas as pd
+
+    cfg = _onnx_source(tiny, tmp_path, "model: {source: given/model.onnx, tokenizer: given/tok, max_length: 16}",
+                       blank=True, layers=3, sweep_extra="exclusions: [none, embeddings]")
+    rc, err, out = _run(capsys, "sweep", cfg, "-q", "--out", cfg.parent / "out")
+    assert (rc, err) == (0, [])
+    df = pd.read_parquet(Path(out.strip()) / "results.parquet")
+    counts = df[df.slice == "op=MatMul"].set_index(["variant", "metric"]).value
+    assert counts[("minmax+none+s8s8", "nodes_quantized")] == 3
+    assert (counts[("minmax+embeddings+s8s8", "nodes_quantized")], counts[("minmax+embeddings+s8s8", "nodes_float")]) \
+        == (2, 1)
