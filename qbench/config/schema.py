@@ -13,7 +13,7 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from qbench.config.errors import ConfigError, one_line
-from qbench.config.schema.messages import _loc, format_errors
+from qbench.config.messages import _loc, format_errors
 from qbench.util.io import read_yaml_mapping
 
 
