@@ -57,7 +57,7 @@ def main(argv: list[str] | None = None) -> int:
     from calibrators.entropy import Entropy
     from qbench.tasks import translation
     from qbench.config.schema import load_config
-    from qbench.sweep import prepare
+    from qbench.run.context import prepare
 
     cfg = load_config(args.config)
     if cfg.task != "translation":

@@ -49,7 +49,7 @@ def calls_per_session(warmup: int, runs: int, rounds: int) -> int:
 
 
 # Key of the per-round p50s in an ``interleaved`` summary: the manifest keeps them (latency_rounds), so that
-# two variants compare as paired ratios over rounds with an interval (qbench.shipping), not as two p50s.
+# two variants compare as paired ratios over rounds with an interval (qbench.report.shipping), not as two p50s.
 ROUNDS = "rounds_p50_ms"
 
 

@@ -28,7 +28,7 @@ BAD = "percentile[percentile=5.0]+none+s8s8"
 @pytest.fixture(scope="module")
 def run_dir(tmp_path_factory, qbench_cache):
     from qbench.config.schema import load_config
-    from qbench.sweep import run_sweep
+    from qbench.run.sweep import run_sweep
 
     tmp = tmp_path_factory.mktemp("gate")
     cfg = {
