@@ -142,7 +142,9 @@ def test_cli_inspect(t5, tmp_path):
     head_row = next(x for x in lines if x.startswith("/model/lm_head/MatMul"))
     assert head_row.split()[1:3] == ["MatMul", f"32x{VOCAB}"] and head_row.endswith("lm_head")
     summary = {x.split()[0]: int(x.split()[1]) for x in lines[lines.index("role groups:") + 1:]}
-    assert summary == {"layernorm": 2 * ENC + 1 + 3 * DEC + 1, "softmax": ENC + 2 * DEC, "embeddings": 4, "lm_head": 1}
+    # T5 v1.0's feed-forward is ReLU(x W_in) W_out: no gated MLP
+    assert summary == {"layernorm": 2 * ENC + 1 + 3 * DEC + 1, "softmax": ENC + 2 * DEC, "embeddings": 4, "lm_head": 1,
+                       "mlp_gate": 0}
     bad = tmp_path / "truncated.onnx"
     bad.write_bytes(t5.read_bytes()[: t5.stat().st_size // 2])
     r = _cli(bad)
