@@ -26,7 +26,13 @@ def _np_forward(x, w):
 
 
 def _run(path, x):
-    sess = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    """The graph's own semantics: Q, DQ and MatMul as ONNX defines them, unfused. ORT's fused int8 kernels are
+    machine-dependent: on an x86 CPU without VNNI (AVX2 only, as on the CI machine) they add their own error
+    (measured here: max |ΔY| 0.088 on the s8s8 MLP below, against the budget of 0.05 that the unfused graph
+    meets), which is a property of the kernel, not of the Q/DQ placement these tests check."""
+    so = ort.SessionOptions()
+    so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
+    sess = ort.InferenceSession(str(path), so, providers=["CPUExecutionProvider"])
     return sess.run(None, {"X": x})[0]
 
 
