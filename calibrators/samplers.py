@@ -74,14 +74,26 @@ class RandomSampler(Sampler):
         return sorted(_draw(np.random.default_rng(seed), range(len(pool)), n))
 
 
+def _only(sampler: Sampler, by_lang: dict[str, list[int]], languages: list[str] | None) -> dict[str, list[int]]:
+    """The pool's languages restricted to ``languages`` (all when None); a language absent from the pool is an error."""
+    if languages is None:
+        return by_lang
+    missing = [g for g in languages if g not in by_lang]
+    if missing:
+        raise sampler._fail(f"language '{missing[0]}' is not in the pool (present: {', '.join(sorted(by_lang))})")
+    return {g: by_lang[g] for g in languages}
+
+
 class LangBalancedSampler(Sampler):
-    """n // L samples from each of the L languages (the remainder to the first languages, sorted)."""
+    """n // L samples from each of the L languages (the remainder to the first languages, sorted); with
+    ``languages``, from those alone (e.g. the Latin-script ones)."""
 
     name: ClassVar[str] = "lang_balanced"
+    languages: list[str] | None = Field(None, min_length=1, description="draw from these languages only")
 
     def select(self, pool: Sequence[Sample], n: int, seed: int) -> list[int]:
         self._check(pool, n)
-        by_lang = _by_language(pool)
+        by_lang = _only(self, _by_language(pool), self.languages)
         langs = sorted(by_lang)
         L = len(langs)
         groups = [(f"language '{lang}'", by_lang[lang], n // L + (1 if k < n % L else 0))
@@ -90,27 +102,37 @@ class LangBalancedSampler(Sampler):
 
 
 class ProportionalSampler(Sampler):
-    """Each language in proportion to its share of the pool, uniform within a language.
+    """Each language in proportion to its share of the pool (or to ``weights``, e.g. the training corpus's pair
+    counts per language), uniform within a language.
 
     Quotas use largest-remainder rounding so they sum to exactly n; equal remainders go to the
     language that sorts first, so the quotas never depend on dict or pool order.
     """
 
     name: ClassVar[str] = "proportional"
+    weights: dict[str, int] | None = Field(None, min_length=1, description="language -> weight (a count, >= 0); "
+                                                                            "languages not named get none")
 
     def select(self, pool: Sequence[Sample], n: int, seed: int) -> list[int]:
         self._check(pool, n)
         if n > len(pool):
             raise self._fail(f"asked for {n} calibration samples, the pool has {len(pool)}")
         by_lang = _by_language(pool)
-        N = len(pool)
+        size = {lang: len(idx) for lang, idx in by_lang.items()}
+        if self.weights is not None:
+            if any(w < 0 for w in self.weights.values()) or not sum(self.weights.values()):
+                raise self._fail("weights must be counts >= 0, not all 0")
+            by_lang = _only(self, by_lang, sorted(self.weights))
+            size = dict(self.weights)
+        N = sum(size.values())
         # Integer arithmetic: exact floors and remainders, no float ties misordered by rounding.
-        quota = {lang: n * len(idx) // N for lang, idx in by_lang.items()}
-        rem = {lang: n * len(idx) % N for lang, idx in by_lang.items()}
+        quota = {lang: n * size[lang] // N for lang in by_lang}
+        rem = {lang: n * size[lang] % N for lang in by_lang}
         left = n - sum(quota.values())
         for lang in sorted(by_lang, key=lambda g: (-rem[g], g))[:left]:
             quota[lang] += 1
-        # n <= N means no quota exceeds its language's count (ceil(n*c/N) <= c), so no error here.
+        # Pool shares: n <= N means no quota exceeds its language's count (ceil(n*c/N) <= c). With weights a
+        # quota can exceed what the pool holds of a language: _take_quotas names it.
         groups = [(f"language '{lang}'", by_lang[lang], quota[lang]) for lang in sorted(by_lang)]
         return _take_quotas(self, groups, seed)
 

@@ -207,10 +207,22 @@ def collect(model_path: Path, tensors: list[str], batches: Iterable[dict[str, np
     return stats
 
 
-def cache_key(model_sha: str, sample_ids: list[str], tensors: list[str], bins: int, batch_size: int,
+def sample_keys(samples, prefix: str = "") -> list[str]:
+    """One key per calibration sample: its id and a digest of what the model is fed from it.
+
+    Ids alone are not enough: two manifests over the same rows (XX->EN and EN->XX) share ids but swap text
+    and reference, and a changed source prefix changes every input while the ids stay."""
+    keys = []
+    for s in samples:
+        fed = "\0".join((prefix, s.text, s.reference or "", s.language, s.label or ""))
+        keys.append(f"{s.id}:{hashlib.sha256(fed.encode()).hexdigest()[:12]}")
+    return keys
+
+
+def cache_key(model_sha: str, sample_keys: list[str], tensors: list[str], bins: int, batch_size: int,
               histogram: str = "lattice") -> str:
     h = hashlib.sha256()
-    h.update(json.dumps([STATS_VERSION, model_sha, sample_ids, tensors, bins, batch_size, histogram]).encode())
+    h.update(json.dumps([STATS_VERSION, model_sha, sample_keys, tensors, bins, batch_size, histogram]).encode())
     return h.hexdigest()[:16]
 
 

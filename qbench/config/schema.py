@@ -39,6 +39,8 @@ class CalibSetCfg(Strict):
     n: int = Field(512, ge=1, description="samples drawn by the sampler")
     seed: int = Field(0, description="the sampler's seed")
     sampler: dict[str, Any] = Field({"name": "random"}, description="{name: ..., <sampler parameters>}")
+    manifest: str | None = Field(None, description="draw this set from another dataset manifest (relative to the "
+                                                   "config file), e.g. the other direction's; default: data.manifest")
 
 
 class EvalSetCfg(Strict):
@@ -332,6 +334,9 @@ def _check_plugins(cfg: SweepConfig, file: str) -> list[str]:
     for name, cs in cfg.data.sets().items():
         loc = ("data", "calibration_sets", name) if cfg.data.calibration_sets else ("data", "calibration")
         problems += _instantiate(registry.samplers, cs.sampler, loc + ("sampler",), file)
+        if cs.manifest is not None and not (Path(cfg.base_dir) / cs.manifest).is_file():
+            problems.append(f"{file}: {_loc(loc + ('manifest',))}: file not found: "
+                            f"{(Path(cfg.base_dir) / cs.manifest).resolve()}")
     for i, v in enumerate(cfg.sweep.extra):
         if v.calibration_set is not None and v.calibration_set not in cfg.data.sets():
             problems.append(f"{file}: {_loc(('sweep', 'extra', i, 'calibration_set'))}: unknown calibration set "

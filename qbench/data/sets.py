@@ -3,6 +3,8 @@ samplers, with what the manifest records of them (hashes, sample ids)."""
 
 from __future__ import annotations
 
+from pathlib import Path
+
 from qbench.config.errors import ConfigError, DataError
 from qbench.config.schema import SweepConfig, build_plugin
 
@@ -27,23 +29,30 @@ def load_data(cfg: SweepConfig) -> dict:
     if any(s.reference is None for s in evalset):
         raise ConfigError(f"{man.path}: fields.reference: the {cfg.task} task needs a reference field")
     sets_info, calib_sets = {}, {}
-    pools: dict[str, list] = {}
+    pools: dict[tuple[str, str], list] = {}
+    manifests = {man.path: man}
     for name, c in cfg.data.sets().items():
-        if c.split not in pools:
-            pools[c.split] = load_split(man, c.split)
+        key = f"data.calibration_sets.{name}" if cfg.data.calibration_sets else "data.calibration"
+        cman = man
+        if c.manifest is not None:  # its existence is checked with the config
+            path = str((Path(cfg.base_dir) / c.manifest).resolve())
+            cman = manifests[path] = manifests.get(path) or load_manifest(Path(path))
+        if (cman.path, c.split) not in pools:
+            pools[(cman.path, c.split)] = load_split(cman, c.split)
+        pool = pools[(cman.path, c.split)]
         sampler = build_plugin(registry.samplers, c.sampler)
         try:
-            picked = sampler.select(pools[c.split], c.n, c.seed)
+            picked = sampler.select(pool, c.n, c.seed)
         except DataError as e:  # name the config key and the pool, not only the sampler
-            key = f"data.calibration_sets.{name}" if cfg.data.calibration_sets else "data.calibration"
-            raise DataError(f"{key}.sampler: {e} (pool: split '{c.split}' of {man.path})") from None
-        chosen = [pools[c.split][i] for i in picked]
+            raise DataError(f"{key}.sampler: {e} (pool: split '{c.split}' of {cman.path})") from None
+        chosen = [pool[i] for i in picked]
         overlap = {s.id for s in chosen} & {s.id for s in evalset}
         if overlap:
             raise DataError(f"{man.path}: calibration set '{name}' and the evaluation set share {len(overlap)} "
                             f"sample id(s), e.g. {sorted(overlap)[0]}")
         calib_sets[name] = chosen
-        sets_info[name] = {"split": c.split, "sampler": plugin_signature(sampler), "n": len(chosen), "seed": c.seed,
+        sets_info[name] = {**({"manifest": cman.path, "sha256": data_hashes(cman)} if cman is not man else {}),
+                           "split": c.split, "sampler": plugin_signature(sampler), "n": len(chosen), "seed": c.seed,
                            "sample_ids": [s.id for s in chosen]}
     entry = {"manifest": str(cfg.manifest_path()), "name": man.name, "sha256": data_hashes(man),
              "calibration": next(iter(sets_info.values())), "calibration_sets": sets_info,

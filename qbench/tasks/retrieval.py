@@ -102,7 +102,7 @@ class RetrievalTask(Task):
         cc = ctx.cfg.calibration
         samples = ctx.calib_sets[set_name]
         tensors = calibration_tensors(ctx.fp32_model())
-        key = st.cache_key(ctx.manifest["model"]["onnx_sha256"], [s.id for s in samples], tensors,
+        key = st.cache_key(ctx.manifest["model"]["onnx_sha256"], st.sample_keys(samples), tensors,
                            cc.histogram_bins, cc.batch_size, cc.histogram)
         texts = [s.text for s in samples]
 

@@ -233,3 +233,48 @@ def test_length_stratified_errors():
         LengthStratifiedSampler(strata=0)
     with pytest.raises(ValidationError):
         LengthStratifiedSampler(language="en")
+
+
+# ---- language subsets and weights (the calibration-set axis of the multilingual benchmark) -------
+
+def test_lang_balanced_languages_subset_by_hand():
+    # 10 over {de, ja}: 5 each; nothing from en or fr, whatever the seed.
+    s = LangBalancedSampler(languages=["ja", "de"])
+    for seed in (0, 1, 2):
+        chosen = s.select(POOL, 10, seed=seed)
+        check_indices(chosen, 10, POOL)
+        assert lang_counts(chosen, POOL) == {"de": 5, "ja": 5}
+    # 11: the remainder goes to the language sorting first, as without the subset.
+    assert lang_counts(s.select(POOL, 11, seed=0), POOL) == {"de": 6, "ja": 5}
+    # The same draw as lang_balanced over a pool holding only those languages (same seed, same order).
+    sub = [i for i, p in enumerate(POOL) if p.language in ("de", "ja")]
+    plain = LangBalancedSampler().select([POOL[i] for i in sub], 10, seed=3)
+    assert s.select(POOL, 10, seed=3) == sorted(sub[i] for i in plain)
+
+
+def test_lang_balanced_languages_errors():
+    with pytest.raises(DataError, match=r"^lang_balanced sampler: language 'xx' is not in the pool \(present: de, en"):
+        LangBalancedSampler(languages=["de", "xx"]).select(POOL, 4, seed=0)
+    with pytest.raises(DataError, match=r"language 'ja' has 9 samples, its quota is 10"):
+        LangBalancedSampler(languages=["ja"]).select(POOL, 10, seed=0)
+    with pytest.raises(ValidationError):
+        LangBalancedSampler(languages=[])
+
+
+def test_proportional_weights_by_hand():
+    # Weights en 1, de 2, fr 0 (ja not named): n=9 -> en 3, de 6; fr and ja get nothing.
+    s = ProportionalSampler(weights={"en": 1, "de": 2, "fr": 0})
+    chosen = s.select(POOL, 9, seed=0)
+    check_indices(chosen, 9, POOL)
+    assert lang_counts(chosen, POOL) == {"en": 3, "de": 6}
+    # n=10: exact 3.33 / 6.67 -> floors 3 + 6, the one left to de (remainder .67 > .33).
+    assert lang_counts(s.select(POOL, 10, seed=0), POOL) == {"en": 3, "de": 7}
+
+
+def test_proportional_weights_errors():
+    with pytest.raises(DataError, match=r"language 'de' has 20 samples, its quota is 27"):
+        ProportionalSampler(weights={"en": 1, "de": 9}).select(POOL, 30, seed=0)
+    with pytest.raises(DataError, match=r"language 'xx' is not in the pool"):
+        ProportionalSampler(weights={"xx": 1}).select(POOL, 3, seed=0)
+    with pytest.raises(DataError, match="weights must be counts >= 0, not all 0"):
+        ProportionalSampler(weights={"en": 0}).select(POOL, 3, seed=0)
