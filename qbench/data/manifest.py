@@ -47,6 +47,9 @@ class Manifest(_Strict):
     fields: FieldsCfg = FieldsCfg()
     splits: dict[str, str] = Field(description="split name -> local file (kind: local) or hub split name")
     sha256: dict[str, str] = {}
+    language_groups: dict[str, dict[str, str]] = Field(
+        {}, description="grouping name -> {language: group}, e.g. {script: {de: Latn, ru: Cyrl}}: the report's "
+                        "calibration-set effects per group")
     path: str = Field("", exclude=True)
 
 

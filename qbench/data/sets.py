@@ -56,5 +56,6 @@ def load_data(cfg: SweepConfig) -> dict:
                            "sample_ids": [s.id for s in chosen]}
     entry = {"manifest": str(cfg.manifest_path()), "name": man.name, "sha256": data_hashes(man),
              "calibration": next(iter(sets_info.values())), "calibration_sets": sets_info,
-             "evaluation": {"split": cfg.data.evaluation.split, "n": len(evalset)}}
+             "evaluation": {"split": cfg.data.evaluation.split, "n": len(evalset)},
+             **({"language_groups": man.language_groups} if man.language_groups else {})}
     return {"evalset": evalset, "calib_sets": calib_sets, "entry": entry}

@@ -264,6 +264,7 @@ def _env():
 
 def render(run_dir: str | Path) -> Path:
     from qbench.report.results import load
+    from qbench.report.set_effects import set_sections
     from qbench.util.io import atomic_write_text
 
     run_dir = Path(run_dir)
@@ -272,7 +273,8 @@ def render(run_dir: str | Path) -> Path:
     metric, label = task.quality
     rows = task.leaderboard(df, manifest)
     batches = list(rows[0]["lat"]) if rows else []
-    vd = verdict(df, manifest, _samples(run_dir))
+    samples = _samples(run_dir)
+    vd = verdict(df, manifest, samples)
     _decided(rows, vd)
     html = _env().get_template("report.html.j2").render(
         m=manifest, rows=rows, batches=batches, task=task_of(manifest), layout=task.layout, items=task.item_noun,
@@ -280,6 +282,7 @@ def render(run_dir: str | Path) -> Path:
         mt=task.report_context(df, manifest), trt=trt_tables(manifest), vd=vd,
         ranges=calibration_ranges(manifest, run_dir),
         search=search_sections(df, manifest, _load_sensitivity(run_dir)),
+        sets=set_sections(manifest, samples),
         plot=_pareto_svg(df, batches, metric, label) if batches else "",
     )
     return atomic_write_text(run_dir / "report.html", html)

@@ -88,7 +88,8 @@ def ensure_stats(ctx, set_name: str) -> dict:
     for comp in COMPONENTS:
         tensors = calibration_tensors(ctx.fp32_model(comp))
         key = st.cache_key(f"{ctx.manifest['model']['onnx_sha256']}:{comp}:{cc.decoder_targets}",
-                           st.sample_keys(samples, ctx.cfg.model.source_prefix), tensors, cc.histogram_bins, cc.batch_size, cc.histogram)
+                           st.sample_keys(samples, ctx.cfg.model.source_prefix), tensors, cc.histogram_bins,
+                           cc.batch_size, cc.histogram)
         kw = {} if comp == "encoder" else {"mask_input": "target_mask", "seq_inputs": ["input_ids"]}
 
         def batches(comp=comp):
