@@ -16,9 +16,14 @@ class TransformCfg(BaseModel):
 
     name: Literal["none", "smoothquant"] = Field("none", description="none, or smoothquant (docs/smoothquant.md)")
     alpha: float = Field(0.5, ge=0.0, le=1.0, description="smoothquant: migration strength; s = a^alpha / w^(1-alpha)")
+    targets: Literal["norm", "all"] = Field(
+        "norm", description="smoothquant: norm: the MatMuls a norm feeds (folded into it); all: also the others "
+                            "(attention output, FFN down), through an inserted per-channel Mul")
 
     def signature(self) -> str:
-        return "none" if self.name == "none" else f"{self.name}[alpha={self.alpha:g}]"
+        if self.name == "none":
+            return "none"
+        return f"{self.name}[alpha={self.alpha:g}" + (f",targets={self.targets}" if self.targets != "norm" else "") + "]"
 
 
 def expand_transforms(items: Any) -> Any:

@@ -16,9 +16,11 @@ The multiplication by s goes into the rows of every MatMul weight that reads X. 
 residual Add reads the same LayerNorm output) gets X back as ``Mul(X / s, s)``: one float pointwise node off the
 quantized path, so the transformed graph computes the same function. Shape-only readers need nothing.
 
-Linear layers whose input no such norm produces are left as they are: the attention output projection (its
-input comes from the attention's batched matmul through Transpose/Reshape) and the FFN down projection (its
-input is GELU's output, which no per-channel factor passes through exactly).
+Linear layers whose input no such norm produces (the attention output projection, whose input comes from the
+attention's batched matmul through Transpose/Reshape; the FFN down projection, whose input is GELU's output,
+which no per-channel factor passes through exactly) are left as they are with ``targets="norm"`` (the default).
+With ``targets="all"`` they are smoothed too, through an explicit ``Mul(X, 1/s)`` node in front of them: exact in
+FP32, one float pointwise node more per such activation, and the quantized tensor is that Mul's output.
 """
 
 from __future__ import annotations
@@ -43,6 +45,10 @@ class Group:
     divide: list[str] = field(default_factory=list)        # initializers (length C) divided by s
     matmuls: list[onnx.NodeProto] = field(default_factory=list)
     others: list[onnx.NodeProto] = field(default_factory=list)  # readers that get Mul(X / s, s)
+
+    @property
+    def folded(self) -> bool:
+        return bool(self.divide)
 
 
 def _vector(inits: dict, name: str) -> np.ndarray | None:
@@ -75,8 +81,9 @@ def _fold_targets(node: onnx.NodeProto, inits: dict, producer: dict, readers: di
     return None
 
 
-def find_groups(model: onnx.ModelProto) -> list[Group]:
-    """Every activation read by MatMuls with a 2-D weight and produced by a norm the division folds into."""
+def find_groups(model: onnx.ModelProto, targets: str = "norm") -> list[Group]:
+    """Every activation read by MatMuls with a 2-D weight and produced by a norm the division folds into; with
+    ``targets="all"``, also the others (``divide`` empty: smoothed by an inserted Mul)."""
     g = model.graph
     inits = {t.name: t for t in g.initializer}
     producer = {o: n for n in g.node for o in n.output}
@@ -94,14 +101,15 @@ def find_groups(model: onnx.ModelProto) -> list[Group]:
                and len(inits[n.input[1]].dims) == 2 and n.input[1] != t]
         if not mms:
             continue
-        targets = _fold_targets(producer[t], inits, producer, readers)
-        if not targets:
-            continue
+        fold = _fold_targets(producer[t], inits, producer, readers)
         c = inits[mms[0].input[1]].dims[0]
-        if any(inits[m.input[1]].dims[0] != c for m in mms) or any(len(_vector(inits, x)) != c for x in targets):
+        if any(inits[m.input[1]].dims[0] != c for m in mms):
             continue
-        others = [n for n in rs if n not in mms and n.op_type not in SHAPE_ONLY]
-        groups.append(Group(t, producer[t].name, targets, mms, others))
+        if fold and all(len(_vector(inits, x)) == c for x in fold):
+            others = [n for n in rs if n not in mms and n.op_type not in SHAPE_ONLY]
+            groups.append(Group(t, producer[t].name, fold, mms, others))
+        elif targets == "all":
+            groups.append(Group(t, producer[t].name, [], mms, []))
     return groups
 
 
@@ -115,9 +123,11 @@ def factors(channel_absmax: np.ndarray, weights: list[np.ndarray], alpha: float)
     return np.clip(s, S_MIN, S_MAX).astype(np.float32)
 
 
-def smooth(fp32: onnx.ModelProto, channel_absmax: dict[str, np.ndarray],
-           alpha: float) -> tuple[onnx.ModelProto, dict[str, np.ndarray]]:
-    """(a transformed copy of ``fp32``, {smoothed tensor: s}); ``fp32`` is left untouched.
+def smooth(fp32: onnx.ModelProto, channel_absmax: dict[str, np.ndarray], alpha: float,
+           targets: str = "norm") -> tuple[onnx.ModelProto, dict[str, np.ndarray], dict[str, str]]:
+    """(a transformed copy of ``fp32``, {quantized tensor: s}, {quantized tensor: the tensor its channel
+    statistics are of}); ``fp32`` is left untouched. A folded group's quantized tensor keeps its name; an
+    inserted Mul's output is ``<tensor>_smoothed``.
 
     ``channel_absmax``: max |x| per channel of each tensor, from the statistics pass; a group whose tensor is
     missing there is left alone. An initializer another node also reads is copied before it is changed.
@@ -125,7 +135,7 @@ def smooth(fp32: onnx.ModelProto, channel_absmax: dict[str, np.ndarray],
     model = onnx.ModelProto()
     model.CopyFrom(fp32)
     g = model.graph
-    groups = [gr for gr in find_groups(model) if gr.tensor in channel_absmax]
+    groups = [gr for gr in find_groups(model, targets) if gr.tensor in channel_absmax]
     inits = {t.name: t for t in g.initializer}
     uses: dict[str, int] = {}
     for n in g.node:
@@ -133,6 +143,7 @@ def smooth(fp32: onnx.ModelProto, channel_absmax: dict[str, np.ndarray],
             uses[x] = uses.get(x, 0) + 1
     by_name = {n.name: n for n in g.node}
     out: dict[str, np.ndarray] = {}
+    source: dict[str, str] = {}
     after: dict[str, list[onnx.NodeProto]] = {}
 
     def rewrite(node: onnx.NodeProto, name: str, value: np.ndarray) -> None:
@@ -150,13 +161,22 @@ def smooth(fp32: onnx.ModelProto, channel_absmax: dict[str, np.ndarray],
     for gr in groups:
         ws = [numpy_helper.to_array(inits[m.input[1]]) for m in gr.matmuls]
         s = factors(channel_absmax[gr.tensor], ws, alpha)
-        out[gr.tensor] = s
+        for m, w in zip(gr.matmuls, ws):
+            rewrite(m, m.input[1], w * s[:, None])
+        if not gr.folded:  # Mul(X, 1/s) in front of the MatMuls
+            new, iname = f"{gr.tensor}_smoothed", f"{gr.tensor}_smoothquant_inv_s"
+            g.initializer.append(numpy_helper.from_array((1.0 / s).astype(np.float32), iname))
+            after.setdefault(gr.tensor, []).append(
+                helper.make_node("Mul", [gr.tensor, iname], [new], name=f"{gr.tensor}_smooth"))
+            for m in gr.matmuls:
+                m.input[0] = new
+            out[new], source[new] = s, gr.tensor
+            continue
+        out[gr.tensor], source[gr.tensor] = s, gr.tensor
         norm = by_name[gr.norm]
         for name in gr.divide:
             owner = norm if name in norm.input else next(n for n in g.node if name in n.input)
             rewrite(owner, name, numpy_helper.to_array(inits[name]) / s)
-        for m, w in zip(gr.matmuls, ws):
-            rewrite(m, m.input[1], w * s[:, None])
         if gr.others:
             sname, back = f"{gr.tensor}_smoothquant_s", f"{gr.tensor}_unsmoothed"
             g.initializer.append(numpy_helper.from_array(s, sname))
@@ -171,7 +191,7 @@ def smooth(fp32: onnx.ModelProto, channel_absmax: dict[str, np.ndarray],
         g.node.append(n)
         for o in n.output:
             g.node.extend(after.get(o, []))
-    return model, out
+    return model, out, source
 
 
 def smoothed_absmax(channel_absmax: np.ndarray, s: np.ndarray) -> float:

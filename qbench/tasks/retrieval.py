@@ -139,8 +139,8 @@ class RetrievalTask(Task):
         if (v.calib_set, sig, tf) not in ctx.tables:
             stats, info = self.ensure_stats(ctx, v.calib_set), {}
             if tf:
-                _, path, factors, _ = transforms.transformed(ctx, self, v)
-                stats, info = transforms.table_stats(ctx, self, v, stats, path, factors)
+                _, path, factors, _, sources = transforms.transformed(ctx, self, v)
+                stats, info = transforms.table_stats(ctx, self, v, stats, path, factors, sources)
             t = v.calibrator.table(stats)
             t.check_finite()
             rel = table_file(ctx, sig + (f"+{tf}" if tf else ""), v.calib_set)
@@ -177,7 +177,7 @@ class RetrievalTask(Task):
         if v.transform.name != "none":  # Q/DQ on the transformed FP32 graph
             from qbench.tasks.transforms import transformed
 
-            fp32, _, _, sq = transformed(ctx, self, v)
+            fp32, _, _, sq, _ = transformed(ctx, self, v)
             tinfo = {**sq, **tinfo}
             extra = [sq["fp32_key"]]
         if v.embeddings != "float":

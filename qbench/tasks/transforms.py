@@ -31,7 +31,8 @@ def uses_smoothquant(cfg) -> bool:
 
 
 def transformed(ctx, task, v):
-    """(transformed FP32 ModelProto, its path in the cache, {smoothed tensor: s}, manifest info) of ``v``."""
+    """(transformed FP32 ModelProto, its path in the cache, {smoothed tensor: s}, manifest info,
+    {smoothed tensor: the tensor of the first pass its channel statistics are of}) of ``v``."""
     from qbench.quantize.smoothquant import smooth
     from qbench.util.io import atomic_write_bytes
 
@@ -43,22 +44,24 @@ def transformed(ctx, task, v):
         if not cmax:
             raise QuantizationError("smoothquant: the statistics hold no per-channel max |x| (a cache written "
                                     "without them); run the sweep again with a fresh statistics cache")
-        model, factors = smooth(ctx.fp32_model(), cmax, v.transform.alpha)
-        key = hashlib.sha256(json.dumps([SQ_VERSION, ctx.manifest["model"]["onnx_sha256"], skey,
-                                         v.transform.alpha]).encode()).hexdigest()[:16]
+        model, factors, sources = smooth(ctx.fp32_model(), cmax, v.transform.alpha, v.transform.targets)
+        key = hashlib.sha256(json.dumps([SQ_VERSION, ctx.manifest["model"]["onnx_sha256"], skey, v.transform.alpha]
+                                        + ([v.transform.targets] if v.transform.targets != "norm" else [])
+                                        ).encode()).hexdigest()[:16]
         path = ctx.cache / "variants" / f"{key}-smoothquant.onnx"
         if not path.is_file():
             path.parent.mkdir(parents=True, exist_ok=True)
             atomic_write_bytes(path, model.SerializeToString())
-        info = {"name": "smoothquant", "alpha": v.transform.alpha, "smoothed_tensors": len(factors),
+        info = {"name": "smoothquant", "alpha": v.transform.alpha, "targets": v.transform.targets,
+                "smoothed_tensors": len(factors), "inserted_mul": sum(q != t for q, t in sources.items()),
                 "fp32_key": key, "s_min": float(min(f.min() for f in factors.values())) if factors else None,
                 "s_max": float(max(f.max() for f in factors.values())) if factors else None}
-        log(f"smoothquant alpha={v.transform.alpha:g}: {len(factors)} tensor(s) smoothed, folded into their norms")
-        ctx.tables[slot] = (model, path, factors, info)
+        log(f"{v.transform.signature()}: {len(factors)} tensor(s) smoothed, {info['inserted_mul']} through a Mul")
+        ctx.tables[slot] = (model, path, factors, info, sources)
     return ctx.tables[slot]
 
 
-def table_stats(ctx, task, v, stats: dict, path, factors: dict) -> tuple[dict, dict]:
+def table_stats(ctx, task, v, stats: dict, path, factors: dict, sources: dict) -> tuple[dict, dict]:
     """(the statistics ``v``'s calibrator reads on the transformed graph, what the manifest records of them)."""
     from qbench.quantize.smoothquant import smoothed_absmax
     from qbench.tasks.common import cached_stats
@@ -70,7 +73,8 @@ def table_stats(ctx, task, v, stats: dict, path, factors: dict) -> tuple[dict, d
     if cal.needs <= {"absmax"} and not getattr(cal, "moving_average", False):
         derived = dict(stats)
         for t, s in factors.items():
-            derived[t] = TensorStats(absmax=smoothed_absmax(stats[t].channel_absmax, s), count=stats[t].count)
+            src = stats[sources[t]]
+            derived[t] = TensorStats(absmax=smoothed_absmax(src.channel_absmax, s), count=src.count)
         return derived, {"smoothed_amax": "per-channel max |x| / s, first pass"}
     tensors = sorted(factors)
     cc = ctx.cfg.calibration

@@ -88,7 +88,8 @@ def test_transformed_graph_is_equivalent(alpha):
     model, x = _model(), _x()
     (ln, rn), = [_run(model, _x(8, 5), ["ln", "rn"])[-2:]]
     cmax = {"ln": np.abs(ln).reshape(-1, C).max(0), "rn": np.abs(rn).reshape(-1, C).max(0)}
-    smoothed, s = smooth(model, cmax, alpha)
+    smoothed, s, src = smooth(model, cmax, alpha)
+    assert src == {"ln": "ln", "rn": "rn"}
     assert set(s) == {"ln", "rn"} and model.graph.node[0].name == "ln"  # the original is left untouched
     for ref, got in zip(_run(model, x), _run(smoothed, x)):
         assert np.abs(got - ref).max() <= 1e-4 * np.abs(ref).max()
@@ -103,12 +104,27 @@ def test_transformed_graph_is_equivalent(alpha):
     assert (cm1.max() / cm1.min()) > 5 * (np.abs(ln2).reshape(-1, C).max(0).max() / np.abs(ln2).reshape(-1, C).max(0).min())
 
 
+def test_targets_all_smooths_the_rest_through_a_mul():
+    model, x = _model(), _x()
+    names = ["ln", "rn", "g3"]
+    outs = _run(model, _x(8, 5), names)[-3:]
+    cmax = {n: np.abs(o).reshape(-1, o.shape[-1]).max(0) for n, o in zip(names, outs)}
+    smoothed, s, src = smooth(model, cmax, 0.5, targets="all")
+    assert src == {"ln": "ln", "rn": "rn", "g3_smoothed": "g3"}
+    assert [n.input[0] for n in smoothed.graph.node if n.name == "m4"] == ["g3_smoothed"]
+    for ref, got in zip(_run(model, x), _run(smoothed, x)):
+        assert np.abs(got - ref).max() <= 1e-4 * np.abs(ref).max()
+    g3 = _run(model, x, ["g3"])[-1]
+    g3s = _run(smoothed, x, ["g3_smoothed"])[-1]
+    np.testing.assert_allclose(g3s, g3 / s["g3_smoothed"], rtol=1e-5, atol=1e-6)
+
+
 def test_shared_initializer_is_copied_not_changed_twice():
     model = _model()
     model.graph.node.append(helper.make_node("MatMul", ["x", "wq"], ["extra"], name="extra"))
     model.graph.output.append(helper.make_tensor_value_info("extra", TensorProto.FLOAT, None))
     cmax = {"ln": np.full(C, 2.0), "rn": np.full(C, 3.0)}
-    smoothed, _ = smooth(model, cmax, 0.5)
+    smoothed, _, _ = smooth(model, cmax, 0.5)
     x = _x()
     for ref, got in zip(_run(model, x), _run(smoothed, x)):
         assert np.abs(got - ref).max() <= 1e-4 * np.abs(ref).max()
