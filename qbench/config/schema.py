@@ -106,7 +106,7 @@ class SweepCfg(Strict):
                                   "(layernorm, softmax, embeddings, lm_head) or a list of them needs no definition")
     flavors: list[Literal["s8s8", "u8s8"]] = Field(["s8s8"], description="s8s8: INT8 activations and weights "
                                                    "(TensorRT); u8s8: UINT8 activations (ONNX Runtime CPU's fast path)")
-    transforms: list[TransformCfg] = Field([TransformCfg()], description="graph transforms crossed in the grid: "
+    transforms: list[TransformCfg] = Field(["none"], validate_default=True, description="graph transforms crossed in the grid: "
                                            "none, {name: smoothquant, alpha: 0.5 or a list} (docs/smoothquant.md)")
     embeddings: list[Literal["float", "int8"]] = Field(["float"], description="embedding tables crossed in the grid: "
                                                        "float, or int8 (weight-only, one scale per row)")
@@ -139,8 +139,6 @@ class SweepCfg(Strict):
             return name
 
         out = dict(data)
-        if "transforms" in data:
-            out["transforms"] = expand_transforms(data["transforms"])
         if isinstance(data.get("exclusions"), list):
             out["exclusions"] = [name_of(x) for x in data["exclusions"]]
         if isinstance(data.get("extra"), list):
@@ -149,6 +147,11 @@ class SweepCfg(Strict):
         if sets:
             out["exclusion_sets"] = sets
         return out
+
+    @field_validator("transforms", mode="before")
+    @classmethod
+    def _alpha_lists(cls, v: Any) -> Any:
+        return expand_transforms(v)
 
     @field_validator("baselines")
     @classmethod
