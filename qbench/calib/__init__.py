@@ -16,7 +16,7 @@ from typing import ClassVar, Literal
 import numpy as np
 from pydantic import BaseModel, ConfigDict
 
-Need = Literal["absmax", "abs_hist"]
+Need = Literal["absmax", "abs_hist", "channel_absmax"]
 
 # Smallest amax we emit: a tensor that is all zeros still needs a positive scale.
 MIN_AMAX = 1e-8
@@ -41,6 +41,8 @@ class TensorStats:
     hist: np.ndarray | None = None
     bin_width: float = 0.0
     batch_absmax: list[float] = field(default_factory=list)
+    # max |x| per channel of the last axis (the input channel a MatMul contracts over), where asked: SmoothQuant's need
+    channel_absmax: np.ndarray | None = None
 
     @property
     def edges(self) -> np.ndarray:

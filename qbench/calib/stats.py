@@ -84,6 +84,17 @@ def update_fixed(t: TensorStats, values: np.ndarray, bins: int, top: float) -> N
     t.hist += np.bincount(idx, minlength=bins)
 
 
+def update_channels(t: TensorStats, arr: np.ndarray, mask: np.ndarray | None) -> None:
+    """Merge one batch's max |x| per channel of the last axis; padded positions (``mask`` False) count as 0."""
+    if arr.ndim == 0 or arr.size == 0:
+        return
+    a = np.abs(arr.astype(np.float32, copy=False))
+    if mask is not None:
+        a = np.where(mask, a, np.float32(0))
+    m = a.reshape(-1, a.shape[-1]).max(axis=0).astype(np.float64)
+    t.channel_absmax = m if t.channel_absmax is None else np.maximum(t.channel_absmax, m)
+
+
 def augmented_model(model_path: Path, tensors: list[str], out_dir: Path) -> Path:
     """Copy of the model with every tensor to calibrate exposed as a graph output."""
     import onnx
@@ -154,13 +165,14 @@ def token_mask(roles: list[str], mask2d: np.ndarray, shape: tuple) -> np.ndarray
 def collect(model_path: Path, tensors: list[str], batches: Iterable[dict[str, np.ndarray]],
             bins: int = 2048, threads: int = 2, mask_input: str = "attention_mask",
             fixed_top: dict[str, float] | None = None,
-            seq_inputs: list[str] | None = None) -> dict[str, TensorStats]:
+            seq_inputs: list[str] | None = None, channels: bool = False) -> dict[str, TensorStats]:
     """Stream the batches once; per tensor, absmax and a |x| histogram.
 
     By default the histogram sits on the power-of-two lattice (one pass). With ``fixed_top`` (each
     tensor's absmax from an earlier pass) it uses TensorRT's fixed [0, absmax] layout instead.
     ``mask_input`` names the [batch, tokens] validity mask; when it is not a graph input (a decoder's
-    target mask) it is taken out of the feeds. ``seq_inputs``: see discover_axes.
+    target mask) it is taken out of the feeds. ``seq_inputs``: see discover_axes. ``channels``: also keep
+    max |x| per channel of the last axis (``TensorStats.channel_absmax``), in the same pass.
     """
     import onnxruntime as ort
 
@@ -197,6 +209,8 @@ def collect(model_path: Path, tensors: list[str], batches: Iterable[dict[str, np
                     where = f" (samples {first}..{first + rows - 1} of the set)" if rows else ""
                     raise DataError(f"tensor '{name}': {bad} non-finite value(s) ({kinds}) at valid positions "
                                     f"in calibration batch {bi}{where}")
+                if channels and (roles is None or roles[name][-1:] == ["."]):  # a static last axis: channels
+                    update_channels(stats[name], arr, m)
                 if fixed_top is None:
                     update(stats[name], vals, bins)
                 else:
@@ -220,9 +234,10 @@ def sample_keys(samples, prefix: str = "") -> list[str]:
 
 
 def cache_key(model_sha: str, sample_keys: list[str], tensors: list[str], bins: int, batch_size: int,
-              histogram: str = "lattice") -> str:
+              histogram: str = "lattice", channels: bool = False) -> str:
     h = hashlib.sha256()
-    h.update(json.dumps([STATS_VERSION, model_sha, sample_keys, tensors, bins, batch_size, histogram]).encode())
+    key = [STATS_VERSION, model_sha, sample_keys, tensors, bins, batch_size, histogram]
+    h.update(json.dumps(key + (["channels"] if channels else [])).encode())  # per-channel max |x| kept too
     return h.hexdigest()[:16]
 
 
@@ -236,6 +251,8 @@ def save(stats: dict[str, TensorStats], path: Path) -> None:
         arrays[f"h{i}"] = t.hist if t.hist is not None else np.zeros(0, np.int64)
         arrays[f"m{i}"] = np.array([t.absmax, t.count, t.bin_width], dtype=np.float64)
         arrays[f"b{i}"] = np.array(t.batch_absmax, dtype=np.float64)
+        if t.channel_absmax is not None:
+            arrays[f"c{i}"] = t.channel_absmax
 
     def write(p: Path) -> None:
         with open(p, "wb") as f:
@@ -252,7 +269,7 @@ def load(path: Path) -> dict[str, TensorStats]:
             absmax, count, width = z[f"m{i}"]
             hist = z[f"h{i}"]
             out[n] = TensorStats(float(absmax), int(count), hist if hist.size else None, float(width),
-                                 [float(x) for x in z[f"b{i}"]])
+                                 [float(x) for x in z[f"b{i}"]], z[f"c{i}"] if f"c{i}" in z.files else None)
     return out
 
 

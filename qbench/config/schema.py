@@ -14,6 +14,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 from qbench.config.errors import ConfigError, one_line
 from qbench.config.messages import _loc, format_errors
+from qbench.config.transforms import TransformCfg, expand_transforms
 from qbench.util.io import read_yaml_mapping
 
 
@@ -85,6 +86,13 @@ class VariantCfg(Strict):
     exclusion: str = Field("none", description="an exclusion set name, a role name, or auto")
     flavor: Literal["s8s8", "u8s8"] = Field("s8s8", description="activation/weight integer types")
     calibration_set: str | None = Field(None, description="a data.calibration_sets name; default: the first set")
+    transform: TransformCfg = Field(TransformCfg(), description="{name: none | smoothquant, alpha: ...}")
+    embeddings: Literal["float", "int8"] = Field("float", description="int8: weight-only INT8 Gather tables, per row")
+
+    @field_validator("transform", mode="before")
+    @classmethod
+    def _transform_name(cls, v: Any) -> Any:
+        return {"name": v} if isinstance(v, str) else v
 
 
 Baseline = Literal["fp32", "fp16", "ort_dynamic", "ort_static"]
@@ -100,6 +108,10 @@ class SweepCfg(Strict):
                                   "(layernorm, softmax, embeddings, lm_head) or a list of them needs no definition")
     flavors: list[Literal["s8s8", "u8s8"]] = Field(["s8s8"], description="s8s8: INT8 activations and weights "
                                                    "(TensorRT); u8s8: UINT8 activations (ONNX Runtime CPU's fast path)")
+    transforms: list[TransformCfg] = Field(["none"], validate_default=True, description="graph transforms crossed in the grid: "
+                                           "none, {name: smoothquant, alpha: 0.5 or a list} (docs/smoothquant.md)")
+    embeddings: list[Literal["float", "int8"]] = Field(["float"], description="embedding tables crossed in the grid: "
+                                                       "float, or int8 (weight-only, one scale per row)")
     extra: list[VariantCfg] = Field([], description="single variants outside the grid")
     fp16_keep_fp32: ExclusionCfg = Field(
         ExclusionCfg(roles=["layernorm", "softmax"]),
@@ -137,6 +149,11 @@ class SweepCfg(Strict):
         if sets:
             out["exclusion_sets"] = sets
         return out
+
+    @field_validator("transforms", mode="before")
+    @classmethod
+    def _alpha_lists(cls, v: Any) -> Any:
+        return expand_transforms(v)
 
     @field_validator("baselines")
     @classmethod

@@ -196,11 +196,12 @@ def quantize_weight(w: np.ndarray, axis: int | None) -> tuple[np.ndarray, np.nda
 
 
 def build_qdq(fp32_model: Path | onnx.ModelProto, table: CalibrationTable, excl: ExclusionCfg, flavor: str,
-              out_path: Path, weights=None) -> QdqReport:
+              out_path: Path, weights=None, embeddings: bool = False) -> QdqReport:
     """Write the QDQ model for one variant; return what was quantized and excluded.
 
     ``fp32_model``: a path, or the parsed model (left untouched) when the caller already holds it.
-    ``weights`` is a weight rule (calibrators.weights); per output channel by default.
+    ``weights`` is a weight rule (calibrators.weights); per output channel by default. ``embeddings``: also
+    store the Gather tables as weight-only INT8, one scale per row (qbench.quantize.embeddings).
     """
     from calibrators.weights import PerChannel
     from qbench.util.io import atomic_write_bytes
@@ -215,6 +216,10 @@ def build_qdq(fp32_model: Path | onnx.ModelProto, table: CalibrationTable, excl:
         raise QuantizationError(f"calibration table lacks {len(missing)} of the {len(report.quantized_tensors)} "
                                 f"tensor(s) the model quantizes: {_listed(missing, 8)}")
     _insert(model, chosen, report.quantized_tensors, table, flavor, weights)
+    if embeddings:
+        from qbench.quantize.embeddings import quantize_embeddings
+
+        quantize_embeddings(model)
     verify_scales(model, table, fp32, weights)
     atomic_write_bytes(out_path, model.SerializeToString())
     return report
@@ -297,6 +302,11 @@ def verify_scales(model: onnx.ModelProto, table: CalibrationTable, fp32: onnx.Mo
         src = n.input[0]
         if src in q_scale_of:
             ok = s is not None and np.array_equal(s, q_scale_of[src])
+        elif src.endswith("_rowint8") and src[:-8] in fp32_inits:  # an embedding table: per row
+            from qbench.quantize.embeddings import quantize_rows
+
+            ok = (s is not None and _attrs(n).get("axis") == 0
+                  and np.array_equal(s, quantize_rows(numpy_helper.to_array(fp32_inits[src[:-8]]))[1]))
         elif src in inits and src.endswith("_int8") and src[:-5] in fp32_inits:
             w = numpy_helper.to_array(fp32_inits[src[:-5]])
             # The granularity must be the rule's too: the axis it picks for the consuming op.

@@ -6,6 +6,7 @@ from dataclasses import dataclass, field
 
 from qbench.calib import Calibrator
 from qbench.config.schema import ExclusionCfg, SweepConfig, build_plugin
+from qbench.config.transforms import TransformCfg
 
 
 @dataclass(frozen=True)
@@ -19,6 +20,8 @@ class Variant:
     flavor: str = ""
     backend: str = "ort"
     calib_set: str = "default"
+    transform: TransformCfg = field(default_factory=TransformCfg)  # an FP32 graph rewrite before Q/DQ
+    embeddings: str = "float"       # float | int8 (weight-only Gather tables)
 
     def signature(self, calib_set: str) -> str:
         """sacrebleu-style provenance string carried by every score of this variant."""
@@ -26,7 +29,9 @@ class Variant:
             return f"baseline:{self.baseline}|be:{self.backend}"
         assert self.calibrator is not None
         return (f"cal:{self.calibrator.signature()}|set:{calib_set}|excl:{self.exclusion}"
-                f"|flavor:{self.flavor}|be:{self.backend}")
+                f"|flavor:{self.flavor}|be:{self.backend}"
+                + (f"|tf:{self.transform.signature()}" if self.transform.name != "none" else "")
+                + (f"|emb:{self.embeddings}" if self.embeddings != "float" else ""))
 
     def describe(self) -> dict:
         return {
@@ -37,6 +42,8 @@ class Variant:
             "flavor": self.flavor,
             "backend": self.backend,
             "calibration_set": self.calib_set if self.kind == "qbench" else "",
+            "transform": self.transform.signature() if self.kind == "qbench" else "",
+            "embeddings": self.embeddings if self.kind == "qbench" else "",
         }
 
 
@@ -51,29 +58,37 @@ def expand(cfg: SweepConfig) -> list[Variant]:
            for b in cfg.sweep.baselines]
     sets = list(cfg.data.sets())
     combos = [
-        (c, ex, fl, cs)
+        (c, ex, fl, cs, tf, emb)
         for cs in sets
+        for tf in cfg.sweep.transforms
         for c in cfg.sweep.calibrators
         for ex in cfg.sweep.exclusions
         for fl in cfg.sweep.flavors
+        for emb in cfg.sweep.embeddings
     ]
-    combos += [(v.calibrator, v.exclusion, v.flavor, v.calibration_set or sets[0]) for v in cfg.sweep.extra]
+    combos += [(v.calibrator, v.exclusion, v.flavor, v.calibration_set or sets[0], v.transform, v.embeddings)
+               for v in cfg.sweep.extra]
     seen: set[str] = set()
-    for spec, ex, fl, cs in combos:
+    for spec, ex, fl, cs, tf, emb in combos:
         cal = build_plugin(registry.calibrators, spec)
-        # The set joins the id only when there is a choice, so single-set ids stay short and stable.
-        vid = f"{cal.signature()}+{ex}+{fl}" + (f"@{cs}" if len(sets) > 1 else "")
+        # The set joins the id only when there is a choice, so single-set ids stay short and stable; so do the
+        # transform and the embeddings, named only when they are not the default.
+        vid = (f"{cal.signature()}+{ex}+{fl}" + (f"+{tf.signature()}" if tf.name != "none" else "")
+               + ("+emb_int8" if emb == "int8" else "") + (f"@{cs}" if len(sets) > 1 else ""))
         if vid in seen:
             continue
         seen.add(vid)
-        out.append(Variant(id=vid, kind="qbench", calibrator=cal, exclusion=ex,
-                           exclusion_cfg=cfg.sweep.exclusion(ex), flavor=fl, backend=be, calib_set=cs))
+        out.append(Variant(id=vid, kind="qbench", calibrator=cal, exclusion=ex, exclusion_cfg=cfg.sweep.exclusion(ex),
+                           flavor=fl, backend=be, calib_set=cs, transform=tf, embeddings=emb))
     return out
 
 
 def format_table(variants: list[Variant]) -> str:
     rows = [v.describe() for v in variants]
-    cols = ["variant", "kind", "calibrator", "exclusion", "flavor", "calibration_set", "backend"]
+    cols = ["variant", "kind", "calibrator", "exclusion", "flavor", "calibration_set", "transform", "embeddings",
+            "backend"]
+    cols = [c for c in cols if c not in ("transform", "embeddings") or any(r[c] not in ("", "none", "float")
+                                                                           for r in rows)]
     widths = {c: max(len(c), *(len(str(r[c])) for r in rows)) for c in cols}
     lines = ["  ".join(c.ljust(widths[c]) for c in cols)]
     lines += ["  ".join(str(r[c]).ljust(widths[c]) for c in cols) for r in rows]

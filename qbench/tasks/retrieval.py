@@ -89,46 +89,64 @@ class RetrievalTask(Task):
                 "tokenizer_dir": str(exp.tokenizer_dir), "export_key": exp.key,
                 "export_max_abs_diff": exp.max_abs_diff, "opset": exp.opset}
 
+    def calib_batches(self, ctx, set_name: str):
+        """A function making a fresh iterator over the calibration set's batches (the model's feeds)."""
+        from qbench.calib import stats as st
+
+        cc = ctx.cfg.calibration
+        texts = [s.text for s in ctx.calib_sets[set_name]]
+
+        def batches():
+            return progress.iterate((ctx.tokenizer.encode_batch(b) for b in st.iter_batches(texts, cc.batch_size)),
+                                    f"statistics '{set_name}'", -(-len(texts) // cc.batch_size), "batch")
+        return batches
+
     def ensure_stats(self, ctx, set_name: str) -> dict:
         """One statistics pass per calibration set serves every calibrator; cached by model, samples and settings.
 
-        The manifest counts the passes actually run (``statistics_passes``), so reuse is visible.
+        The manifest counts the passes actually run (``statistics_passes``), so reuse is visible. With a
+        SmoothQuant variant in the sweep the same pass also keeps max |x| per channel (qbench.tasks.transforms).
         """
         from qbench.calib import stats as st
         from qbench.quantize.qdq import calibration_tensors
+        from qbench.tasks.transforms import uses_smoothquant
 
         if set_name in ctx.stats:
             return ctx.stats[set_name]
         cc = ctx.cfg.calibration
         samples = ctx.calib_sets[set_name]
         tensors = calibration_tensors(ctx.fp32_model())
+        channels = uses_smoothquant(ctx.cfg)
         key = st.cache_key(ctx.manifest["model"]["onnx_sha256"], st.sample_keys(samples), tensors,
-                           cc.histogram_bins, cc.batch_size, cc.histogram)
-        texts = [s.text for s in samples]
-
-        def batches():
-            return progress.iterate((ctx.tokenizer.encode_batch(b) for b in st.iter_batches(texts, cc.batch_size)),
-                                    f"statistics '{set_name}'", -(-len(texts) // cc.batch_size), "batch")
-
-        stats, hit, secs = cached_stats(ctx, key, ctx.fp32, tensors, batches)
+                           cc.histogram_bins, cc.batch_size, cc.histogram, channels)
+        stats, hit, secs = cached_stats(ctx, key, ctx.fp32, tensors, self.calib_batches(ctx, set_name),
+                                        channels=channels)
         ctx.stats[set_name] = stats
         ctx.manifest["statistics"][set_name] = {"cache_key": key, "cache_hit": hit, "seconds": round(secs, 3),
                                                 "tensors": len(tensors), "bins": cc.histogram_bins,
-                                                "histogram": cc.histogram}
+                                                "histogram": cc.histogram, "channel_absmax": channels}
         log(f"statistics for set '{set_name}', {len(tensors)} tensors: "
             f"{'cache hit' if hit else 'collected'} ({secs:.1f}s)")
         return stats
 
     def table_for(self, ctx, v):
-        """(table, its path relative to the run dir): computed once per calibrator and set from shared statistics."""
+        """(table, its path relative to the run dir): computed once per calibrator, set and transform from shared
+        statistics; a transformed graph's table from the statistics of that graph (qbench.tasks.transforms)."""
+        from qbench.tasks import transforms
+
         sig = v.calibrator.signature()
-        if (v.calib_set, sig) not in ctx.tables:
-            t = v.calibrator.table(self.ensure_stats(ctx, v.calib_set))
+        tf = v.transform.signature() if v.transform.name != "none" else ""
+        if (v.calib_set, sig, tf) not in ctx.tables:
+            stats, info = self.ensure_stats(ctx, v.calib_set), {}
+            if tf:
+                _, path, factors, _, sources = transforms.transformed(ctx, self, v)
+                stats, info = transforms.table_stats(ctx, self, v, stats, path, factors, sources)
+            t = v.calibrator.table(stats)
             t.check_finite()
-            rel = table_file(ctx, sig, v.calib_set)
+            rel = table_file(ctx, sig + (f"+{tf}" if tf else ""), v.calib_set)
             t.save(ctx.run_dir / rel)
-            ctx.tables[(v.calib_set, sig)] = (t, rel)
-        return ctx.tables[(v.calib_set, sig)]
+            ctx.tables[(v.calib_set, sig, tf)] = (t, rel, info)
+        return ctx.tables[(v.calib_set, sig, tf)]
 
     def build_variant(self, ctx, v, out_dir: Path | None = None) -> tuple[Path, dict]:
         """The ONNX artifact of one variant, and what the manifest should know about how it was made.
@@ -153,23 +171,32 @@ class RetrievalTask(Task):
             ids = hashlib.sha256(json.dumps([s.id for s in first]).encode()).hexdigest()[:12]
             out = out_dir / f"{msha}-ort_static-{ids}.onnx"
             return baselines.ort_static(ctx.fp32, out, ctx.tokenizer, [s.text for s in first]), {}
-        table, tfile = self.table_for(ctx, v)
+        table, tfile, tinfo = self.table_for(ctx, v)
         weights = build_plugin(registry.weight_rules, ctx.cfg.calibration.weights)
+        fp32, extra = ctx.fp32_model(), []
+        if v.transform.name != "none":  # Q/DQ on the transformed FP32 graph
+            from qbench.tasks.transforms import transformed
+
+            fp32, _, _, sq, _ = transformed(ctx, self, v)
+            tinfo = {**sq, **tinfo}
+            extra = [sq["fp32_key"]]
+        if v.embeddings != "float":
+            extra.append(f"emb:{v.embeddings}")
         key = hashlib.sha256(json.dumps([QDQ_VERSION, msha, table.to_json(), v.exclusion_cfg.model_dump(),
-                                         v.flavor, weights.signature()]).encode()).hexdigest()[:16]
+                                         v.flavor, weights.signature()] + extra).encode()).hexdigest()[:16]
         out = out_dir / f"{key}.onnx"
-        fp32 = ctx.fp32_model()
         hit = out.is_file()
         if hit:  # cached by content: still re-check every scale, so a stale or edited file cannot pass
             verify_scales(load_model(out), table, fp32, weights)
             rep = plan(fp32, v.exclusion_cfg)[1]
         else:
-            rep = build_qdq(fp32, table, v.exclusion_cfg, v.flavor, out, weights)
+            rep = build_qdq(fp32, table, v.exclusion_cfg, v.flavor, out, weights, embeddings=v.embeddings == "int8")
         for w in rep.warnings:
             log(f"warning: variant {v.id}: {w}", warning=True)
         return out, {"qdq_key": key, "qdq_cache_hit": hit,
                      "table": tfile, "quantized_tensors": len(rep.quantized_tensors),
-                     "excluded_nodes": rep.excluded_nodes, "warnings": rep.warnings}
+                     "excluded_nodes": rep.excluded_nodes, "warnings": rep.warnings,
+                     **({"transform": tinfo} if tinfo else {}), **({"embeddings": v.embeddings} if v.embeddings != "float" else {})}
 
     def evaluate(self, ctx, v, artifact: Path) -> list[tuple[str, str, float, str]]:
         """Quality and structure of one variant. Latency is measured later, side by side (the runner's latency

@@ -322,6 +322,9 @@ class TranslationTask(Task):
                             "(ONNX Runtime's static quantizer takes one graph; use qbench calibrators)")
         if cfg.gate is not None and cfg.gate.metric == "accuracy_at_1":
             problems.append(f"{file}: gate.metric: translation is gated on bleu or chrf")
+        if any(t.name != "none" for t in cfg.sweep.transforms) or "int8" in cfg.sweep.embeddings:
+            problems.append(f"{file}: sweep.transforms: smoothquant and int8 embeddings are built for retrieval only "
+                            "(docs/smoothquant.md)")
         return problems
 
     def prepare_model(self, ctx, sha256: str | None = None) -> dict:

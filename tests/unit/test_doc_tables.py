@@ -75,7 +75,8 @@ def test_the_docs_have_generated_blocks():
                          ("translation.md", "reports/example-django-multi"),
                          ("automatic-exclusions.md", "reports/example-minilm-auto"),
                          ("automatic-exclusions.md", "reports/example-django-multi-auto"),
-                         ("tensorrt.md", "reports/example-minilm-trt")]:
+                         ("tensorrt.md", "reports/example-minilm-trt"),
+                         ("smoothquant.md", "reports/example-smoothquant")]:
         assert (doc, f"qbench report {run_dir} --markdown") in found, (doc, run_dir)
 
 
