@@ -25,7 +25,7 @@ from pydantic_core import PydanticUndefined
 # Things a validator decides, keyed by dotted path: appended to that key's description.
 NOTES = {
     "sweep.baselines": "With `task: translation` the default is `[fp32, ort_dynamic]` (ONNX Runtime's static "
-                       "quantizer takes one graph).",
+                       "quantizer takes one graph); with `task: causal_lm` it is `[fp32]`.",
 }
 
 HEADER = """\

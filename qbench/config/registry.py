@@ -93,5 +93,6 @@ weight_rules = Registry(
 tasks = Registry(
     "task",
     "qbench.tasks",
-    {"retrieval": "qbench.tasks.retrieval:RetrievalTask", "translation": "qbench.tasks.translation:TranslationTask"},
+    {"retrieval": "qbench.tasks.retrieval:RetrievalTask", "translation": "qbench.tasks.translation:TranslationTask",
+     "causal_lm": "qbench.tasks.causal_lm:CausalLMTask"},
 )

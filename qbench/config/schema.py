@@ -13,6 +13,7 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from qbench.config.errors import ConfigError, one_line
+from qbench.config.lm import LmCfg
 from qbench.config.messages import _loc, format_errors
 from qbench.config.transforms import TransformCfg, expand_transforms
 from qbench.util.io import read_yaml_mapping
@@ -23,7 +24,8 @@ class Strict(BaseModel):
 
 
 class ModelCfg(Strict):
-    source: str = Field(description="pkg:<python package>, a local directory, or a Hugging Face hub id; or an "
+    source: str = Field(description="pkg:<python package>, a local directory, or a Hugging Face hub id (causal_lm "
+                                    "also: a .gguf file, or a folder or package holding one); or an "
                                     "ONNX model: a .onnx file (retrieval), or a folder holding encoder.onnx and "
                                     "decoder.onnx (translation), used as is (docs/onnx-models.md)")
     tokenizer: str | None = Field(None, description="with an ONNX model.source: the folder holding its "
@@ -75,7 +77,7 @@ class CalibrationCfg(Strict):
 class ExclusionCfg(Strict):
     op_types: list[str] = Field([], description="ONNX op types whose nodes stay float, e.g. [Softmax]")
     names: list[str] = Field([], description="regular expressions matched against node names")
-    roles: list[Literal["layernorm", "softmax", "embeddings", "lm_head", "attention_probs"]] = Field(
+    roles: list[Literal["layernorm", "softmax", "embeddings", "lm_head", "mlp_gate", "attention_probs"]] = Field(
         [], description="structural roles (qbench.quantize.roles); attention_probs is the old name of softmax")
     only: list[str] = Field([], description="if given, only MatMul/Gemm nodes matching one of these regular "
                                             "expressions are quantized (the rest stay float, their tensors untouched)")
@@ -96,7 +98,7 @@ class VariantCfg(Strict):
 
 
 Baseline = Literal["fp32", "fp16", "ort_dynamic", "ort_static"]
-ROLE_NAMES = ("layernorm", "softmax", "embeddings", "lm_head")
+ROLE_NAMES = ("layernorm", "softmax", "embeddings", "lm_head", "mlp_gate")
 
 
 class SweepCfg(Strict):
@@ -105,7 +107,7 @@ class SweepCfg(Strict):
                                               "crossed in the grid (qbench ls calibrators)")
     exclusion_sets: dict[str, ExclusionCfg] = Field({}, description="named exclusion sets; 'none' is built in")
     exclusions: list[str] = Field(["none"], description="exclusion set names crossed in the grid; a role name "
-                                  "(layernorm, softmax, embeddings, lm_head) or a list of them needs no definition")
+                                  "(layernorm, softmax, embeddings, lm_head, mlp_gate) or a list of them needs no definition")
     flavors: list[Literal["s8s8", "u8s8"]] = Field(["s8s8"], description="s8s8: INT8 activations and weights "
                                                    "(TensorRT); u8s8: UINT8 activations (ONNX Runtime CPU's fast path)")
     transforms: list[TransformCfg] = Field(["none"], validate_default=True, description="graph transforms crossed in the grid: "
@@ -281,7 +283,8 @@ class OutputCfg(Strict):
 class SweepConfig(Strict):
     name: str = Field(pattern=r"^[A-Za-z0-9_.-]+$", description="the sweep's name: the run directory's parent")
     task: str = Field("retrieval", description="what the model does, and so how variants are evaluated: "
-                      "`retrieval`, `translation`, or a task a plugin registers (entry-point group `qbench.tasks`)")
+                      "`retrieval`, `translation`, `causal_lm`, or a task a plugin registers (entry-point group "
+                      "`qbench.tasks`)")
     model: ModelCfg
     data: DataCfg
     calibration: CalibrationCfg = CalibrationCfg()
@@ -293,6 +296,7 @@ class SweepConfig(Strict):
         None, description="what the verdict picks a variant to ship on; null: tensorrt when a tensorrt section "
                           "exists, else ort")
     generation: GenerationCfg = GenerationCfg()
+    lm: LmCfg = LmCfg()
     gate: GateCfg | None = None
     search: SearchCfg = SearchCfg()
     executor: ExecutorCfg = ExecutorCfg()
@@ -417,7 +421,7 @@ def load_config(path: str | Path) -> SweepConfig:
     except ValidationError as e:
         raise ConfigError("\n".join(map(one_line, format_errors(e, file, SweepConfig)))) from None
     problems = _check_plugins(cfg, file)
-    from qbench.config import onnx_source
+    from qbench.config import onnx_source, registry
     from qbench.config.errors import ModelError
     from qbench.models.export import resolve_source
 
@@ -425,7 +429,8 @@ def load_config(path: str | Path) -> SweepConfig:
         if onnx_source.kind(cfg) is not None:  # an ONNX model, used as is: its own checks (one line each)
             problems += [f"{file}: {p}" for p in onnx_source.problems(cfg)]
         else:
-            resolve_source(cfg.model_source())  # local paths and pkg: sources are checked now, hub ids at load time
+            # local paths and pkg: sources are checked now, hub ids at load time; a task may resolve its own kinds
+            getattr(registry.tasks.get(cfg.task), "resolve_source", resolve_source)(cfg.model_source())
     except ModelError as e:
         problems.append(f"{file}: model.source: {e}")
     except (OSError, ValueError, RuntimeError) as e:  # a NUL byte, a name too long, an unknown ~user

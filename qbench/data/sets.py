@@ -9,6 +9,12 @@ from qbench.config.errors import ConfigError, DataError
 from qbench.config.schema import SweepConfig, build_plugin
 
 
+def registry_needs_reference(cfg: SweepConfig) -> bool:
+    from qbench.config import registry
+
+    return getattr(registry.tasks.get(cfg.task), "needs_reference", True)
+
+
 def load_data(cfg: SweepConfig) -> dict:
     """The evaluation set and the calibration sets (samples), and the manifest's ``data`` entry (hashes, sample
     ids): {"evalset", "calib_sets", "entry"}."""
@@ -26,7 +32,7 @@ def load_data(cfg: SweepConfig) -> dict:
             if seen[s.language] <= cfg.data.evaluation.n_per_language:
                 kept.append(s)
         evalset = kept
-    if any(s.reference is None for s in evalset):
+    if registry_needs_reference(cfg) and any(s.reference is None for s in evalset):
         raise ConfigError(f"{man.path}: fields.reference: the {cfg.task} task needs a reference field")
     sets_info, calib_sets = {}, {}
     pools: dict[tuple[str, str], list] = {}

@@ -40,7 +40,14 @@ def _backend_values(df, manifest: dict) -> dict:
 def _verdict_metric(task: str, gate: dict | None) -> tuple[str, str, float]:
     """(quality metric, its label, points per unit of the stored value) the verdict judges by."""
     if task != "translation":
-        return QUALITY, "accuracy@1", 100.0  # stored as a fraction, judged in points
+        from qbench.config import registry
+        from qbench.config.errors import ConfigError
+
+        try:  # the task's own quality metric, a fraction judged in points (a plugin task may not be installed)
+            metric, label = registry.tasks.get(task).quality
+        except ConfigError:
+            metric, label = QUALITY, "accuracy@1"
+        return (metric, label, 100.0) if metric != "quality" else (QUALITY, "accuracy@1", 100.0)
     metric = (gate or {}).get("metric", "bleu")
     metric = metric if metric in MT_METRICS else "bleu"
     return metric, MT_METRICS[metric], 1.0
@@ -150,7 +157,7 @@ def verdict(df, manifest: dict, samples=None) -> dict:
     else:
         q = {v: val.get((v, metric, "all")) for v in cands}
         scored = [v for v in cands if q[v] is not None and not math.isnan(q[v])]
-        tol = NO_GATE_TOLERANCE[metric]
+        tol = NO_GATE_TOLERANCE.get(metric, 0.5)
         unit = "points" if metric == QUALITY else label + " points"
         if scored:
             best = max(scored, key=lambda v: (q[v], -order[v]))

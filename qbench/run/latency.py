@@ -40,6 +40,9 @@ def latency_phase(ctx, artifacts: dict[str, Path]) -> dict[str, list | str]:
                     sessions.pop(vid).close()
                 elif isinstance(out[vid], list):
                     out[vid] += as_rows(r, b)
+                    # A session that times parts of a call (a causal LM's prefill and decode steps) adds them.
+                    phases = getattr(sessions[vid], "phase_rows", None)
+                    out[vid] += phases(b) if callable(phases) else []
                     ctx.manifest.setdefault("latency_rounds", {}).setdefault(vid, {})[f"batch={b}"] = r[ROUNDS]
     finally:
         for s in sessions.values():

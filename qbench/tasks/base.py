@@ -41,6 +41,7 @@ class Task:
     layout: ClassVar[str] = "single"            # the report's layout: "single" (one score) or "languages"
     fidelity_label: ClassVar[str] = "rel. MSE"  # what the search's error is, in the report's words
     per_language: ClassVar[bool] = False        # the search's scoring subset is capped per language
+    needs_reference: ClassVar[bool] = True      # evaluation samples must carry a reference (the data's check)
 
     default_baselines: ClassVar[tuple[str, ...] | None] = None  # sweep.baselines when the config names none
 

@@ -195,3 +195,35 @@ def test_chat_answer(smollm2, tokenizer, decoder):
     ids = ids["input_ids"] if isinstance(ids, dict) or hasattr(ids, "keys") else ids
     (answer,) = decoder.greedy([ids], 16)
     assert tokenizer.decode(answer, skip_special_tokens=True).strip() == "The capital of France is Paris."
+
+
+def test_perplexity_matches_pytorch(smollm2, torch_model, tokenizer, decoder, tmp_path):
+    """The causal_lm task's scoring (qbench.tasks.causal_lm.score_text: left-padded batches, [EOS] + tokens) on 4
+    shipped evaluation segments, 2 per domain, against PyTorch's negative log-likelihood of each segment alone."""
+    from pathlib import Path
+    from types import SimpleNamespace
+
+    import numpy as np
+    import pandas as pd
+    import torch
+
+    from qbench.data.manifest import Sample
+    from qbench.tasks.causal_lm import LmText, score_text
+
+    ev = pd.read_parquet(Path(__file__).resolve().parents[2] / "datasets" / "lm_text" / "evaluation.parquet")
+    ev = ev.groupby("domain").head(2)
+    samples = [Sample(id=i, text=t, language=d) for i, t, d in zip(ev.id, ev.text, ev.domain)]
+    cfg = SimpleNamespace(model=SimpleNamespace(max_length=48), measure=SimpleNamespace(eval_batch_size=4))
+    ctx = SimpleNamespace(cfg=cfg, spec=smollm2, tokenizer=LmText(smollm2.tokenizer_dir), cache=tmp_path,
+                          evalset=samples, manifest={"model": {"onnx_sha256": "smollm2"}})
+    got = score_text(ctx, decoder, samples, fp32=True)
+    for k, s in enumerate(samples):
+        ids = tokenizer(s.text, add_special_tokens=False)["input_ids"][:48]
+        with torch.no_grad():
+            logits = torch_model(torch.tensor([[smollm2.eos_token_ids[0], *ids[:-1]]])).logits[0].double()
+        nll = torch.nn.functional.cross_entropy(logits, torch.tensor(ids), reduction="sum").item()
+        assert got["tokens"][k] == len(ids) and got["nll"][k] == pytest.approx(nll, rel=1e-4)
+    ppl = {d: float(np.exp(got["nll"][ev.domain.to_numpy() == d].sum() / got["tokens"][ev.domain.to_numpy() == d]
+                           .sum())) for d in ("bible", "debian")}
+    print(f"\nSmolLM2 perplexity on 2 + 2 segments (48 tokens): {ppl}")
+    assert all(3 < p < 200 for p in ppl.values())  # a real LM on English text, not a random one (~49k)

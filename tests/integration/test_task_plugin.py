@@ -180,7 +180,7 @@ def test_a_third_task_from_an_entry_point_runs_a_sweep_and_reports(plugin_site, 
     """))
     r = _run(["ls", "tasks"], plugin_site, tmp_path)
     listed = {line.split()[0]: line for line in r.stdout.splitlines()}
-    assert r.returncode == 0 and set(listed) == {"retrieval", "translation", "toy"}, r.stdout + r.stderr
+    assert r.returncode == 0 and set(listed) == {"retrieval", "translation", "causal_lm", "toy"}, r.stdout + r.stderr
     assert "graphs: encoder, decoder" in listed["translation"] and "graphs: model" in listed["toy"]
     # Without the plugin the task is unknown, and said so in one line with the key.
     r = _run(["validate", str(cfg)], tmp_path, tmp_path)

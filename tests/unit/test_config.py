@@ -291,7 +291,7 @@ def test_a_user_defined_set_wins_over_the_role_shorthand(cfg_dir):
 def test_a_list_of_unknown_roles_is_one_line(cfg_dir):
     msg = _error(_write(cfg_dir, MINIMAL + "sweep: {exclusions: [none, [layernorm, softmaxx]]}\n"))
     assert msg.endswith("cfg.yaml: sweep: Value error, a list in exclusions holds role names "
-                        "(layernorm, softmax, embeddings, lm_head); got ['layernorm', 'softmaxx']")
+                        "(layernorm, softmax, embeddings, lm_head, mlp_gate); got ['layernorm', 'softmaxx']")
 
 
 def test_auto_exclusion_needs_a_gate(cfg_dir):
