@@ -66,9 +66,11 @@ changed (CONFIG defaults to the run's own).
   qbench compare reports/example reports/example-minilm-trt
   qbench compare reports/example reports/example-minilm-trt --metric accuracy_at_1 --metric size_mb
 """),
-    "inspect": ("list a model's MatMul/Gemm nodes and its structural roles (exclusion targets)", """
+    "inspect": ("list a model's MatMul/Gemm nodes and its structural roles (exclusion targets); of a Q/DQ model, "
+                "each MatMul's quantization format and whether TensorRT accepts it", """
   qbench inspect .qbench-cache/models/<key>/model.onnx
   qbench inspect .qbench-cache/models/<key>/decoder.onnx --json
+  qbench inspect model.int8.onnx          # a quantized model (NNCF, ModelOpt, ONNX Runtime, qbench): per MatMul
 """),
     "cache": ("show what the content cache holds; --prune removes the artifacts no kept run needs", """
   qbench cache                                                   # .qbench-cache, or $QBENCH_CACHE
@@ -303,6 +305,11 @@ def _inspect(path: str, as_json: bool) -> int:
     from qbench.quantize.nodes import quantizable_nodes, roles_as_json
 
     model = load_model(Path(path))
+    from qbench.quantize import trt_rules
+
+    if any(n.op_type in trt_rules.QDQ or n.op_type in trt_rules.INTEGER_OPS for n in model.graph.node):
+        print(trt_rules.format_report(trt_rules.check(model), as_json))  # a quantized model: its Q/DQ, TensorRT's rules
+        return 0
     roles = find_roles(model)
     nodes = quantizable_nodes(model, roles)
     if as_json:

@@ -170,7 +170,8 @@ def trt_tables(manifest: dict) -> list[dict]:
         if not e:
             continue
         if e.get("status") != "ok":
-            out.append({"variant": vid, "graph": "", "error": e.get("error", ""), "hint": trt_hint(e.get("error", ""), vid)})
+            out.append({"variant": vid, "graph": "", "error": e.get("error", ""), "why": e.get("why", ""),
+                        "hint": e.get("why") or trt_hint(e.get("error", ""), vid)})
             continue
         if _graphs(e) is None:
             out.append({"variant": vid, "graph": "", "error": _OLD_TRT, "hint": ""})
