@@ -294,7 +294,9 @@ def markdown(run_dir: str | Path) -> str:
     task = task_for(manifest)
     rows = task.leaderboard(df, manifest)
     _decided(rows, verdict(df, manifest, _samples(Path(run_dir))))
-    return "\n".join([task.markdown_table(df, manifest, rows), *search])
+    from qbench.report.foreign_md import foreign_markdown
+
+    return "\n".join([task.markdown_table(df, manifest, rows), *foreign_markdown(rows, manifest), *search])
 
 
 def _decided(rows: list[dict], vd: dict) -> None:
