@@ -124,6 +124,8 @@ def _parser() -> argparse.ArgumentParser:
     r = add("report")
     r.add_argument("run_dir")
     r.add_argument("--markdown", action="store_true", help="print the variant table as Markdown instead")
+    r.add_argument("--side-by-side", action="store_true", help="with --markdown: only the side-by-side table of "
+                   "a run holding external or peer-quantized variants")
     g = add("gate")
     g.add_argument("run_dir")
     g.add_argument("--variant", help="default: the run's exclude: auto variant, if it has exactly one")
@@ -367,7 +369,7 @@ def _dispatch(args) -> int:
     if args.cmd == "report":
         from qbench.report.render import markdown, render
 
-        print(markdown(Path(args.run_dir)) if args.markdown else render(Path(args.run_dir)))
+        print(markdown(Path(args.run_dir), args.side_by_side) if args.markdown else render(Path(args.run_dir)))
         return 0
     if args.cmd == "sweep" and args.config is None:
         if not args.resume:

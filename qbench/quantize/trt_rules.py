@@ -10,7 +10,8 @@ The rules (TensorRT 10/11 and TensorRT-RTX, explicit Q/DQ, strongly typed):
   zero point of 0 (NNCF writes it after Softmax) parses, and TensorRT-RTX 1.7 runs the MatMul reading it in
   Int8 (seen in its build log); with a non-zero zero point it is refused like any asymmetric Q/DQ;
 - its zero point is 0: asymmetric quantization is refused by the parser (``shiftIsAllZeros(zeroPoint)``);
-- activations are quantized per tensor; per-channel (or blocked) scales only on a constant weight;
+- activations are quantized per tensor for an INT8 GEMM: TensorRT-RTX 1.7 builds an activation quantized per
+  channel, but dequantizes it and runs the MatMul in float (a fused Cast/Mul/Fc layer, in its build log);
 - ONNX Runtime's integer operators (MatMulInteger, QLinearMatMul, DynamicQuantizeLinear, ...) are not
   TensorRT operators;
 - a MatMul/Gemm computes in INT8 only when both of its inputs come from a DequantizeLinear; one float input
@@ -51,7 +52,7 @@ WHY = {
     "type": "a Q/DQ data type TensorRT does not take",
     "integer_op": "an ONNX Runtime integer operator, not a TensorRT one (quantize_dynamic and QOperator "
                   "models use them): TensorRT takes explicit QuantizeLinear/DequantizeLinear only",
-    "act_per_channel": "an activation quantized per channel: TensorRT quantizes activations per tensor",
+    "act_per_channel": "an activation quantized per channel: TensorRT dequantizes it and runs the MatMul in float",
 }
 
 
@@ -210,13 +211,14 @@ def check(model: onnx.ModelProto) -> Report:
                 continue
             text, problem = fmt_of[id(dq)]
             weight = dq.input[0] in const
-            if not problem and not weight and not text.endswith("per-tensor"):
-                problem = "act_per_channel"
             m.inputs.append(InputFormat(x, text, weight, problem))
             formats.append(text.split()[0])
         bad = [f for f in m.inputs if f.problem]
+        per_channel = [f for f in m.inputs if f.format != "float" and not f.weight and not f.format.endswith("per-tensor")]
         if bad:
             m.tensorrt, m.reason = "rejected", f"{bad[0].tensor}: {WHY[bad[0].problem]}"
+        elif per_channel:
+            m.reason = f"{per_channel[0].tensor}: {WHY['act_per_channel']}"
         elif len(formats) == 2:
             m.tensorrt = "int8" if set(formats) <= {"int8", "uint8"} else "/".join(dict.fromkeys(formats))
         elif formats:

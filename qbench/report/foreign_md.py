@@ -64,7 +64,8 @@ def foreign_markdown(rows: list[dict], manifest: dict) -> list[str]:
     batches = list(rows[0]["lat"]) if rows else []
     head = ["variant", "made by", "Δ acc@1 (pts)", "cos vs FP32", "size MB", "calibration cost",
             *(f"p50 ÷ FP32, {b}" for b in batches), "TensorRT-RTX linear layers"]
-    lines = ["", "Side by side (every variant calibrated on the same samples; latency ratios from the run above):",
+    lines = ["", "Side by side (every variant calibrated on the same samples; p50 latency on ONNX Runtime CPU "
+             "÷ FP32's, timed side by side):",
              "", "| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     f = lambda x, fmt: "" if x is None else format(x, fmt)  # noqa: E731
     for r in rows:

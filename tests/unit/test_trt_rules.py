@@ -39,6 +39,9 @@ def _model(kind: str) -> onnx.ModelProto:
     if kind in act_zp:
         inits += [_init("a_s", np.float32(0.05)), _init("a_z", act_zp[kind])]
         nodes = _q("a", "x", "a_s", "a_z", "xq") + w_dq + [helper.make_node("MatMul", ["xq", "w"], ["y"], name="mm")]
+    elif kind == "act_per_channel":  # the activation's scale per column
+        inits += [_init("a_s", np.full(8, 0.05, np.float32)), _init("a_z", np.zeros(8, np.int8))]
+        nodes = _q("a", "x", "a_s", "a_z", "xq", axis=1) + w_dq + [helper.make_node("MatMul", ["xq", "w"], ["y"], name="mm")]
     elif kind == "weight_only":  # the activation stays float: TensorRT runs the MatMul in float
         nodes = w_dq + [helper.make_node("MatMul", ["x", "w"], ["y"], name="mm")]
     elif kind == "moved":  # the DQ reaches the MatMul through a Reshape (as NNCF's attention does)
@@ -75,6 +78,7 @@ CASES = {
     "asym": ("zero_point", "rejected"),
     "int32_bias": ("int32", "int8"),
     "integer_op": ("integer_op", "rejected"),
+    "act_per_channel": (None, "float"),
 }
 
 
@@ -89,8 +93,9 @@ def test_rules_read_from_the_graph(kind):
 
 @pytest.fixture(scope="module")
 def built(tmp_path_factory):
-    """Every case built by TensorRT-RTX: kind -> (error or None, the datatypes the layers that run ``mm`` read,
-    from the build log)."""
+    """Every case built by TensorRT-RTX: kind -> (error or None, whether a GEMM layer running ``mm`` reads Int8,
+    from the build log). An INT8 GEMM is a ``gemm`` layer; a dequantized one a fused Cast/Mul/Fc layer that
+    reads Int8 (per-channel activation) or Float (weight-only) and computes in float."""
     pytest.importorskip("tensorrt_rtx_bindings")
     from qbench.backends.layer_report import parse_layers
     from qbench.backends.tensorrt import TensorRTBackend
@@ -108,22 +113,20 @@ def built(tmp_path_factory):
             out[kind] = (str(e), None)
             continue
         layers = [la for la in parse_layers(log) if "mm" in la.onnx_nodes]
-        out[kind] = (None, {d for la in layers for d in la.inputs})
+        out[kind] = (None, any(la.type == "gemm" and set(la.inputs) == {"Int8"} for la in layers))
     return out
 
 
 @pytest.mark.parametrize("kind", list(CASES))
 def test_rules_agree_with_tensorrt(built, kind):
-    error, dtypes = built[kind]
+    error, int8_gemm = built[kind]
     problem, outcome = CASES[kind]
     assert (error is not None) == (problem is not None), error
     if error is not None:  # and the parser's message, explained from the graph, names the same problem
         assert trt_rules.explain(error, _model(kind)).endswith(trt_rules.WHY[problem] + ".") or \
             trt_rules.WHY[problem] in trt_rules.explain(error, _model(kind))
-    elif outcome == "int8":  # a layer quantizes x, the GEMM reads it as Int8
-        assert dtypes == {"Float", "Int8"}
-    elif outcome == "float":  # weight-only: the one layer reads the Float activation (its Int8 weight a constant)
-        assert dtypes == {"Float"}
+    elif outcome in ("int8", "float"):
+        assert int8_gemm == (outcome == "int8")
 
 
 def test_explain_without_the_model():
