@@ -79,11 +79,18 @@ def key(fp32_sha: str, peer, sample_ids: list[str]) -> str:
     return hashlib.sha256(json.dumps([fp32_sha, peer.name, peer.options(), sample_ids]).encode()).hexdigest()[:16]
 
 
+def _renamed(info: dict) -> dict:
+    """The child's ``seconds`` as ``quantize_seconds``: a manifest entry's ``seconds`` is the whole variant's."""
+    if "seconds" in info:
+        info["quantize_seconds"] = info.pop("seconds")
+    return info
+
+
 def run_peer(peer, fp32: Path, out: Path, feeds: list[dict[str, np.ndarray]], base_dir: str = "") -> tuple[Path, dict]:
     """Quantize ``fp32`` with the peer into ``out`` (reused when it exists, with its recorded info)."""
     info_path = out.with_suffix(".json")
     if out.is_file() and info_path.is_file():
-        info = json.loads(info_path.read_text())
+        info = _renamed(json.loads(info_path.read_text()))
         return out, {**info, "peer_cache_hit": True, **describe({"model": out})}
     work = out.parent / f".{out.stem}.work"
     work.mkdir(parents=True, exist_ok=True)
@@ -108,7 +115,7 @@ def run_peer(peer, fp32: Path, out: Path, feeds: list[dict[str, np.ndarray]], ba
     if r.returncode != 0 or not tmp.is_file():
         last = next((ln for ln in reversed(r.stderr.strip().splitlines()) if ln.strip()), f"exit {r.returncode}")
         raise VariantFailed(one_line(f"{peer.id} failed (exit {r.returncode}; {work / 'stderr.txt'}): {last}"))
-    info = {"peer": peer.id, "peer_options": peer.options(), **json.loads(r.stdout.strip().splitlines()[-1])}
+    info = _renamed({"peer": peer.id, "peer_options": peer.options(), **json.loads(r.stdout.strip().splitlines()[-1])})
     os.replace(tmp, out)
     info_path.write_text(json.dumps(info))
     shutil.rmtree(work, ignore_errors=True)  # kept only when the peer failed: its stderr is the evidence

@@ -20,6 +20,7 @@ def _maker(info: dict, manifest: dict) -> str:
         return tool.strip()
     if kind == "external":
         p = info.get("producer") or {}
+        p = next(iter(p.values())) if p and all(isinstance(v, dict) for v in p.values()) else p  # per graph
         made = " ".join(x for x in (p.get("producer_name"), p.get("producer_version")) if x)
         return f"external ({made or 'producer not recorded'}), sha256 {info.get('artifact_sha256', '')[:12]}"
     if info.get("calibrator") in ("ort_dynamic", "ort_static"):
@@ -30,7 +31,10 @@ def _maker(info: dict, manifest: dict) -> str:
 def _cost(info: dict, manifest: dict) -> str:
     """Seconds (and peak MB where measured) that calibrating and quantizing this variant took."""
     if info.get("peer"):
-        return f"{info['seconds']:.0f} s, {info['peak_rss_mb'] / 1000:.1f} GB" if "peak_rss_mb" in info else ""
+        if "quantize_seconds" not in info:
+            return ""
+        cached = " (its cached run)" if info.get("peer_cache_hit") else ""
+        return f"{info['quantize_seconds']:.0f} s, {info['peak_rss_mb'] / 1000:.1f} GB{cached}"
     if info.get("kind") == "qbench":
         st = manifest.get("statistics", {}).get(info.get("calibration_set") or "default", {})
         if st.get("cache_hit"):

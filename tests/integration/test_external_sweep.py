@@ -176,6 +176,7 @@ def test_nncf_baseline(run, peers, minilm, kjv_web):
         pytest.skip("nncf is not installed (see the warning)")
     e = _entry(run, "nncf[performance]")
     assert e["status"] == "ok" and e["samples"] == N_CAL and e["versions"]["nncf"] == "3.4.0"
+    assert 0 < e["quantize_seconds"] < e["seconds"] and e["peak_rss_mb"] > 100  # the child's run, within the variant's
     art = Path(e["artifact"])
     assert _value(run, "nncf[performance]", "accuracy_at_1") == pytest.approx(_oracle_accuracy(art, minilm, kjv_web))
     # TensorRT-RTX builds it, every linear layer in Int8, as the graph's rules said.
