@@ -67,6 +67,24 @@ def test_bad_config_is_one_line(tmp_path, capsys, sweep, line):
     assert got.startswith(f"{p}: {line}"), got
 
 
+def test_translation_external_is_a_folder_of_two_graphs(tmp_path, capsys):
+    (tmp_path / "int8").mkdir()
+    (tmp_path / "int8" / "encoder.onnx").write_bytes(b"")
+    p = tmp_path / "t.yaml"
+    p.write_text(f"""
+name: t
+task: translation
+model: {{source: {ROOT}/examples/models/marian-en-es}}
+data: {{manifest: {ROOT}/datasets/bible_en_es.yaml}}
+sweep: {{external: [{{name: mine, path: int8}}]}}
+""")
+    got = _one_line(capsys, ConfigError.exit_code, "validate", p)
+    assert got == (f"{p}: sweep.external[0].path: {tmp_path / 'int8'} has no decoder.onnx (a translation variant "
+                   "is a folder holding encoder.onnx and decoder.onnx)")
+    (tmp_path / "int8" / "decoder.onnx").write_bytes(b"")
+    assert main(["validate", str(p)]) == 0
+
+
 def test_a_peer_that_is_not_installed_is_one_line_saying_how(tmp_path, capsys):
     # An interpreter that cannot see any installed package: this one, without its site-packages.
     py = tmp_path / "bare-python"
