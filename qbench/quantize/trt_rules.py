@@ -136,8 +136,10 @@ def _qdq_format(node: onnx.NodeProto, inits: dict, consts: dict, elem: dict) -> 
     tname = ACCEPTED_TYPES.get(dtype) or (TensorProto.DataType.Name(dtype).lower() if dtype else "unknown")
     nonzero = zp is not None and zp.dtype.kind in "iu" and bool(np.any(zp != 0))
     text = f"{tname}{f' zp={int(np.ravel(zp)[0])}' if nonzero else ''} {gran}"
+    if nonzero:  # whatever the type: the parser checks the zero point first
+        return text, "zero_point"
     if dtype == TensorProto.UINT8:  # parsed when symmetric (zero point 0): see the module's docstring
-        return (text, "zero_point") if nonzero else (text, "")
+        return text, ""
     if dtype == TensorProto.INT32:
         return text, "int32"
     if dtype not in ACCEPTED_TYPES:
@@ -163,6 +165,8 @@ def _element_types(model: onnx.ModelProto) -> dict[str, int]:
                 elem[n.output[0]] = t.data_type
         elif n.op_type == "DynamicQuantizeLinear":
             elem[n.output[0]] = TensorProto.UINT8
+        elif (n.op_type in MOVES or n.op_type == "Gather") and n.input and n.input[0] in elem:
+            elem.setdefault(n.output[0], elem[n.input[0]])  # data movement keeps the type
     return elem
 
 
@@ -230,9 +234,31 @@ def check(model: onnx.ModelProto) -> Report:
 _NODE = re.compile(r"with name: (\S+?) and operator: (\S+?)[ :]")
 
 
+def _stated(error: str) -> str:
+    """The cause the parser's message states itself, in words ('' when it states none)."""
+    low = error.lower()
+    if "zero point" in low or "zeropoint" in low:
+        return WHY["zero_point"]
+    if "no importer registered for op" in low or "unsupported operator" in low:
+        op = re.search(r"op: (\w+)", error)
+        return f"{op.group(1) if op else 'an operator'}: not an operator TensorRT's ONNX parser supports"
+    return ""
+
+
+def explain_recorded(error: str, why: str) -> str:
+    """A recorded explanation, with the cause the parser's message states put first where the graph reading
+    named another (the message is TensorRT's own word; the count of further refused nodes is kept)."""
+    stated = _stated(error)
+    if not stated or not why or stated in why:
+        return why
+    m = _NODE.search(error)
+    tail = why[why.rfind(" ("):] if why.endswith("refuse).") else "."
+    return f"{m.group(2)} {m.group(1)}: {stated}{tail}" if m else stated[0].upper() + stated[1:] + tail
+
+
 def explain(error: str, model: onnx.ModelProto | None = None) -> str:
     """A TensorRT parser error in words: what is wrong with the node it names, read from the model where it
-    is given, else from the message alone. '' when neither says."""
+    is given, else from the message alone (a cause the message states comes first). '' when neither says."""
     m = _NODE.search(error)
     if m and model is not None:
         name, op = m.group(1), m.group(2)
@@ -241,13 +267,10 @@ def explain(error: str, model: onnx.ModelProto | None = None) -> str:
         if hit:
             more = len(rep.refused) - 1
             tail = f" ({more} more node(s) the parser would refuse)" if more > 0 else ""
-            return f"{op} {name}: {hit['why']}{tail}."
-    low = error.lower()
-    if "zero point" in low or "zeropoint" in low:
-        return WHY["zero_point"][0].upper() + WHY["zero_point"][1:] + "."
-    if "no importer registered for op" in low or "unsupported operator" in low:
-        op = re.search(r"op: (\w+)", error)
-        return f"{op.group(1) if op else 'An operator'}: not an operator TensorRT's ONNX parser supports."
+            return explain_recorded(error, f"{op} {name}: {hit['why']}{tail}.")
+    stated = _stated(error)
+    if stated:
+        return stated[0].upper() + stated[1:] + "."
     if m and m.group(2) == "DequantizeLinear" and "bias" in m.group(1).lower():
         return WHY["int32"][0].upper() + WHY["int32"][1:] + "."
     return ""

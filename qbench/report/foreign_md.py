@@ -48,9 +48,9 @@ def _trt(info: dict) -> str:
     if not t:
         return ""
     if t.get("status") != "ok":
-        from qbench.quantize.trt_rules import WHY
+        from qbench.quantize.trt_rules import WHY, explain_recorded
 
-        why = t.get("why", "")
+        why = explain_recorded(t.get("error", ""), t.get("why", ""))
         return "refused: " + next((SHORT[k] for k, w in WHY.items() if w in why and k in SHORT), "parser error")
     by: dict[str, int] = {}
     for g in (t.get("graphs") or {}).values():

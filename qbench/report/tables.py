@@ -170,8 +170,11 @@ def trt_tables(manifest: dict) -> list[dict]:
         if not e:
             continue
         if e.get("status") != "ok":
-            out.append({"variant": vid, "graph": "", "error": e.get("error", ""), "why": e.get("why", ""),
-                        "hint": e.get("why") or trt_hint(e.get("error", ""), vid)})
+            from qbench.quantize.trt_rules import explain_recorded
+
+            why = explain_recorded(e.get("error", ""), e.get("why", ""))
+            out.append({"variant": vid, "graph": "", "error": e.get("error", ""), "why": why,
+                        "hint": why or trt_hint(e.get("error", ""), vid)})
             continue
         if _graphs(e) is None:
             out.append({"variant": vid, "graph": "", "error": _OLD_TRT, "hint": ""})
