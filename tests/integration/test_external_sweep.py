@@ -32,7 +32,7 @@ from qbench.data.manifest import load_split
 
 pytest.importorskip("tensorrt_rtx_bindings")
 ROOT = Path(__file__).resolve().parents[2]
-N_CAL, N_EVAL = 16, 32
+N_CAL, N_EVAL = 8, 16
 
 
 def _python_for(module: str, env_var: str) -> str | None:
@@ -73,7 +73,7 @@ def ort_model(minilm, kjv_web, tmp_path_factory) -> Path:
 
     out = tmp_path_factory.mktemp("external") / "ort.int8.onnx"
     tok = Tokenizer(minilm.tokenizer_dir, max_length=64)
-    texts = [s.text for s in load_split(kjv_web, "calibration")[:8]]
+    texts = [s.text for s in load_split(kjv_web, "calibration")[:4]]
     return ort_static(minilm.onnx_path, out, tok, texts)
 
 
