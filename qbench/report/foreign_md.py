@@ -66,7 +66,9 @@ def foreign_markdown(rows: list[dict], manifest: dict) -> list[str]:
         return []
     base = next((r for r in rows if r["variant"] == "fp32"), None)
     batches = list(rows[0]["lat"]) if rows else []
-    head = ["variant", "made by", "Δ acc@1 (pts)", "cos vs FP32", "size MB", "calibration cost",
+    bleu = any("d_bleu" in r for r in rows)  # translation: ΔBLEU in place of Δ accuracy@1 and cosine
+    head = ["variant", "made by", "ΔBLEU" if bleu else "Δ acc@1 (pts)", "chrF" if bleu else "cos vs FP32",
+            "size MB", "calibration cost",
             *(f"p50 ÷ FP32, {b}" for b in batches), "TensorRT-RTX linear layers"]
     lines = ["", "Side by side (every variant calibrated on the same samples; p50 latency on ONNX Runtime CPU "
              "÷ FP32's, timed side by side):",
@@ -78,7 +80,8 @@ def foreign_markdown(rows: list[dict], manifest: dict) -> list[str]:
         for b in batches:
             p, p0 = r["lat"][b][0], base["lat"][b][0] if base else None
             ratios.append(f"{p / p0:.2f}" if p is not None and p0 else "")
-        cells = [f"`{r['variant']}`", _maker(info, manifest), f(r.get("delta"), "+.2f"), f(r.get("cos"), ".4f"),
+        q = ((r.get("d_bleu") or {}).get("delta"), r.get("chrf"), ".2f") if bleu else (r.get("delta"), r.get("cos"), ".4f")
+        cells = [f"`{r['variant']}`", _maker(info, manifest), f(q[0], "+.2f"), f(q[1], q[2]),
                  f(r.get("size"), ".1f"), _cost(info, manifest), *ratios, _trt(info)]
         lines.append("| " + " | ".join(c.replace("|", "/") for c in cells) + " |")
     return lines
