@@ -14,11 +14,13 @@ Imports nothing of qbench beyond pydantic, so ``qbench.config.schema`` may use i
 
 from __future__ import annotations
 
+import difflib
 from pathlib import Path
-from typing import Literal
+from typing import Annotated, Any, Literal, Union
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Discriminator, Field, Tag, field_validator
 
+Baseline = Literal["fp32", "fp16", "ort_dynamic", "ort_static"]
 PEERS = ("nncf", "modelopt_int8")
 INSTALL = {"nncf": "pip install nncf==3.4.0 (it quantizes ONNX through onnx and onnxruntime; docs/external.md)",
            "modelopt_int8": "pip install 'nvidia-modelopt[onnx]==0.47.0' in a separate environment (it installs "
@@ -70,6 +72,37 @@ class ExternalCfg(_Strict):
     def resolved(self, base_dir: str) -> Path:
         p = Path(self.path).expanduser()
         return (p if p.is_absolute() else Path(base_dir) / p).resolve()
+
+
+def _baseline_kind(v: Any) -> str:
+    return "builtin" if isinstance(v, str) else "peer"
+
+
+# A name, or a peer quantizer with its options: the tag picks the branch, so an error names one branch only.
+BaselineEntry = Annotated[Union[Annotated[Baseline, Tag("builtin")], Annotated[PeerBaselineCfg, Tag("peer")]],
+                          Discriminator(_baseline_kind)]
+
+
+class ForeignSweepFields(_Strict):
+    """The fields of ``sweep`` this module owns (qbench.config.schema.SweepCfg inherits them)."""
+
+    baselines: list[BaselineEntry] = Field(
+        ["fp32", "ort_dynamic", "ort_static"], description="also the peer quantizers nncf and modelopt_int8, by "
+        "name or as {name: ..., <options>} (docs/external.md).")
+    external: list[ExternalCfg] = Field([], description="quantized models made elsewhere, as variants: {name, "
+                                        "path} each (docs/external.md)")
+
+    @field_validator("baselines", mode="before")
+    @classmethod
+    def _known_names(cls, v: Any) -> Any:
+        """Unknown names with a did-you-mean; a peer quantizer by name becomes its entry with default options."""
+        names = [*Baseline.__args__, *PEERS]
+        for x in v if isinstance(v, list) else []:
+            if isinstance(x, str) and x not in names:
+                close = difflib.get_close_matches(x, names, n=1)
+                raise ValueError(f"unknown baseline '{x}'" + (f" (did you mean '{close[0]}'?)" if close else "")
+                                 + f"; known: {', '.join(names)}")
+        return [{"name": x} if isinstance(x, str) and x in PEERS else x for x in v] if isinstance(v, list) else v
 
 
 def problems(cfg) -> list[str]:

@@ -8,13 +8,13 @@ from __future__ import annotations
 
 import difflib
 from pathlib import Path
-from typing import Annotated, Any, Literal, Union
+from typing import Any, Literal
 
-from pydantic import (BaseModel, ConfigDict, Discriminator, Field, Tag, ValidationError, field_validator,
-                      model_validator)
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from qbench.config.errors import ConfigError, one_line
-from qbench.config.external import PEERS, ExternalCfg, PeerBaselineCfg
+from qbench.config import external
+from qbench.config.external import ForeignSweepFields
 from qbench.config.messages import _loc, format_errors
 from qbench.util.io import read_yaml_mapping
 
@@ -87,25 +87,10 @@ class VariantCfg(Strict):
     calibration_set: str | None = Field(None, description="a data.calibration_sets name; default: the first set")
 
 
-Baseline = Literal["fp32", "fp16", "ort_dynamic", "ort_static"]
 ROLE_NAMES = ("layernorm", "softmax", "embeddings", "lm_head")
 
 
-def _baseline_kind(v: Any) -> str:
-    return "builtin" if isinstance(v, str) else "peer"
-
-
-# A name, or a peer quantizer with its options: the tag picks the branch, so an error names one branch only.
-BaselineEntry = Annotated[Union[Annotated[Baseline, Tag("builtin")], Annotated[PeerBaselineCfg, Tag("peer")]],
-                          Discriminator(_baseline_kind)]
-
-
-class SweepCfg(Strict):
-    baselines: list[BaselineEntry] = Field(
-        ["fp32", "ort_dynamic", "ort_static"], description="also the peer quantizers nncf and modelopt_int8, by "
-        "name or as {name: ..., <options>} (docs/external.md).")
-    external: list[ExternalCfg] = Field([], description="quantized models made elsewhere, as variants: {name, "
-                                        "path} each (docs/external.md)")
+class SweepCfg(ForeignSweepFields, Strict):  # baselines, external: qbench.config.external
     calibrators: list[dict[str, Any]] = Field([{"name": "minmax"}], description="{name: ..., <parameters>} each; "
                                               "crossed in the grid (qbench ls calibrators)")
     exclusion_sets: dict[str, ExclusionCfg] = Field({}, description="named exclusion sets; 'none' is built in")
@@ -142,8 +127,6 @@ class SweepCfg(Strict):
             return name
 
         out = dict(data)
-        if isinstance(data.get("baselines"), list):  # a peer quantizer by name: its default options
-            out["baselines"] = [{"name": b} if isinstance(b, str) and b in PEERS else b for b in data["baselines"]]
         if isinstance(data.get("exclusions"), list):
             out["exclusions"] = [name_of(x) for x in data["exclusions"]]
         if isinstance(data.get("extra"), list):
@@ -152,17 +135,6 @@ class SweepCfg(Strict):
         if sets:
             out["exclusion_sets"] = sets
         return out
-
-    @field_validator("baselines", mode="before")
-    @classmethod
-    def _known_names(cls, v: Any) -> Any:
-        names = [*Baseline.__args__, *PEERS]
-        for x in v if isinstance(v, list) else []:
-            if isinstance(x, str) and x not in names:
-                close = difflib.get_close_matches(x, names, n=1)
-                raise ValueError(f"unknown baseline '{x}'" + (f" (did you mean '{close[0]}'?)" if close else "")
-                                 + f"; known: {', '.join(names)}")
-        return v
 
     @field_validator("baselines")
     @classmethod
@@ -366,8 +338,6 @@ def _check_plugins(cfg: SweepConfig, file: str) -> list[str]:
                             f"'{v.calibration_set}' (defined: {', '.join(cfg.data.sets())})")
     problems += _instantiate(registry.weight_rules, cfg.calibration.weights, ("calibration", "weights"), file)
     problems += _check_task(cfg, file)
-    from qbench.config import external
-
     problems += [f"{file}: {p}" for p in external.problems(cfg)]
     known = ["none", "auto", *cfg.sweep.exclusion_sets]
     uses_auto = "auto" in cfg.sweep.exclusions or any(v.exclusion == "auto" for v in cfg.sweep.extra)
