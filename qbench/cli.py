@@ -66,9 +66,11 @@ changed (CONFIG defaults to the run's own).
   qbench compare reports/example reports/example-minilm-trt
   qbench compare reports/example reports/example-minilm-trt --metric accuracy_at_1 --metric size_mb
 """),
-    "inspect": ("list a model's MatMul/Gemm nodes and its structural roles (exclusion targets)", """
+    "inspect": ("list a model's MatMul/Gemm nodes and its structural roles (exclusion targets); of a Q/DQ model, "
+                "each MatMul's quantization format and whether TensorRT accepts it", """
   qbench inspect .qbench-cache/models/<key>/model.onnx
   qbench inspect .qbench-cache/models/<key>/decoder.onnx --json
+  qbench inspect model.int8.onnx          # a quantized model (NNCF, ModelOpt, ONNX Runtime, qbench): per MatMul
 """),
     "cache": ("show what the content cache holds; --prune removes the artifacts no kept run needs", """
   qbench cache                                                   # .qbench-cache, or $QBENCH_CACHE
@@ -122,6 +124,8 @@ def _parser() -> argparse.ArgumentParser:
     r = add("report")
     r.add_argument("run_dir")
     r.add_argument("--markdown", action="store_true", help="print the variant table as Markdown instead")
+    r.add_argument("--side-by-side", action="store_true", help="with --markdown: only the side-by-side table of "
+                   "a run holding external or peer-quantized variants")
     g = add("gate")
     g.add_argument("run_dir")
     g.add_argument("--variant", help="default: the run's exclude: auto variant, if it has exactly one")
@@ -303,6 +307,11 @@ def _inspect(path: str, as_json: bool) -> int:
     from qbench.quantize.nodes import quantizable_nodes, roles_as_json
 
     model = load_model(Path(path))
+    from qbench.quantize import trt_rules
+
+    if any(n.op_type in trt_rules.QDQ or n.op_type in trt_rules.INTEGER_OPS for n in model.graph.node):
+        print(trt_rules.format_report(trt_rules.check(model), as_json))  # a quantized model: its Q/DQ, TensorRT's rules
+        return 0
     roles = find_roles(model)
     nodes = quantizable_nodes(model, roles)
     if as_json:
@@ -360,7 +369,7 @@ def _dispatch(args) -> int:
     if args.cmd == "report":
         from qbench.report.render import markdown, render
 
-        print(markdown(Path(args.run_dir)) if args.markdown else render(Path(args.run_dir)))
+        print(markdown(Path(args.run_dir), args.side_by_side) if args.markdown else render(Path(args.run_dir)))
         return 0
     if args.cmd == "sweep" and args.config is None:
         if not args.resume:

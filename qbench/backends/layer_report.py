@@ -74,8 +74,10 @@ def linear_flops_per_token(model) -> dict[str, int]:
     from onnx import numpy_helper
 
     inits = {t.name: t for t in model.graph.initializer}
-    # A weight may reach the MatMul through DequantizeLinear and/or a Cast (the fp16 baseline's copies).
-    src = {n.output[0]: n.input[0] for n in model.graph.node if n.op_type in ("DequantizeLinear", "Cast")}
+    # A weight may reach the MatMul through DequantizeLinear and/or a Cast (the fp16 baseline's copies), or
+    # through a QuantizeLinear of a float weight (ModelOpt keeps weights float behind a Q/DQ pair).
+    src = {n.output[0]: n.input[0] for n in model.graph.node
+           if n.op_type in ("DequantizeLinear", "Cast", "QuantizeLinear")}
     out = {}
     for n in model.graph.node:
         if n.op_type in LINEAR_OPS and len(n.input) > 1:

@@ -16,7 +16,7 @@ import json
 import re
 import types
 import typing
-from typing import Any, Literal, Union
+from typing import Annotated, Any, Literal, Union
 
 import annotated_types as at
 from pydantic import BaseModel
@@ -83,6 +83,7 @@ def _join(path: str, name: str) -> str:
 def _models_in(ann: Any, path: str) -> list[tuple[type[BaseModel], str]]:
     """The models reachable from one annotation, with the path each lives at (``[]`` list item, ``<name>``
     mapping value)."""
+    ann = _bare(ann)
     if _is_model(ann):
         return [(ann, path)]
     origin, args = typing.get_origin(ann), typing.get_args(ann)
@@ -147,7 +148,13 @@ def _slug(title: str) -> str:
     return re.sub(r"[^\w\- ]", "", title.lower()).replace(" ", "-")
 
 
+def _bare(ann: Any) -> Any:
+    """The type inside ``Annotated[...]`` (a tagged union's branches), else the annotation itself."""
+    return typing.get_args(ann)[0] if typing.get_origin(ann) is Annotated else ann
+
+
 def _type(ann: Any, where: dict) -> str:
+    ann = _bare(ann)
     if ann is type(None):
         return "null"
     if ann is Any:
@@ -175,6 +182,7 @@ def _scalar(t: Any) -> str:
 
 
 def _literals(ann: Any) -> list:
+    ann = _bare(ann)
     if typing.get_origin(ann) is Literal:
         return list(typing.get_args(ann))
     return [v for a in typing.get_args(ann) for v in _literals(a)]

@@ -12,9 +12,14 @@ from typing import Any
 from pydantic import BaseModel, ValidationError
 
 
+UNION_TAGS = ("builtin", "peer")
+
+
 def _loc(loc: tuple) -> str:
     out = ""
     for part in loc:
+        if part in UNION_TAGS:  # a tagged union's branch (sweep.baselines), not a key the user wrote
+            continue
         out += f"[{part}]" if isinstance(part, int) else (f".{part}" if out else str(part))
     return out or "(top level)"
 

@@ -14,6 +14,8 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 from qbench.config.errors import ConfigError, one_line
 from qbench.config.lm import LmCfg
+from qbench.config import external
+from qbench.config.external import ForeignSweepFields
 from qbench.config.messages import _loc, format_errors
 from qbench.config.transforms import TransformCfg, expand_transforms
 from qbench.util.io import read_yaml_mapping
@@ -97,12 +99,10 @@ class VariantCfg(Strict):
         return {"name": v} if isinstance(v, str) else v
 
 
-Baseline = Literal["fp32", "fp16", "ort_dynamic", "ort_static"]
 ROLE_NAMES = ("layernorm", "softmax", "embeddings", "lm_head", "mlp_gate")
 
 
-class SweepCfg(Strict):
-    baselines: list[Baseline] = ["fp32", "ort_dynamic", "ort_static"]
+class SweepCfg(ForeignSweepFields, Strict):  # baselines, external: qbench.config.external
     calibrators: list[dict[str, Any]] = Field([{"name": "minmax"}], description="{name: ..., <parameters>} each; "
                                               "crossed in the grid (qbench ls calibrators)")
     exclusion_sets: dict[str, ExclusionCfg] = Field({}, description="named exclusion sets; 'none' is built in")
@@ -364,6 +364,7 @@ def _check_plugins(cfg: SweepConfig, file: str) -> list[str]:
                             f"'{v.calibration_set}' (defined: {', '.join(cfg.data.sets())})")
     problems += _instantiate(registry.weight_rules, cfg.calibration.weights, ("calibration", "weights"), file)
     problems += _check_task(cfg, file)
+    problems += [f"{file}: {p}" for p in external.problems(cfg)]
     known = ["none", "auto", *cfg.sweep.exclusion_sets]
     uses_auto = "auto" in cfg.sweep.exclusions or any(v.exclusion == "auto" for v in cfg.sweep.extra)
     if uses_auto and cfg.gate is None:

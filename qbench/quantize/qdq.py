@@ -326,6 +326,11 @@ def verify_scales(model: onnx.ModelProto, table: CalibrationTable, fp32: onnx.Mo
 def op_counts(model: onnx.ModelProto) -> dict[str, Counter]:
     """Per op type, how many nodes run quantized (read a DQ output, or are integer ops) and how many float."""
     dq_out = {o for n in model.graph.node if n.op_type == "DequantizeLinear" for o in n.output}
+    from qbench.quantize.trt_rules import MOVES
+
+    for n in model.graph.node:  # a DQ seen through data-movement ops (NNCF's Transpose/Reshape) still quantizes
+        if n.op_type in MOVES and n.input and n.input[0] in dq_out:
+            dq_out.update(n.output)
     quant: Counter = Counter()
     flt: Counter = Counter()
     for n in model.graph.node:

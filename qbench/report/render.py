@@ -295,8 +295,9 @@ def render(run_dir: str | Path) -> Path:
     return atomic_write_text(run_dir / "report.html", html)
 
 
-def markdown(run_dir: str | Path) -> str:
-    """The leaderboard as a Markdown table, for READMEs and pull requests (numbers straight from the run)."""
+def markdown(run_dir: str | Path, side_by_side: bool = False) -> str:
+    """The leaderboard as a Markdown table, for READMEs and pull requests (numbers straight from the run);
+    ``side_by_side``: only the table of qbench.report.foreign_md."""
     from qbench.report.results import load
 
     df, manifest = load(Path(run_dir))
@@ -304,7 +305,11 @@ def markdown(run_dir: str | Path) -> str:
     task = task_for(manifest)
     rows = task.leaderboard(df, manifest)
     _decided(rows, verdict(df, manifest, _samples(Path(run_dir))))
-    return "\n".join([task.markdown_table(df, manifest, rows), *search])
+    from qbench.report.foreign_md import foreign_markdown
+
+    if side_by_side:
+        return "\n".join(foreign_markdown(rows, manifest)[1:]) or "(no external or peer-quantized variant in this run)"
+    return "\n".join([task.markdown_table(df, manifest, rows), *foreign_markdown(rows, manifest), *search])
 
 
 def _decided(rows: list[dict], vd: dict) -> None:

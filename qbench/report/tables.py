@@ -170,7 +170,12 @@ def trt_tables(manifest: dict) -> list[dict]:
         if not e:
             continue
         if e.get("status") != "ok":
-            out.append({"variant": vid, "graph": "", "error": e.get("error", ""), "hint": trt_hint(e.get("error", ""), vid)})
+            from qbench.quantize.trt_rules import explain_recorded
+
+            why = explain_recorded(e.get("error", ""), e.get("why", ""))
+            out.append({"variant": vid, "graph": "", "error": e.get("error", ""), "why": why,
+                        # what the graph shows, then the advice for the known producers (u8s8, ORT's quantizers)
+                        "hint": " ".join(x for x in (why, trt_hint(e.get("error", ""), vid)) if x)})
             continue
         if _graphs(e) is None:
             out.append({"variant": vid, "graph": "", "error": _OLD_TRT, "hint": ""})

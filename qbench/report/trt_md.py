@@ -28,4 +28,7 @@ def trt_markdown(rows: list[dict]) -> list[str]:
             cells = [f"`{r['variant']}`", r["graph"], r["dtypes"], f"{r['share']:.0f}%", held,
                      f"{r['engine_mb']:.1f}", f"{r['build_s']:.1f}"]
         lines.append("| " + " | ".join(cells) + " |")
+    why = [f"- `{r['variant']}`: {r['why']}" for r in rows if r.get("why")]
+    if why:  # runs that recorded why their builds failed (qbench.quantize.trt_rules)
+        lines += ["", "Why the parser refused them:", "", *why]
     return lines

@@ -64,6 +64,8 @@ def needed_by(runs: list[Path], cache: Path) -> set[Path]:
         for e in _manifest(Path(run)).get("variants", {}).values():
             if e.get("artifact"):
                 keep.add(Path(e["artifact"]).resolve())
+                # a peer quantizer's record of its run beside its output (qbench.quantize.foreign)
+                keep.add(Path(e["artifact"]).with_suffix(".json").resolve())
             if e.get("artifact_sha256"):
                 keys.add(engine_key(e["artifact_sha256"]))
     engines = cache / "engines"

@@ -65,6 +65,9 @@ def run_sweep(cfg: SweepConfig, out_root: Path | None = None, resume: Path | Non
     from qbench.run.context import prepare
 
     executors.check(cfg)
+    from qbench.quantize import foreign
+
+    foreign.check(cfg)  # a peer quantizer that is not installed: one line saying how, before any work
     prev = None
     if resume is not None:
         prev = resuming.load(resume)

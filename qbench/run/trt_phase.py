@@ -138,6 +138,20 @@ def gpu_latency_rows(ctx, v, entry: dict) -> list[tuple[str, str, float, str]]:
     return ctx.task.gpu_latency_rows(ctx, {g: Path(e["engine"]) for g, e in entry["graphs"].items()})
 
 
+def parser_error_why(ctx, artifact: Path, error: str) -> str:
+    """A failed build's parser message in words, read from the graph it names (qbench.quantize.trt_rules)."""
+    from qbench.quantize.qdq import load_model
+    from qbench.quantize.trt_rules import explain
+
+    try:
+        for graph, path in ctx.task.graphs(Path(artifact)).items():
+            if error.startswith(f"{graph}:"):
+                return explain(error, load_model(path))
+    except Exception:  # noqa: BLE001 - the explanation is a courtesy; the failure is recorded either way
+        return explain(error)
+    return explain(error)
+
+
 def run(ctx, variants: dict, artifacts: dict[str, Path], rows: list[dict], flush) -> None:
     """Build every finished variant's engines; append their rows; ``flush()`` after each variant."""
     from qbench.backends.trt_runtime import gpu_available
@@ -170,6 +184,9 @@ def run(ctx, variants: dict, artifacts: dict[str, Path], rows: list[dict], flush
                                     status="not_run_here")
         except Exception as e:  # a failing build is this variant's failed row; the sweep goes on
             entry = {"status": "failed", "error": first_line(e, None)}
+            why = parser_error_why(ctx, art, entry["error"])
+            if why:
+                entry["why"] = why
             if not isinstance(e, QbenchError):  # a bug: keep its traceback
                 entry["traceback"] = traceback.format_exc()
                 traceback.print_exc()

@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from qbench.calib import Calibrator
+from qbench.config.external import PeerBaselineCfg
 from qbench.config.schema import ExclusionCfg, SweepConfig, build_plugin
 from qbench.config.transforms import TransformCfg
 
@@ -12,8 +13,8 @@ from qbench.config.transforms import TransformCfg
 @dataclass(frozen=True)
 class Variant:
     id: str
-    kind: str                       # "baseline" | "qbench"
-    baseline: str = ""              # fp32 | ort_dynamic | ort_static
+    kind: str                       # "baseline" | "qbench" | "external"
+    baseline: str = ""              # fp32 | fp16 | ort_dynamic | ort_static | nncf | modelopt_int8
     calibrator: Calibrator | None = None
     exclusion: str = "none"
     exclusion_cfg: ExclusionCfg = field(default_factory=ExclusionCfg)
@@ -22,9 +23,16 @@ class Variant:
     calib_set: str = "default"
     transform: TransformCfg = field(default_factory=TransformCfg)  # an FP32 graph rewrite before Q/DQ
     embeddings: str = "float"       # float | int8 (weight-only Gather tables)
+    path: str = ""                  # external: the model file (or folder) as given, resolved
+    peer: PeerBaselineCfg | None = None  # nncf / modelopt_int8: the options it runs with
 
     def signature(self, calib_set: str) -> str:
         """sacrebleu-style provenance string carried by every score of this variant."""
+        if self.kind == "external":
+            return f"external:{self.path}|be:{self.backend}"
+        if self.peer is not None:
+            opts = ",".join(f"{k}={v}" for k, v in self.peer.options().items())
+            return f"baseline:{self.baseline}[{opts}]|set:{calib_set}|be:{self.backend}"
         if self.kind == "baseline":
             return f"baseline:{self.baseline}|be:{self.backend}"
         assert self.calibrator is not None
@@ -37,7 +45,8 @@ class Variant:
         return {
             "variant": self.id,
             "kind": self.kind,
-            "calibrator": self.calibrator.signature() if self.calibrator else self.baseline,
+            "calibrator": (self.calibrator.signature() if self.calibrator else
+                           self.peer.id if self.peer else "external" if self.kind == "external" else self.baseline),
             "exclusion": self.exclusion if self.kind == "qbench" else "",
             "flavor": self.flavor,
             "backend": self.backend,
@@ -53,10 +62,14 @@ def expand(cfg: SweepConfig) -> list[Variant]:
     be = cfg.backend.name
     # The fp16 baseline carries the nodes it keeps in FP32 as its exclusion, so the TensorRT layer
     # report checks them like any other exclusion.
+    sets = list(cfg.data.sets())
     out = [Variant(id=b, kind="baseline", baseline=b, backend=be,
                    exclusion_cfg=cfg.sweep.fp16_keep_fp32 if b == "fp16" else ExclusionCfg())
+           if isinstance(b, str) else
+           Variant(id=b.id, kind="baseline", baseline=b.name, backend=be, peer=b, calib_set=sets[0])
            for b in cfg.sweep.baselines]
-    sets = list(cfg.data.sets())
+    out += [Variant(id=e.name, kind="external", baseline="", backend=be, path=str(e.resolved(cfg.base_dir)))
+            for e in cfg.sweep.external]
     combos = [
         (c, ex, fl, cs, tf, emb)
         for cs in sets

@@ -162,6 +162,8 @@ class RetrievalTask(Task):
         msha = ctx.manifest["model"]["onnx_sha256"][:16]
         if v.baseline == "fp32":
             return ctx.fp32, {}
+        if v.kind == "external" or v.peer is not None:
+            return self.foreign_variant(ctx, v, out_dir)
         if v.baseline == "ort_dynamic":
             return baselines.ort_dynamic(ctx.fp32, out_dir / f"{msha}-ort_dynamic.onnx"), {}
         if v.baseline == "fp16":
@@ -197,6 +199,19 @@ class RetrievalTask(Task):
                      "table": tfile, "quantized_tensors": len(rep.quantized_tensors),
                      "excluded_nodes": rep.excluded_nodes, "warnings": rep.warnings,
                      **({"transform": tinfo} if tinfo else {}), **({"embeddings": v.embeddings} if v.embeddings != "float" else {})}
+
+    def foreign_variant(self, ctx, v, out_dir: Path) -> tuple[Path, dict]:
+        """An external model as given, or a peer quantizer's output on the sweep's calibration samples (one
+        unpadded sample per feed, as the statistics pass and ort_static see them)."""
+        from qbench.quantize import foreign
+
+        if v.kind == "external":
+            return foreign.external(v.path, {"model": Path(v.path)})
+        samples = ctx.calib_sets[v.calib_set]
+        out = out_dir / f"{foreign.key(ctx.manifest['model']['onnx_sha256'], v.peer, [s.id for s in samples])}.onnx"
+        log(f"{v.id}: {v.peer.name} quantizes the FP32 model on {len(samples)} calibration samples (child process)")
+        return foreign.run_peer(v.peer, ctx.fp32, out, [ctx.tokenizer.encode_batch([s.text]) for s in samples],
+                                ctx.cfg.base_dir)
 
     def evaluate(self, ctx, v, artifact: Path) -> list[tuple[str, str, float, str]]:
         """Quality and structure of one variant. Latency is measured later, side by side (the runner's latency

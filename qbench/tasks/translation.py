@@ -182,6 +182,10 @@ def build_variant(ctx, v: Variant, out_root: Path | None = None) -> tuple[Path, 
     msha = ctx.manifest["model"]["onnx_sha256"][:16]
     if v.baseline == "fp32":
         return ctx.fp32, {}
+    if v.kind == "external":  # a folder holding encoder.onnx and decoder.onnx, as given
+        from qbench.quantize import foreign
+
+        return foreign.external(v.path, {c: Path(v.path) / f"{c}.onnx" for c in COMPONENTS})
     if v.baseline == "ort_dynamic":
         d = out_root / f"{msha}-ort_dynamic"
         d.mkdir(parents=True, exist_ok=True)
