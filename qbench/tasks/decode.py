@@ -1,6 +1,10 @@
 """Decoding for the translation task: sources with their prefix, target token ids, an encoder/decoder pair of
 ONNX Runtime sessions as a Generator, and batched translation. What the task's evaluation, calibration and
-search scorer all decode with."""
+search scorer all decode with.
+
+Greedy decoding runs the decoder split in two (``qbench.models.fast_greedy``): the cross-attention keys and
+values once per sentence, the rest once per token. The whole decoder graph is opened only when something
+needs it (beam search, teacher forcing)."""
 
 from __future__ import annotations
 
@@ -23,19 +27,47 @@ def _target_ids(ctx, texts: list[str]) -> list[list[int]]:
 
 def generator(ctx, art_dir: Path):
     from qbench.backends.ort import OrtSession
+    from qbench.models.fast_greedy import FastGreedy
     from qbench.models.generate import Generator
 
     threads = ctx.cfg.backend.threads
     prov = ["CPUExecutionProvider"]
-    return Generator(OrtSession(Path(art_dir) / "encoder.onnx", threads, prov),
-                     OrtSession(Path(art_dir) / "decoder.onnx", threads, prov), ctx.spec)
+    dec = Path(art_dir) / "decoder.onnx"
+    fast = FastGreedy.load(dec, threads, ctx.spec.num_layers)
+    decoder = OrtSession(dec, threads, prov) if fast is None else DeferredSession(dec, threads, prov, fast)
+    return Generator(OrtSession(Path(art_dir) / "encoder.onnx", threads, prov), decoder, ctx.spec, fast)
+
+
+class DeferredSession:
+    """The whole decoder as an ``OrtSession`` that loads on its first ``infer``: greedy decoding through the
+    split graphs never needs it. The names come from the graph that the split read."""
+
+    def __init__(self, path: Path, threads: int, providers: list[str], fast) -> None:
+        self._args, self._sess = (path, threads, providers), None
+        self.input_names, self.output_names = list(fast.input_names), list(fast.output_names)
+
+    def infer(self, feeds: dict[str, np.ndarray]) -> list[np.ndarray]:
+        if self._sess is None:
+            from qbench.backends.ort import OrtSession
+
+            self._sess = OrtSession(*self._args)
+        return self._sess.infer(feeds)
+
+    def close(self) -> None:
+        self._sess = None
+
+
+def token_order(ctx, texts: list[str]) -> list[int]:
+    """Indices of ``texts`` by token count (then position): batches of similar length pad least."""
+    lengths = [int(m.sum()) for m in ctx.tokenizer.encode_batch(texts)["attention_mask"]] if texts else []
+    return sorted(range(len(texts)), key=lambda i: (lengths[i], i))
 
 
 def translate(ctx, gen, samples) -> list[str]:
-    """Decode every sample, in batches of similar source length (less padding), results in input order."""
+    """Decode every sample, in batches of similar source length in tokens, results in input order."""
     g = ctx.cfg.generation
     texts = sources(ctx, samples)
-    order = sorted(range(len(texts)), key=lambda i: len(texts[i]))
+    order = token_order(ctx, texts)
     out: dict[int, str] = {}
     with progress.task("decoding", total=len(texts), unit="sample") as t:
         for k in range(0, len(order), g.batch_size):

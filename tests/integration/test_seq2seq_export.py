@@ -263,6 +263,38 @@ def test_greedy_matches_transformers_generate_exactly(case: Case) -> None:
     assert min(lengths) < MAX_NEW_TOKENS and max(lengths) == MAX_NEW_TOKENS, lengths
 
 
+def test_split_decoder_greedy_equals_the_whole_decoder(case: Case) -> None:
+    """The decoder split in two (cross-attention K/V once per sentence, the rest per token), decoded with IO
+    binding and finished rows dropped: the same ids as the loop over the whole graph and as HF generate."""
+    from qbench.models.fast_greedy import FastGreedy
+
+    spec, layers = case.spec, DIMS[case.family][0]
+    fast = FastGreedy.load(spec.decoder_path, 1, spec.num_layers)
+    assert fast is not None and fast.row_independent
+    # Exactly the K and V projections of each cross-attention layer leave the step graph, and nothing else does.
+    moved = [n for n in fast.split.cross.graph.node if n.op_type == "MatMul"]
+    assert len(moved) == 2 * layers and all("encoder_attn" in n.name or "EncDecAttention" in n.name
+                                            for n in moved), [n.name for n in moved]
+    assert len(fast.boundary) >= 2 * layers  # T5 also reads the key length off layer 0's keys
+    step_matmuls = [n for n in fast.split.step.graph.node if n.op_type == "MatMul"]
+    whole = [n for n in onnx_nodes(spec.decoder_path) if n.op_type == "MatMul"]
+    assert len(step_matmuls) + len(moved) == len(whole)
+    assert spec.decoder_split_max_abs_diff is not None and spec.decoder_split_max_abs_diff <= ATOL
+    split_gen = Generator(case.generator.encoder, case.generator.decoder, spec, fast)
+    eos = set(spec.eos_token_ids)
+    for seed in range(4):
+        ids, mask = random_sources(spec, seed=seed)
+        got = split_gen.generate(ids, mask, max_new_tokens=MAX_NEW_TOKENS)
+        assert got == case.generator.generate(ids, mask, max_new_tokens=MAX_NEW_TOKENS), seed
+        assert got == hf_generate(case.model, ids, mask, eos, num_beams=1), seed
+
+
+def onnx_nodes(path: Path) -> list:
+    import onnx
+
+    return list(onnx.load(str(path)).graph.node)
+
+
 def test_beam_search_agrees_with_transformers_generate(case: Case) -> None:
     eos = set(case.spec.eos_token_ids)
     agree = total = 0
