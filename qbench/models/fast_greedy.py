@@ -23,6 +23,8 @@ from qbench.models.decoder_split import ROOT, split_decoder
 from qbench.models.layout import past_names, present_names
 
 MASK = "encoder_attention_mask"
+INTEGER_OPS = {"QuantizeLinear", "DynamicQuantizeLinear", "MatMulInteger", "QLinearMatMul", "MatMulIntegerToFloat",
+               "DynamicQuantizeMatMul", "ConvInteger", "QLinearConv"}
 
 
 def _session(model: Any, threads: int) -> Any:
@@ -50,10 +52,12 @@ class FastGreedy:
         names = {i.name for i in self.step.get_inputs()}
         self._sentence = [n for n in (ROOT, MASK, *self.boundary) if n in names]
         self._outputs = [o.name for o in self.step.get_outputs()]
-        # Rows are dropped when they finish only where no operator mixes rows: dynamic quantization takes one
-        # scale over the whole batch (ort_dynamic), so its survivors would see other numbers.
+        # Finished rows leave the batch only in float graphs. Dynamic quantization (ort_dynamic) takes one scale
+        # over the whole batch; and ONNX Runtime's INT8 kernels on an AVX2 CPU gave one sentence in 200 other ids
+        # in a smaller batch (benchmarks/decode_speed.py, Q/DQ model), so integer graphs keep every row, as the
+        # loop over the whole graph does, and decode to the same ids as it.
         ops = {n.op_type for n in (*split.step.graph.node, *split.cross.graph.node)}
-        self.row_independent = not ops & {"DynamicQuantizeLinear", "DynamicQuantizeMatMul"}
+        self.row_independent = not ops & INTEGER_OPS
 
     @classmethod
     def load(cls, decoder_path: Path, threads: int, num_layers: int) -> "FastGreedy | None":

@@ -57,17 +57,11 @@ class DeferredSession:
         self._sess = None
 
 
-def token_order(ctx, texts: list[str]) -> list[int]:
-    """Indices of ``texts`` by token count (then position): batches of similar length pad least."""
-    lengths = [int(m.sum()) for m in ctx.tokenizer.encode_batch(texts)["attention_mask"]] if texts else []
-    return sorted(range(len(texts)), key=lambda i: (lengths[i], i))
-
-
 def translate(ctx, gen, samples) -> list[str]:
-    """Decode every sample, in batches of similar source length in tokens, results in input order."""
+    """Decode every sample, in batches of similar source length (less padding), results in input order."""
     g = ctx.cfg.generation
     texts = sources(ctx, samples)
-    order = token_order(ctx, texts)
+    order = sorted(range(len(texts)), key=lambda i: len(texts[i]))
     out: dict[int, str] = {}
     with progress.task("decoding", total=len(texts), unit="sample") as t:
         for k in range(0, len(order), g.batch_size):
