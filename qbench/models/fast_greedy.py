@@ -53,9 +53,9 @@ class FastGreedy:
         self._sentence = [n for n in (ROOT, MASK, *self.boundary) if n in names]
         self._outputs = [o.name for o in self.step.get_outputs()]
         # Finished rows leave the batch only in float graphs. Dynamic quantization (ort_dynamic) takes one scale
-        # over the whole batch; and ONNX Runtime's INT8 kernels on an AVX2 CPU gave one sentence in 200 other ids
-        # in a smaller batch (benchmarks/decode_speed.py, Q/DQ model), so integer graphs keep every row, as the
-        # loop over the whole graph does, and decode to the same ids as it.
+        # over the whole batch; and with ONNX Runtime's INT8 kernels on an AVX2 CPU a Q/DQ model's row does not
+        # always get the same numbers in a smaller batch (a test sentence of benchmarks/decode_speed.py changed
+        # its ids), so integer graphs keep every row, as the whole-graph loop does, and decode to its ids.
         ops = {n.op_type for n in (*split.step.graph.node, *split.cross.graph.node)}
         self.row_independent = not ops & INTEGER_OPS
 

@@ -289,6 +289,45 @@ def test_split_decoder_greedy_equals_the_whole_decoder(case: Case) -> None:
         assert got == hf_generate(case.model, ids, mask, eos, num_beams=1), seed
 
 
+@pytest.mark.parametrize("case", ["marian"], indirect=True)
+def test_split_of_a_qdq_decoder_decodes_like_the_whole_qdq_graph(case: Case, tmp_path: Path) -> None:
+    """A Q/DQ decoder built by qbench (MinMax ranges from teacher-forced random batches): the cross graph holds
+    only the quantization of encoder_hidden_states, the Q/DQ pairs in front of the attention MatMuls stay in
+    the step graph, integer graphs keep finished rows, and the ids equal the whole Q/DQ graph's."""
+    from calibrators.minmax import MinMax
+    from qbench.calib import stats as st
+    from qbench.config.schema import ExclusionCfg
+    from qbench.models.fast_greedy import FastGreedy
+    from qbench.quantize.qdq import build_qdq, calibration_tensors, load_model
+
+    spec, gen = case.spec, case.generator
+    rng = np.random.default_rng(5)
+
+    def feeds():
+        for seed in range(3):
+            ids, mask = random_sources(spec, seed=400 + seed)
+            targets = [list(rng.integers(2, spec.vocab_size - 1, size=6)) for _ in range(len(ids))]
+            df = gen.teacher_forced(ids, mask, targets)
+            yield {**df.feeds, "target_mask": df.token_mask.astype(np.int64)}
+
+    tensors = calibration_tensors(load_model(spec.decoder_path))
+    table = MinMax().table(st.collect(spec.decoder_path, tensors, feeds(), 2048, 1, mask_input="target_mask",
+                                      seq_inputs=["input_ids"]))
+    qdq = tmp_path / "decoder.onnx"
+    build_qdq(spec.decoder_path, table, ExclusionCfg(), "s8s8", qdq)
+    fast = FastGreedy.load(qdq, 1, spec.num_layers)
+    assert fast is not None and not fast.row_independent
+    cross_q = [n for n in fast.split.cross.graph.node if n.op_type == "QuantizeLinear"]
+    assert cross_q and all(n.input[0] == "encoder_hidden_states" for n in cross_q)
+    step_attn = [n for n in fast.split.step.graph.node if n.op_type == "MatMul" and "encoder_attn/MatMul" in n.name]
+    assert len(step_attn) == 2 * spec.num_layers
+    whole = Generator(gen.encoder, OrtSession(qdq, 1, ["CPUExecutionProvider"]), spec)
+    split = Generator(gen.encoder, whole.decoder, spec, fast)
+    for seed in range(3):
+        ids, mask = random_sources(spec, seed=seed)
+        assert split.generate(ids, mask, MAX_NEW_TOKENS) == whole.generate(ids, mask, MAX_NEW_TOKENS), seed
+
+
 def onnx_nodes(path: Path) -> list:
     import onnx
 
