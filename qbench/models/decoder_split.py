@@ -47,6 +47,8 @@ def split_decoder(model: Any) -> DecoderSplit | None:
     g = model.graph
     if ROOT not in {i.name for i in g.input}:
         return None
+    if any(a.type in (onnx.AttributeProto.GRAPH, onnx.AttributeProto.GRAPHS) for n in g.node for a in n.attribute):
+        return None  # control flow: a subgraph may read outer tensors that this walk does not see
     const = {i.name for i in g.initializer} | {""}
     shape_like: set[str] = set()
     sentence = {ROOT}
@@ -76,11 +78,8 @@ def split_decoder(model: Any) -> DecoderSplit | None:
         if idx in moved:
             continue
         boundary += [t for t in n.input if t in made_by_moved and t not in boundary]
-    boundary += [t for t in graph_outputs if t in made_by_moved and t not in boundary]
-
     types = _types(model)
-    missing = [t for t in boundary if t not in types]
-    if missing:
+    if graph_outputs & made_by_moved or any(t not in types for t in boundary):
         return None
 
     def value_info(name: str) -> Any:
@@ -108,7 +107,7 @@ def split_decoder(model: Any) -> DecoderSplit | None:
         if g.initializer[k].name not in used:
             del g.initializer[k]
     del g.value_info[:]
-    hoisted_names = tuple(n.name for n in (cross_nodes) if n.output[0] in made_by_moved)
+    hoisted_names = tuple(n.name for n in cross_nodes if n.output[0] in made_by_moved)
     return DecoderSplit(cross, model, tuple(boundary), hoisted_names)
 
 

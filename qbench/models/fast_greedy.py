@@ -131,6 +131,19 @@ class FastGreedy:
             binding.bind_cpu_input(name, value)
 
 
+class LazyFastGreedy:
+    """A ``FastGreedy`` made at the first greedy decoding; ``run`` returns None (decode with the whole graph)
+    where the decoder does not split."""
+
+    def __init__(self, decoder_path: Path, threads: int, num_layers: int) -> None:
+        self._args, self._fast, self._loaded = (decoder_path, threads, num_layers), None, False
+
+    def run(self, gen: Any, states: np.ndarray, mask: np.ndarray, max_length: int) -> np.ndarray | None:
+        if not self._loaded:
+            self._fast, self._loaded = FastGreedy.load(*self._args), True
+        return None if self._fast is None else self._fast.run(gen, states, mask, max_length)
+
+
 def split_logits(decoder_path: Path, states: np.ndarray, mask: np.ndarray, target: np.ndarray,
                  num_layers: int, num_heads: int, head_dim: int, cuts: tuple[int, ...]) -> np.ndarray | None:
     """Logits of ``target`` [batch, tgt_len] through the split graphs, fed in chunks between ``cuts`` with

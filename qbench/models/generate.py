@@ -135,8 +135,9 @@ class Generator:
         from qbench.models.layout import DECODER_INPUTS, past_names, present_names
 
         self.encoder, self.decoder, self.spec = encoder, decoder, spec
-        # A qbench.models.fast_greedy.FastGreedy: greedy search with the cross-attention K/V computed once
-        # per sentence (ONNX Runtime only); beam search, traces and teacher forcing use the whole decoder.
+        # A qbench.models.fast_greedy.FastGreedy (or LazyFastGreedy: None from run() where the decoder does not
+        # split): greedy search with the cross-attention K/V computed once per sentence (ONNX Runtime only);
+        # beam search, traces and teacher forcing use the whole decoder.
         self.fast = fast
         self._past = past_names(spec.num_layers)
         missing = [n for n in (*DECODER_INPUTS, *self._past) if n not in decoder.input_names]
@@ -191,8 +192,9 @@ class Generator:
         if not isinstance(num_beams, int) or num_beams < 1:
             raise ConfigError(f"num_beams: must be an integer >= 1, got {num_beams!r}")
         states = self.encode(ids, mask)
-        if num_beams == 1 and self.fast is not None:
-            rows = self.fast.run(self, states, mask, max_length)
+        rows = self.fast.run(self, states, mask, max_length) if num_beams == 1 and self.fast else None
+        if rows is not None:
+            pass
         elif num_beams == 1:
             steps = self._greedy(states, mask, max_length)
             try:

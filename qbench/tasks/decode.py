@@ -3,8 +3,8 @@ ONNX Runtime sessions as a Generator, and batched translation. What the task's e
 search scorer all decode with.
 
 Greedy decoding runs the decoder split in two (``qbench.models.fast_greedy``): the cross-attention keys and
-values once per sentence, the rest once per token. The whole decoder graph is opened only when something
-needs it (beam search, teacher forcing)."""
+values once per sentence, the rest once per token. The split is made at the first greedy decoding: a
+generator that only scores teacher-forced logits (the search's candidates) never pays for it."""
 
 from __future__ import annotations
 
@@ -27,34 +27,14 @@ def _target_ids(ctx, texts: list[str]) -> list[list[int]]:
 
 def generator(ctx, art_dir: Path):
     from qbench.backends.ort import OrtSession
-    from qbench.models.fast_greedy import FastGreedy
+    from qbench.models.fast_greedy import LazyFastGreedy
     from qbench.models.generate import Generator
 
     threads = ctx.cfg.backend.threads
     prov = ["CPUExecutionProvider"]
     dec = Path(art_dir) / "decoder.onnx"
-    fast = FastGreedy.load(dec, threads, ctx.spec.num_layers)
-    decoder = OrtSession(dec, threads, prov) if fast is None else DeferredSession(dec, threads, prov, fast)
-    return Generator(OrtSession(Path(art_dir) / "encoder.onnx", threads, prov), decoder, ctx.spec, fast)
-
-
-class DeferredSession:
-    """The whole decoder as an ``OrtSession`` that loads on its first ``infer``: greedy decoding through the
-    split graphs never needs it. The names come from the graph that the split read."""
-
-    def __init__(self, path: Path, threads: int, providers: list[str], fast) -> None:
-        self._args, self._sess = (path, threads, providers), None
-        self.input_names, self.output_names = list(fast.input_names), list(fast.output_names)
-
-    def infer(self, feeds: dict[str, np.ndarray]) -> list[np.ndarray]:
-        if self._sess is None:
-            from qbench.backends.ort import OrtSession
-
-            self._sess = OrtSession(*self._args)
-        return self._sess.infer(feeds)
-
-    def close(self) -> None:
-        self._sess = None
+    return Generator(OrtSession(Path(art_dir) / "encoder.onnx", threads, prov), OrtSession(dec, threads, prov),
+                     ctx.spec, LazyFastGreedy(dec, threads, ctx.spec.num_layers))
 
 
 def translate(ctx, gen, samples) -> list[str]:
