@@ -24,6 +24,7 @@ from __future__ import annotations
 import argparse
 import os
 import platform
+import shutil
 import tempfile
 import time
 from pathlib import Path
@@ -155,6 +156,8 @@ def main() -> None:
             print(f"| {name} | {label} | {tb:.1f} | {ta:.1f} | {len(texts) / tb:.2f} | {len(texts) / ta:.2f} | "
                   f"{tb / ta:.2f}× | {same}/{len(texts)} | {'yes' if after.fast.row_independent else 'no'} |",
                   flush=True)
+    if "int8" in models:
+        shutil.rmtree(models["int8"], ignore_errors=True)
     print(f"\n({time.perf_counter() - started:.0f} s)")
 
 
