@@ -128,13 +128,17 @@ class Generator:
     """Decode with an encoder and a decoder session described by an export spec (a ``Seq2SeqExport``, not
     imported here: the exporter imports this module's ``generation_facts``)."""
 
-    def __init__(self, encoder: "Session", decoder: "Session", spec: Any) -> None:
+    def __init__(self, encoder: "Session", decoder: "Session", spec: Any, fast: Any = None) -> None:
         if spec.unsupported:
             raise ConfigError(f"{spec.source}: the generation config sets {', '.join(spec.unsupported)}, "
                               "which qbench.models.generate does not reproduce")
         from qbench.models.layout import DECODER_INPUTS, past_names, present_names
 
         self.encoder, self.decoder, self.spec = encoder, decoder, spec
+        # A qbench.models.fast_greedy.FastGreedy (or LazyFastGreedy: None from run() where the decoder does not
+        # split): greedy search with the cross-attention K/V computed once per sentence (ONNX Runtime only);
+        # beam search, traces and teacher forcing use the whole decoder.
+        self.fast = fast
         self._past = past_names(spec.num_layers)
         missing = [n for n in (*DECODER_INPUTS, *self._past) if n not in decoder.input_names]
         outputs = ["logits", *present_names(spec.num_layers)]
@@ -188,7 +192,10 @@ class Generator:
         if not isinstance(num_beams, int) or num_beams < 1:
             raise ConfigError(f"num_beams: must be an integer >= 1, got {num_beams!r}")
         states = self.encode(ids, mask)
-        if num_beams == 1:
+        rows = self.fast.run(self, states, mask, max_length) if num_beams == 1 and self.fast else None
+        if rows is not None:
+            pass
+        elif num_beams == 1:
             steps = self._greedy(states, mask, max_length)
             try:
                 while True:

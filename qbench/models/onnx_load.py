@@ -107,6 +107,7 @@ def seq2seq(cfg):
         source=cfg.model.source, resolved=str(folder), from_cache=False, opset=opset, exporter="(given as ONNX)",
         model_type=model_type, num_layers=layers, **dims,
         encoder_max_abs_diff=None, decoder_max_abs_diff=None, decoder_past_max_abs_diff=None,
+        decoder_split_max_abs_diff=None,
         **{k: tuple(v) if isinstance(v, list) else v for k, v in facts.items()})
 
 

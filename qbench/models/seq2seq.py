@@ -6,9 +6,9 @@ encoder ends in (T5's final layer norm, mBART's layer_norm).
 ``decoder.onnx``: (input_ids, encoder_hidden_states, encoder_attention_mask, past.{i}.key/value)
 -> (logits, present.{i}.key/value). One graph serves the first step and teacher forcing
 (past_len 0) as well as incremental steps (past_len > 0). The self-attention cache is an input;
-cross-attention K/V are recomputed from encoder_hidden_states at every step. That costs two
-[src_len x d] projections per layer and step, but keeps one decoder graph with one set of tensors
-to calibrate; a "with cross cache" variant is a later optimization.
+graph holds the cross-attention K/V projections of encoder_hidden_states, so one decoder graph has
+one set of tensors to calibrate; greedy decoding splits it (``qbench.models.decoder_split``) and
+computes those projections once per sentence. The export check covers that split too.
 
 Cached by content like ``qbench.models.export``: ``<out_dir>/<key>/`` holds both graphs, ``export.json``
 (the facts ``qbench.models.generate`` needs) and, where the source has one, ``tokenizer/``. A cache hit
@@ -33,7 +33,7 @@ from qbench.models.export import (TOKENIZER_FILES, _export_record, _validate_set
                            resolve_source)
 
 # Bump when the graph layout (wrappers, names, exporter settings) or export.json changes.
-SEQ2SEQ_EXPORT_VERSION = 1
+SEQ2SEQ_EXPORT_VERSION = 2  # 2: export.json records decoder_split_max_abs_diff
 # The TorchScript exporter (torch.onnx.export(dynamo=False)): it traces the transformers cache
 # code as plain Python, so shapes such as past_len stay symbolic; the dynamo exporter fails on T5
 # (see DESIGN.md, "Traps").
@@ -81,6 +81,7 @@ class Seq2SeqExport:
     encoder_max_abs_diff: float
     decoder_max_abs_diff: float       # past_len 0, whole target
     decoder_past_max_abs_diff: float  # incremental steps with past_len > 0
+    decoder_split_max_abs_diff: float | None = None  # the same steps through the split graphs (None: no split)
 
     @property
     def eos_token_id(self) -> int:
@@ -88,8 +89,8 @@ class Seq2SeqExport:
 
     @property
     def max_abs_diff(self) -> float:
-        return max(self.encoder_max_abs_diff, self.decoder_max_abs_diff,
-                   self.decoder_past_max_abs_diff)
+        return max(self.encoder_max_abs_diff, self.decoder_max_abs_diff, self.decoder_past_max_abs_diff,
+                   self.decoder_split_max_abs_diff or 0.0)
 
 
 _SPEC_FIELDS = tuple(f.name for f in fields(Seq2SeqExport)
@@ -206,6 +207,7 @@ def _build_entry(source: str, resolved: str, out: Path, *, opset: int,
     import torch
 
     from qbench.models.generate import generation_facts
+    from qbench.models.seq2seq_check import check_diffs
 
     started = time.perf_counter()
     model = _load_model(source, resolved, revision)
@@ -219,7 +221,7 @@ def _build_entry(source: str, resolved: str, out: Path, *, opset: int,
     if model.training or encoder.training or decoder.training:
         raise ModelError(f"model {source} is still in train mode after export")
     with torch.no_grad():
-        diffs = _check_diffs(model, out, dims, facts)
+        diffs = check_diffs(model, out, dims, facts)
     has_tokenizer = _save_tokenizer(resolved, revision, out / "tokenizer")
     files = {name: _export_record(source, resolved, revision, out / f"{name}.onnx", opset=opset)
              for name in ("encoder", "decoder")}
@@ -357,63 +359,6 @@ def _export_graphs(encoder: Any, decoder: Any, out: Path, opset: int, dims: dict
             torch.onnx.export(module, args, str(out / name), dynamo=False, opset_version=opset,
                               input_names=inputs, output_names=outputs, dynamic_axes=axes,
                               do_constant_folding=True)
-
-
-def _check_batch(dims: dict[str, int], facts: dict[str, Any]) -> tuple[Any, Any, Any]:
-    """Random source ids (right-padded, lengths 7/4/2), their mask, and a 6-token target."""
-    import numpy as np
-
-    rng = np.random.default_rng(0)
-    specials = {facts["pad_token_id"], facts["decoder_start_token_id"], *facts["eos_token_ids"]}
-    normal = np.setdiff1d(np.arange(dims["vocab_size"]), sorted(specials))
-    mask = (np.arange(7)[None, :] < np.array([[7], [4], [2]])).astype(np.int64)
-    src = np.where(mask == 1, rng.choice(normal, size=mask.shape), facts["pad_token_id"])
-    tgt = rng.choice(normal, size=(3, 6))
-    tgt[:, 0] = facts["decoder_start_token_id"]
-    return src.astype(np.int64), mask, tgt.astype(np.int64)
-
-
-def _check_diffs(model: Any, out: Path, dims: dict[str, int], facts: dict[str, Any]) -> dict:
-    """Max |ONNX Runtime - PyTorch|: the encoder; the decoder on the whole target (past_len 0); and
-    the decoder run incrementally (3 tokens, 1, then 2 with past), all against one PyTorch forward."""
-    import numpy as np
-    import onnxruntime as ort
-    import torch
-
-    src, mask, tgt = _check_batch(dims, facts)
-    ref_states = model.get_encoder()(input_ids=torch.from_numpy(src),
-                                     attention_mask=torch.from_numpy(mask)).last_hidden_state
-    ref = model(encoder_outputs=(ref_states,), attention_mask=torch.from_numpy(mask),
-                decoder_input_ids=torch.from_numpy(tgt), use_cache=True)
-    ref_present = [t.numpy() for layer in ref.past_key_values.self_attention_cache.layers
-                   for t in (layer.keys, layer.values)]
-    states, ref_logits = ref_states.numpy(), ref.logits.numpy()
-
-    def session(name: str) -> Any:
-        return ort.InferenceSession(str(out / name), providers=["CPUExecutionProvider"])
-
-    def diff(pairs: Any) -> float:
-        worst = 0.0
-        for a, b in pairs:
-            if a.shape != b.shape:
-                raise ModelError(f"ONNX output shape {a.shape} != PyTorch {b.shape} ({out})")
-            worst = max(worst, float(np.max(np.abs(a.astype(np.float64) - b))))
-        return worst
-
-    names = past_names(dims["num_layers"])
-    empty = [np.zeros((3, dims["num_heads"], 0, dims["head_dim"]), np.float32) for _ in names]
-    fixed = {"encoder_hidden_states": states, "encoder_attention_mask": mask}
-    enc = session("encoder.onnx").run(None, {"input_ids": src, "attention_mask": mask})[0]
-    sess = session("decoder.onnx")
-    full = sess.run(None, {"input_ids": tgt, **fixed, **dict(zip(names, empty))})
-    past, pairs = empty, []
-    for lo, hi in ((0, 3), (3, 4), (4, 6)):
-        got = sess.run(None, {"input_ids": tgt[:, lo:hi], **fixed, **dict(zip(names, past))})
-        pairs.append((got[0], ref_logits[:, lo:hi]))
-        past = got[1:]
-    return {"encoder_max_abs_diff": diff([(enc, states)]),
-            "decoder_max_abs_diff": diff([(full[0], ref_logits), *zip(full[1:], ref_present)]),
-            "decoder_past_max_abs_diff": diff([*pairs, *zip(past, ref_present)])}
 
 
 def _save_tokenizer(resolved: str, revision: str | None, out: Path) -> bool:

@@ -1,6 +1,10 @@
 """Decoding for the translation task: sources with their prefix, target token ids, an encoder/decoder pair of
 ONNX Runtime sessions as a Generator, and batched translation. What the task's evaluation, calibration and
-search scorer all decode with."""
+search scorer all decode with.
+
+Greedy decoding runs the decoder split in two (``qbench.models.fast_greedy``): the cross-attention keys and
+values once per sentence, the rest once per token. The split is made at the first greedy decoding: a
+generator that only scores teacher-forced logits (the search's candidates) never pays for it."""
 
 from __future__ import annotations
 
@@ -23,12 +27,14 @@ def _target_ids(ctx, texts: list[str]) -> list[list[int]]:
 
 def generator(ctx, art_dir: Path):
     from qbench.backends.ort import OrtSession
+    from qbench.models.fast_greedy import LazyFastGreedy
     from qbench.models.generate import Generator
 
     threads = ctx.cfg.backend.threads
     prov = ["CPUExecutionProvider"]
-    return Generator(OrtSession(Path(art_dir) / "encoder.onnx", threads, prov),
-                     OrtSession(Path(art_dir) / "decoder.onnx", threads, prov), ctx.spec)
+    dec = Path(art_dir) / "decoder.onnx"
+    return Generator(OrtSession(Path(art_dir) / "encoder.onnx", threads, prov), OrtSession(dec, threads, prov),
+                     ctx.spec, LazyFastGreedy(dec, threads, ctx.spec.num_layers))
 
 
 def translate(ctx, gen, samples) -> list[str]:

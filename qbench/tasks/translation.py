@@ -55,10 +55,10 @@ def prepare_model(ctx, sha256: str | None = None) -> dict:
             "exporter": exp.exporter, "model_type": exp.model_type,
             "onnx_sha256": sha256 or dir_sha256(ctx.fp32),
             "onnx_path": str(ctx.fp32), "tokenizer_dir": str(exp.tokenizer_dir),
-            "export_max_abs_diff": None if exp.encoder_max_abs_diff is None else  # given as ONNX: no export
-            max(exp.encoder_max_abs_diff, exp.decoder_max_abs_diff, exp.decoder_past_max_abs_diff),
+            "export_max_abs_diff": None if exp.encoder_max_abs_diff is None else exp.max_abs_diff,  # None: ONNX given
             "export_max_abs_diffs": {"encoder": exp.encoder_max_abs_diff, "decoder": exp.decoder_max_abs_diff,
-                                     "decoder_with_past": exp.decoder_past_max_abs_diff}}
+                                     "decoder_with_past": exp.decoder_past_max_abs_diff,
+                                     "decoder_split": exp.decoder_split_max_abs_diff}}
 
 
 def dir_sha256(d: Path) -> str:

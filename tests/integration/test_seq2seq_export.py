@@ -263,6 +263,77 @@ def test_greedy_matches_transformers_generate_exactly(case: Case) -> None:
     assert min(lengths) < MAX_NEW_TOKENS and max(lengths) == MAX_NEW_TOKENS, lengths
 
 
+def test_split_decoder_greedy_equals_the_whole_decoder(case: Case) -> None:
+    """The decoder split in two (cross-attention K/V once per sentence, the rest per token), decoded with IO
+    binding and finished rows dropped: the same ids as the loop over the whole graph and as HF generate."""
+    from qbench.models.fast_greedy import FastGreedy
+
+    spec, layers = case.spec, DIMS[case.family][0]
+    fast = FastGreedy.load(spec.decoder_path, 1, spec.num_layers)
+    assert fast is not None and fast.row_independent
+    # Exactly the K and V projections of each cross-attention layer leave the step graph, and nothing else does.
+    moved = [n for n in fast.split.cross.graph.node if n.op_type == "MatMul"]
+    assert len(moved) == 2 * layers and all("encoder_attn" in n.name or "EncDecAttention" in n.name
+                                            for n in moved), [n.name for n in moved]
+    assert len(fast.boundary) >= 2 * layers  # T5 also reads the key length off layer 0's keys
+    step_matmuls = [n for n in fast.split.step.graph.node if n.op_type == "MatMul"]
+    whole = [n for n in onnx_nodes(spec.decoder_path) if n.op_type == "MatMul"]
+    assert len(step_matmuls) + len(moved) == len(whole)
+    assert spec.decoder_split_max_abs_diff is not None and spec.decoder_split_max_abs_diff <= ATOL
+    split_gen = Generator(case.generator.encoder, case.generator.decoder, spec, fast)
+    eos = set(spec.eos_token_ids)
+    for seed in range(4):
+        ids, mask = random_sources(spec, seed=seed)
+        got = split_gen.generate(ids, mask, max_new_tokens=MAX_NEW_TOKENS)
+        assert got == case.generator.generate(ids, mask, max_new_tokens=MAX_NEW_TOKENS), seed
+        assert got == hf_generate(case.model, ids, mask, eos, num_beams=1), seed
+
+
+@pytest.mark.parametrize("case", ["marian"], indirect=True)
+def test_split_of_a_qdq_decoder_decodes_like_the_whole_qdq_graph(case: Case, tmp_path: Path) -> None:
+    """A Q/DQ decoder built by qbench (MinMax ranges from teacher-forced random batches): the cross graph holds
+    only the quantization of encoder_hidden_states, the Q/DQ pairs in front of the attention MatMuls stay in
+    the step graph, integer graphs keep finished rows, and the ids equal the whole Q/DQ graph's."""
+    from calibrators.minmax import MinMax
+    from qbench.calib import stats as st
+    from qbench.config.schema import ExclusionCfg
+    from qbench.models.fast_greedy import FastGreedy
+    from qbench.quantize.qdq import build_qdq, calibration_tensors, load_model
+
+    spec, gen = case.spec, case.generator
+    rng = np.random.default_rng(5)
+
+    def feeds():
+        for seed in range(3):
+            ids, mask = random_sources(spec, seed=400 + seed)
+            targets = [list(rng.integers(2, spec.vocab_size - 1, size=6)) for _ in range(len(ids))]
+            df = gen.teacher_forced(ids, mask, targets)
+            yield {**df.feeds, "target_mask": df.token_mask.astype(np.int64)}
+
+    tensors = calibration_tensors(load_model(spec.decoder_path))
+    table = MinMax().table(st.collect(spec.decoder_path, tensors, feeds(), 2048, 1, mask_input="target_mask",
+                                      seq_inputs=["input_ids"]))
+    qdq = tmp_path / "decoder.onnx"
+    build_qdq(spec.decoder_path, table, ExclusionCfg(), "s8s8", qdq)
+    fast = FastGreedy.load(qdq, 1, spec.num_layers)
+    assert fast is not None and not fast.row_independent
+    cross_q = [n for n in fast.split.cross.graph.node if n.op_type == "QuantizeLinear"]
+    assert cross_q and all(n.input[0] == "encoder_hidden_states" for n in cross_q)
+    step_attn = [n for n in fast.split.step.graph.node if n.op_type == "MatMul" and "encoder_attn/MatMul" in n.name]
+    assert len(step_attn) == 2 * spec.num_layers
+    whole = Generator(gen.encoder, OrtSession(qdq, 1, ["CPUExecutionProvider"]), spec)
+    split = Generator(gen.encoder, whole.decoder, spec, fast)
+    for seed in range(3):
+        ids, mask = random_sources(spec, seed=seed)
+        assert split.generate(ids, mask, MAX_NEW_TOKENS) == whole.generate(ids, mask, MAX_NEW_TOKENS), seed
+
+
+def onnx_nodes(path: Path) -> list:
+    import onnx
+
+    return list(onnx.load(str(path)).graph.node)
+
+
 def test_beam_search_agrees_with_transformers_generate(case: Case) -> None:
     eos = set(case.spec.eos_token_ids)
     agree = total = 0
