@@ -329,8 +329,9 @@ class SweepConfig(Strict):
                 data = {**data, "sweep": {**sweep, "baselines": list(default)}}
         return data
 
-    def manifest_path(self) -> Path:
-        return (Path(self.base_dir) / self.data.manifest).resolve()
+    def manifest_path(self, relative: str | None = None) -> Path:
+        """The data manifest, or another one (a calibration set's ``manifest``), resolved against the config."""
+        return (Path(self.base_dir) / (relative or self.data.manifest)).resolve()
 
     def model_source(self) -> str:
         """The model source with a relative local path resolved against the config's folder."""
@@ -355,9 +356,8 @@ def _check_plugins(cfg: SweepConfig, file: str) -> list[str]:
     for name, cs in cfg.data.sets().items():
         loc = ("data", "calibration_sets", name) if cfg.data.calibration_sets else ("data", "calibration")
         problems += _instantiate(registry.samplers, cs.sampler, loc + ("sampler",), file)
-        if cs.manifest is not None and not (Path(cfg.base_dir) / cs.manifest).is_file():
-            problems.append(f"{file}: {_loc(loc + ('manifest',))}: file not found: "
-                            f"{(Path(cfg.base_dir) / cs.manifest).resolve()}")
+        if cs.manifest is not None and not cfg.manifest_path(cs.manifest).is_file():
+            problems.append(f"{file}: {_loc(loc + ('manifest',))}: file not found: {cfg.manifest_path(cs.manifest)}")
     for i, v in enumerate(cfg.sweep.extra):
         if v.calibration_set is not None and v.calibration_set not in cfg.data.sets():
             problems.append(f"{file}: {_loc(('sweep', 'extra', i, 'calibration_set'))}: unknown calibration set "

@@ -41,7 +41,7 @@ def load_data(cfg: SweepConfig) -> dict:
         key = f"data.calibration_sets.{name}" if cfg.data.calibration_sets else "data.calibration"
         cman = man
         if c.manifest is not None:  # its existence is checked with the config
-            path = str((Path(cfg.base_dir) / c.manifest).resolve())
+            path = str(cfg.manifest_path(c.manifest))
             cman = manifests[path] = manifests.get(path) or load_manifest(Path(path))
         if (cman.path, c.split) not in pools:
             pools[(cman.path, c.split)] = load_split(cman, c.split)

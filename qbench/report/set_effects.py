@@ -49,49 +49,51 @@ def set_effects(samples, manifest: Mapping, metric: str = "chrf", reference: str
     p_holm (languages only), significant, half_width. Empty when the run has fewer than two sets."""
     import pandas as pd
 
-    from qbench.report.decision import adjust
-    from qbench.tasks.mt_metrics import paired_bootstrap_by_lang, stats_from_samples
+    from qbench.report.decision import paired_frames
+    from qbench.tasks.mt_metrics import stats_from_samples
 
     ref, pairs = set_pairs(manifest, reference)
     cols = ["set", "variant", "reference_variant", "calibrator", "exclusion", "flavor", "slice", "n", "effect",
             "lo", "hi", "p", "p_holm", "significant", "half_width"]
     rows: list[dict] = []
     for s, vid, rvid in pairs:
-        a = samples[samples.variant == rvid].set_index("id")
-        b = samples[samples.variant == vid].set_index("id")
-        if a.empty or b.empty or set(a.index) != set(b.index):
-            raise DataError(f"samples of {vid} and {rvid} are not the same sentences")
-        b = b.loc[a.index]
+        a, b = paired_frames(samples, vid, baseline=rvid)
         sa, sb = stats_from_samples(a)[metric], stats_from_samples(b)[metric]
         langs = a["lang"].astype(str).to_numpy(object)
         info = manifest["variants"][vid]
         common = {"set": s, "variant": vid, "reference_variant": rvid,
                   **{k: info.get(k) for k in ("calibrator", "exclusion", "flavor")}}
-        df = paired_bootstrap_by_lang(sa, sb, langs, metrics=(metric,), n=resamples, seed=seed)
-        per_lang = df[df.lang != "all"]
-        p_holm = dict(zip(per_lang.lang, adjust(per_lang.p.to_numpy(np.float64), "holm")))
-        counts = pd.Series(langs).value_counts()
-        for r in df.itertuples():
-            ph = p_holm.get(r.lang)
-            rows.append({**common, "slice": "all" if r.lang == "all" else f"lang={r.lang}",
-                         "n": int(len(langs) if r.lang == "all" else counts[r.lang]),
-                         "effect": r.delta, "lo": r.lo, "hi": r.hi, "p": r.p, "p_holm": ph,
-                         "significant": bool(ph <= alpha) if ph is not None else bool(r.p <= alpha),
-                         "half_width": (r.hi - r.lo) / 2})
+        boot = (metric, resamples, seed, alpha)
+        rows += [{**common, **r} for r in _slice_rows(sa, sb, langs, "lang", boot, with_macro=True)]
         if groups:
             missing = sorted(set(langs) - set(groups))
             if missing:
                 raise DataError(f"language '{missing[0]}' has no group in the dataset manifest's language_groups")
             glabels = np.array([groups[x] for x in langs], dtype=object)
-            gdf = paired_bootstrap_by_lang(sa, sb, glabels, metrics=(metric,), n=resamples, seed=seed)
-            gdf = gdf[gdf.lang != "all"]
-            gp = dict(zip(gdf.lang, adjust(gdf.p.to_numpy(np.float64), "holm")))
-            gcounts = pd.Series(glabels).value_counts()
-            for r in gdf.itertuples():
-                rows.append({**common, "slice": f"group={r.lang}", "n": int(gcounts[r.lang]), "effect": r.delta,
-                             "lo": r.lo, "hi": r.hi, "p": r.p, "p_holm": gp[r.lang],
-                             "significant": bool(gp[r.lang] <= alpha), "half_width": (r.hi - r.lo) / 2})
+            rows += [{**common, **r} for r in _slice_rows(sa, sb, glabels, "group", boot, with_macro=False)]
     return pd.DataFrame(rows, columns=cols)
+
+
+def _slice_rows(sa, sb, labels, kind: str, boot: tuple, with_macro: bool) -> list[dict]:
+    """Effect rows of one pair sliced by ``labels`` (languages, or their groups): each slice resampled within
+    itself, Holm over the slices; with ``with_macro`` also the macro mean ('all', decided on its own p)."""
+    from qbench.report.decision import adjust
+    from qbench.tasks.mt_metrics import paired_bootstrap_by_lang
+
+    metric, resamples, seed, alpha = boot
+    df = paired_bootstrap_by_lang(sa, sb, labels, metrics=(metric,), n=resamples, seed=seed)
+    per = df[df.lang != "all"]
+    p_holm = dict(zip(per.lang, adjust(per.p.to_numpy(np.float64), "holm")))
+    labels_, counts = np.unique(np.asarray(labels, dtype=str), return_counts=True)
+    n = dict(zip(labels_, counts.tolist()))
+    out = []
+    for r in (df if with_macro else per).itertuples():
+        ph = p_holm.get(r.lang)
+        out.append({"slice": "all" if r.lang == "all" else f"{kind}={r.lang}",
+                    "n": int(len(labels) if r.lang == "all" else n[r.lang]),
+                    "effect": r.delta, "lo": r.lo, "hi": r.hi, "p": r.p, "p_holm": ph,
+                    "significant": bool((r.p if ph is None else ph) <= alpha), "half_width": (r.hi - r.lo) / 2})
+    return out
 
 
 def effects_svg(effects, slices: Sequence[str], title: str) -> str:

@@ -85,11 +85,11 @@ def ensure_stats(ctx, set_name: str) -> dict:
     samples = ctx.calib_sets[set_name]
     out, info = {}, {}
     targets: dict = {}
+    keys = st.sample_keys(samples, ctx.cfg.model.source_prefix)  # the same samples feed both graphs
     for comp in COMPONENTS:
         tensors = calibration_tensors(ctx.fp32_model(comp))
-        key = st.cache_key(f"{ctx.manifest['model']['onnx_sha256']}:{comp}:{cc.decoder_targets}",
-                           st.sample_keys(samples, ctx.cfg.model.source_prefix), tensors, cc.histogram_bins,
-                           cc.batch_size, cc.histogram)
+        key = st.cache_key(f"{ctx.manifest['model']['onnx_sha256']}:{comp}:{cc.decoder_targets}", keys, tensors,
+                           cc.histogram_bins, cc.batch_size, cc.histogram)
         kw = {} if comp == "encoder" else {"mask_input": "target_mask", "seq_inputs": ["input_ids"]}
 
         def batches(comp=comp):
