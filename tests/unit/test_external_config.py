@@ -85,14 +85,40 @@ sweep: {{external: [{{name: mine, path: int8}}]}}
     assert main(["validate", str(p)]) == 0
 
 
-def test_a_peer_that_is_not_installed_is_one_line_saying_how(tmp_path, capsys):
-    # An interpreter that cannot see any installed package: this one, without its site-packages.
+def _bare_python(tmp_path: Path) -> Path:
+    """An interpreter that cannot see any installed package: this one, without its site-packages."""
     py = tmp_path / "bare-python"
     py.write_text(f"#!/bin/sh\nexec {sys.executable} -S \"$@\"\n")
     py.chmod(0o755)
-    p = _config(tmp_path, f"  baselines: [fp32, {{name: modelopt_int8, python: {py}}}]")
+    return py
+
+
+@pytest.mark.parametrize("entry, line", [
+    ("{name: modelopt_int8, python: PY}",
+     "modelopt[entropy]: modelopt is not installed for PY; pip install 'nvidia-modelopt[onnx]==0.47.0' in a separate "
+     "environment (it installs onnxruntime-gpu and onnx 1.21) and name its interpreter in python: (docs/external.md)"),
+    ("{name: nncf, python: PY}",
+     "nncf[performance]: nncf is not installed for PY; pip install nncf==3.4.0 (it quantizes ONNX through onnx and "
+     "onnxruntime; docs/external.md)"),
+], ids=["modelopt", "nncf"])
+def test_a_peer_that_is_not_installed_is_one_line_saying_how(tmp_path, capsys, entry, line):
+    py = _bare_python(tmp_path)
+    p = _config(tmp_path, f"  baselines: [fp32, {entry.replace('PY', str(py))}]")
     got = _one_line(capsys, BackendUnavailable.exit_code, "sweep", p, "--out", tmp_path / "out")
-    assert got == (f"sweep.baselines: modelopt[entropy]: modelopt is not installed for {py}; pip install "
-                   "'nvidia-modelopt[onnx]==0.47.0' in a separate environment (it installs onnxruntime-gpu and "
-                   "onnx 1.21) and name its interpreter in python: (docs/external.md)")
+    assert got == "sweep.baselines: " + line.replace("PY", str(py))
     assert not (tmp_path / "out").exists()  # before any work
+
+
+def test_a_peer_child_that_cannot_import_its_package_is_one_line(tmp_path):
+    """The child's own check (exit 3), for a package found before the run that then fails to import."""
+    import numpy as np
+
+    from qbench.config.external import PeerBaselineCfg
+    from qbench.quantize import foreign
+
+    peer = PeerBaselineCfg(name="nncf", python=str(_bare_python(tmp_path)))
+    with pytest.raises(BackendUnavailable) as e:
+        foreign.run_peer(peer, tmp_path / "fp32.onnx", tmp_path / "peer.onnx", [{"input_ids": np.ones((1, 3), np.int64)}])
+    assert str(e.value) == (f"nncf[performance]: nncf does not import under {sys.executable}: No module named 'nncf'; "
+                            "pip install nncf==3.4.0 (it quantizes ONNX through onnx and onnxruntime; docs/external.md)")
+    assert not (tmp_path / "peer.onnx").exists()
