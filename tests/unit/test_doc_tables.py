@@ -6,8 +6,8 @@ A block is marked in the Markdown source:
     ...the command's stdout, verbatim...
     <!-- end generated -->
 
-The test runs each marked command through ``qbench.cli.main`` (only ``qbench`` commands are allowed, so a
-marker cannot run anything else) and fails when a block differs, naming the file, the line and the command.
+The test runs each marked command through ``qbench.cli.main``, or a ``python benchmarks/<name>.py`` summary
+of committed runs through runpy (nothing else is allowed, so a marker cannot run anything else), and fails when a block differs, naming the file, the line and the command.
 A table read from a committed run under reports/ thus changes only with the run or with the renderer, and a
 renderer change that alters a committed run's figures shows up here.
 
@@ -52,16 +52,28 @@ def run(cmd: str) -> str:
     from qbench.cli import main
 
     argv = shlex.split(cmd)
-    if argv[:1] != ["qbench"]:
-        raise ValueError(f"a generated block's command must be a qbench command, got {cmd!r}")
+    script = len(argv) >= 2 and argv[0] == "python" and re.fullmatch(r"benchmarks/[a-z0-9_]+\.py", argv[1])
+    if argv[:1] != ["qbench"] and not script:
+        raise ValueError(f"a generated block's command must be a qbench command or a benchmarks/ script, got {cmd!r}")
     out = io.StringIO()
-    cwd = os.getcwd()
+    cwd, saved_argv = os.getcwd(), sys.argv
     os.chdir(ROOT)
     try:
         with contextlib.redirect_stdout(out):
-            rc = main(argv[1:])
+            if script:  # a benchmark's summary of committed runs, run as `python benchmarks/x.py ...` would
+                import runpy
+
+                sys.argv = argv[1:]
+                try:
+                    runpy.run_path(str(ROOT / argv[1]), run_name="__main__")
+                    rc = 0
+                except SystemExit as e:
+                    rc = e.code or 0
+            else:
+                rc = main(argv[1:])
     finally:
         os.chdir(cwd)
+        sys.argv = saved_argv
     if rc != 0:
         raise RuntimeError(f"{cmd!r} exited {rc}")
     return out.getvalue()
@@ -76,7 +88,8 @@ def test_the_docs_have_generated_blocks():
                          ("automatic-exclusions.md", "reports/example-minilm-auto"),
                          ("automatic-exclusions.md", "reports/example-django-multi-auto"),
                          ("tensorrt.md", "reports/example-minilm-trt"),
-                         ("smoothquant.md", "reports/example-smoothquant")]:
+                         ("smoothquant.md", "reports/example-smoothquant"),
+                         ("smoothquant.md", "reports/example-smoothquant-groups")]:
         assert (doc, f"qbench report {run_dir} --markdown") in found, (doc, run_dir)
 
 
