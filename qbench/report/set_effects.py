@@ -138,9 +138,45 @@ def effects_svg(effects, slices: Sequence[str], title: str) -> str:
     return svg[svg.index("<svg"):]
 
 
-def set_sections(manifest: Mapping, samples) -> list[dict]:
+def range_moves(manifest: Mapping, run_dir, pairs: Sequence[tuple[str, str]], top: int = 5) -> list[dict]:
+    """Where a calibration set changes the amax: for each (variant, reference variant) pair, the tensors whose amax
+    moves most against the reference set's (largest |log ratio|), read from the calibration tables the run keeps
+    (``tables/*.json``). One row per pair: set, graph-qualified tensors with both amax values and their ratio."""
+    import json
+    import math
+    from pathlib import Path
+
+    from qbench.report.tables import table_paths
+
+    def amax(vid: str) -> dict[str, float]:
+        e = manifest["variants"][vid]
+        paths = table_paths(e)
+        names = e.get("quantized_tensor_names")   # runs before it was recorded: every calibrated tensor
+        out = {}
+        for graph, rel in paths.items():
+            f = Path(run_dir) / rel
+            if f.is_file():
+                keep = None if names is None else set(names.get(graph, ()))
+                out.update({(f"{graph}:" if graph else "") + k: float(v)
+                            for k, v in json.loads(f.read_text())["amax"].items() if keep is None or k in keep})
+        return out
+
+    rows = []
+    for vid, rvid in pairs:
+        a, b = amax(vid), amax(rvid)
+        moves = [(abs(math.log(a[k] / b[k])), k, a[k], b[k]) for k in sorted(set(a) & set(b)) if a[k] > 0 and b[k] > 0]
+        moves.sort(key=lambda m: (-m[0], m[1]))
+        rows.append({"set": manifest["variants"][vid].get("calibration_set"), "n": len(moves),
+                     "quantized_only": "quantized_tensor_names" in manifest["variants"][vid],
+                     "tensors": [{"tensor": k, "short": "/".join(k.split("/")[-3:]), "amax": x, "ref": y,
+                                  "ratio": x / y} for _, k, x, y in moves[:top]]})
+    return rows
+
+
+def set_sections(manifest: Mapping, samples, run_dir=None) -> list[dict]:
     """The report's calibration-set sections: per calibrator, exclusion and flavor, a languages x sets table of
-    effects against the reference set and the plot of the same; groups (scripts) first when the dataset has them.
+    effects against the reference set and the plot of the same; groups (scripts) first when the dataset has them;
+    with ``run_dir``, the tensors whose amax each set moves most, beside the languages it significantly loses.
     Empty without per-sentence samples or with fewer than two sets."""
     if samples is None or "lang" not in getattr(samples, "columns", ()):
         return []
@@ -177,7 +213,13 @@ def set_sections(manifest: Mapping, samples) -> list[dict]:
             rows.append({"slice": "all (macro)" if sl == "all" else sl.split("=", 1)[1],
                          "kind": sl.split("=", 1)[0], "n": None if first is None else first.n, "cells": cells})
         lang_rows = e[e["slice"].str.startswith("lang=")]
-        out.append({"title": " + ".join(str(k) for k in key), "reference": ref, "sets": sets, "metric": label,
+        moves = []
+        if run_dir is not None:
+            pairs = list(dict.fromkeys(zip(e["variant"], e["reference_variant"])))
+            losing = {st: ", ".join(f"{r.slice[5:]} {r.effect:+.2f}" for r in g.itertuples())
+                      for st, g in lang_rows[lang_rows["significant"] & (lang_rows["effect"] < 0)].groupby("set")}
+            moves = [{**m, "loses": losing.get(m["set"], "")} for m in range_moves(manifest, run_dir, pairs)]
+        out.append({"moves": moves, "title": " + ".join(str(k) for k in key), "reference": ref, "sets": sets, "metric": label,
                     "group_name": gname, "rows": rows,
                     "detectable": float(lang_rows["half_width"].median()) if len(lang_rows) else None,
                     "significant": int(lang_rows["significant"].sum()), "tests": int(len(lang_rows)),

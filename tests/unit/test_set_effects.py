@@ -100,3 +100,32 @@ def test_report_section(run):
     assert secs[0]["svg"].startswith("<svg")
     assert set_sections({**m, "data": {"calibration_sets": {"balanced": {}}}}, s) == []
     assert set_sections(m, None) == []
+
+
+def test_range_moves_rank_the_quantized_tensors_by_log_ratio(tmp_path):
+    """The tensors a set moves most against the reference set's amax, from the run's tables: |log ratio| ranked,
+    ratios as numpy computes them, and only the Q/DQ tensors when the variant records them."""
+    import json
+    import math
+
+    from qbench.report.set_effects import range_moves
+
+    ref = {"a": 1.0, "b": 2.0, "c": 4.0, "d": 0.5}
+    oth = {"a": 3.0, "b": 1.0, "c": 4.4, "d": 0.5}   # log ratios: a 1.10, b 0.69, c 0.10, d 0
+    (tmp_path / "tables").mkdir()
+    for name, amax in (("ref", ref), ("oth", oth)):
+        (tmp_path / f"tables/{name}.encoder.json").write_text(json.dumps({"amax": amax}))
+    manifest = {"variants": {
+        "v@oth": {"calibration_set": "oth", "tables": {"encoder": "tables/oth.encoder.json"},
+                  "quantized_tensor_names": {"encoder": ["b", "c", "d"]}},
+        "v@ref": {"calibration_set": "ref", "tables": {"encoder": "tables/ref.encoder.json"},
+                  "quantized_tensor_names": {"encoder": ["b", "c", "d"]}}}}
+    [row] = range_moves(manifest, tmp_path, [("v@oth", "v@ref")], top=2)
+    assert row["set"] == "oth" and row["n"] == 3 and row["quantized_only"]
+    assert [t["tensor"] for t in row["tensors"]] == ["encoder:b", "encoder:c"]      # 'a' is not quantized
+    assert row["tensors"][0]["ratio"] == pytest.approx(np.float64(1.0) / 2.0)
+    assert abs(math.log(row["tensors"][1]["ratio"])) == pytest.approx(abs(np.log(4.4 / 4.0)))
+    for v in manifest["variants"].values():   # a run that did not record the names: every calibrated tensor
+        del v["quantized_tensor_names"]
+    [row] = range_moves(manifest, tmp_path, [("v@oth", "v@ref")], top=1)
+    assert row["n"] == 4 and not row["quantized_only"] and row["tensors"][0]["tensor"] == "encoder:a"
