@@ -100,8 +100,12 @@ def sensitivity_svg(df_sens, variant: str, ranking: list[str], chosen_k: int = 0
     fs = 7 if n <= 40 else 5.5
     # svg.fonttype none: labels stay <text> (selectable, searchable); no mathtext, so '$' in a name is literal.
     with plt.rc_context({"svg.fonttype": "none", "text.parse_math": False}):
-        fig, (ax, axq) = plt.subplots(1, 2, sharey=True, figsize=(10.5, 1.5 + 0.2 * n),
-                                      gridspec_kw={"width_ratios": [2.3, 1]})
+        if any(r["quantize_only"] is not None for r in rows):
+            fig, (ax, axq) = plt.subplots(1, 2, sharey=True, figsize=(10.5, 1.5 + 0.2 * n),
+                                          gridspec_kw={"width_ratios": [2.3, 1]})
+        else:  # search.quantize_only off: nothing to draw on the right
+            fig, ax = plt.subplots(figsize=(7.5, 1.5 + 0.2 * n))
+            axq = None
         benefit = [nan if r["benefit"] is None else r["benefit"] for r in rows]
         colours = ["#d62728" if i < chosen_k else "#1f77b4" for i in range(n)]
         ax.barh(y, benefit, height=0.62, color=colours, zorder=2)
@@ -122,27 +126,28 @@ def sensitivity_svg(df_sens, variant: str, ranking: list[str], chosen_k: int = 0
                    if chosen_k else [])
         handles.append(Patch(color="#1f77b4", label="quantized (INT8) in the chosen candidate"))
         if 0 < chosen_k < n:
-            for a in (ax, axq):
+            for a in (ax, axq) if axq is not None else (ax,):
                 a.axhline(chosen_k - 0.5, ls="--", c="#d62728", lw=0.8)
         if lx:
             handles.append(Line2D([], [], ls="", marker="o", ms=3, c="#1d2329", alpha=0.55,
                                   label=f"per language ({len(s['langs'])})"))
         ax.legend(handles=handles, loc="lower right", fontsize=7, framealpha=0.9)
 
-        q = [nan if r["quantize_only"] is None else r["quantize_only"] for r in rows]
-        pos = [v for v in q if v == v and v > 0]
-        axq.hlines(y, 0 if not pos else min(pos), q, color="#ff7f0e", lw=1, alpha=0.6)
-        axq.scatter(q, y, marker="D", s=14, c="#ff7f0e", zorder=3, label="quantize_only")
-        if pos and len(pos) == sum(v == v for v in q) and max(pos) / min(pos) > 50:
-            axq.set_xscale("log")
-            # plain tick text: the default log labels are mathtext, which is off here
-            axq.xaxis.set_major_formatter(FuncFormatter(lambda v, _: f"{v:g}"))
-            axq.xaxis.set_minor_formatter(NullFormatter())
-        axq.set_title("quantizing only this unit", fontsize=9)
-        axq.set_xlabel(f"error with this unit alone INT8\n{s['error_label']}", fontsize=8)
-        axq.grid(axis="x", alpha=0.3)
-        axq.tick_params(axis="x", labelsize=7)
-        axq.tick_params(axis="y", left=False)
+        if axq is not None:
+            q = [nan if r["quantize_only"] is None else r["quantize_only"] for r in rows]
+            pos = [v for v in q if v == v and v > 0]
+            axq.hlines(y, 0 if not pos else min(pos), q, color="#ff7f0e", lw=1, alpha=0.6)
+            axq.scatter(q, y, marker="D", s=14, c="#ff7f0e", zorder=3, label="quantize_only")
+            if pos and len(pos) == sum(v == v for v in q) and max(pos) / min(pos) > 50:
+                axq.set_xscale("log")
+                # plain tick text: the default log labels are mathtext, which is off here
+                axq.xaxis.set_major_formatter(FuncFormatter(lambda v, _: f"{v:g}"))
+                axq.xaxis.set_minor_formatter(NullFormatter())
+            axq.set_title("quantizing only this unit", fontsize=9)
+            axq.set_xlabel(f"error with this unit alone INT8\n{s['error_label']}", fontsize=8)
+            axq.grid(axis="x", alpha=0.3)
+            axq.tick_params(axis="x", labelsize=7)
+            axq.tick_params(axis="y", left=False)
         fig.tight_layout()
         buf = io.StringIO()
         fig.savefig(buf, format="svg", metadata={"Date": None})
@@ -204,6 +209,9 @@ def search_sections(df, manifest: dict, df_sens=None) -> list[dict]:
             "base_all": _num(base.get("all")), "base_langs": len([k for k in base if k != "all"]),
             "units": s.get("units"), "granularity": s.get("granularity"), "evaluations": s.get("evaluations"),
             "models_scored": s.get("models_scored"), "seconds": _num(s.get("seconds"), 1),
+            "cpu_seconds": _num(s.get("cpu_seconds"), 1), "phases": s.get("phases_s") or {},
+            "rank_n": (s.get("ranking_subset") or {}).get("n"),
+            "rank_by": (s.get("ranking_subset") or {}).get("rank_by"),
             "chosen_k": chosen, "chosen_nodes": None if row is None else row["nodes"], "chosen_row": row,
             "chosen_units": s.get("chosen_units") or [], "passing": s.get("passing") or [],
             "smallest": s.get("smallest_passing"), "prefer": s.get("prefer"),
@@ -213,7 +221,8 @@ def search_sections(df, manifest: dict, df_sens=None) -> list[dict]:
             "error_label": task_for(manifest).fidelity_label,
             "trace": trace, "n_pass": sum(t["pass"] for t in trace), "n_fail": sum(not t["pass"] for t in trace),
             "confirm": full,
-            "confirmations": [{"k": c["k"], "pass": c["pass"], "drop": _num(c["worst_drop"]), "where": c["worst"]}
+            "confirmations": [{"k": c["k"], "pass": c["pass"], "drop": _num(c["worst_drop"]), "where": c["worst"],
+                               "decision": c.get("decision"), "seconds": _num(c.get("seconds"))}
                               for c in s.get("confirmations") or []],
             "svg": sensitivity_svg(df_sens, vid, s.get("ranking") or [], chosen or 0) if has_sens else "",
             "has_sens_file": df_sens is not None,
@@ -241,5 +250,22 @@ def _markdown_search(sections: list[dict]) -> list[str]:
             lines.append(f"| {t['step']} | {'**' + str(t['k']) + '** (chosen)' if t['chosen'] else t['k']} | "
                          f"{t['nodes']} | {t['quality']} | {t['drop']} {_md(t['where'])} | "
                          f"{'PASS' if t['pass'] else 'FAIL'} | {t['seconds']} |")
+        if s["phases"]:  # runs made before the search recorded its cost have no breakdown
+            lines += ["", cost_line(s)]
     return lines
+
+
+_PHASE_WORDS = {"fp32_reference": "FP32 reference", "ranking": "ranking", "subset_gate": "subset gate",
+                "latency": "latency order", "confirmation": "confirmation"}
+
+
+def cost_line(s: dict) -> str:
+    """One sentence: the search's wall and CPU time, by phase, models scored and what the confirmations showed."""
+    ph = ", ".join(f"{_PHASE_WORDS.get(k, k)} {v:.1f}" for k, v in s["phases"].items())
+    rank = "" if not s.get("rank_n") else f"; ranking on {s['rank_n']} samples"
+    rank += " by each unit's best language" if s.get("rank_by") == "worst_language" else ""
+    conf = "; ".join(f"k = {c['k']}: {c.get('decision') or ('PASS' if c['pass'] else 'FAIL')}"
+                     for c in s["confirmations"])
+    return (f"Search cost: {s['seconds']} s wall, {s['cpu_seconds']} s CPU, {s['models_scored']} models scored "
+            f"(s by phase: {ph}{rank}). Confirmed on the evaluation set: {conf or 'none'}.")
 

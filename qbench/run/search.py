@@ -2,18 +2,21 @@
 
 1. **Units.** The MatMul/Gemm nodes an all-INT8 variant quantizes, grouped by transformer sub-block
    (``.../layers.3/self_attn``, ``.../layer.0/intermediate``, ``/lm_head``) or one per node.
-2. **Sensitivity**, on a fixed scoring subset held out of calibration and evaluation, against FP32:
-   each unit alone quantized (``quantize_only``) and each unit alone kept float in an otherwise all-INT8
-   model (``exclude_only``). Fidelity is the SQNR of the outputs (embeddings; decoder logits under teacher
-   forcing on FP32's own greedy outputs) and, for translation, the KL divergence of the next-token
-   distributions, per language. ``task_metric`` adds the task score of each ``exclude_only`` model.
-   Every model reuses the sweep's calibration table: nothing is re-calibrated per unit.
-3. **Search.** Units ranked by how much excluding them alone reduces the error of the all-INT8 model.
-   Candidate k excludes the top k. k = 0, 1, 2, 4, ... until the gate holds on the scoring subset, then
-   bisection between the last failing and the first passing k (the smallest passing k, if passing is
-   monotone in k). Among the passing candidates, the fastest by measured latency (``prefer: latency``) or
-   the one with fewest exclusions is chosen. The variant's own evaluation on the full evaluation set is
-   the confirmation; the manifest records the trace, the ranking and the chosen exclusions.
+2. **Screen.** The all-INT8 model (k = 0) is scored on the gate first; when it passes there and its
+   confirmation shows PASS, nothing is ranked and the search ends.
+3. **Sensitivity**, on a ranking subset (the first ``search.rank_n`` samples of the scoring subset, held out
+   of calibration and evaluation), against FP32: each unit alone kept float in an otherwise all-INT8 model
+   (``exclude_only``) and, with ``search.quantize_only``, each unit alone quantized. Fidelity is the SQNR of
+   the outputs (embeddings; decoder logits under teacher forcing on FP32's own greedy outputs) and, for
+   translation, the KL divergence of the next-token distributions, per language. ``task_metric`` adds the
+   task score of each ``exclude_only`` model. Every model reuses the sweep's calibration table.
+4. **Search.** Units ranked by how much excluding them alone reduces the error of the all-INT8 model (with a
+   per-language gate: in the language where it reduces it most). Candidate k excludes the top k.
+   k = 0, 1, 2, 4, ... until the gate holds on the scoring subset, then bisection between the last failing
+   and the first passing k. Passing candidates are confirmed in order of measured latency
+   (``prefer: latency``) or fewest exclusions, on the full evaluation set with the interval decision; the
+   first PASS ends the search. The manifest records the trace, the ranking, the chosen exclusions and the
+   cost (wall and CPU seconds by phase, models scored).
 
 Everything is deterministic for a given config: the subset is drawn with ``search.seed``, ties in the
 ranking break by unit name, and ONNX Runtime runs the same graphs on the same inputs.
@@ -26,6 +29,7 @@ import json
 import re
 import tempfile
 import time
+from contextlib import contextmanager
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
@@ -75,6 +79,17 @@ def _exact(names) -> list[str]:
     return [f"^{re.escape(n)}$" for n in sorted(names)]
 
 
+def benefit(all8: dict, ex: dict, per_lang: bool) -> float:
+    """How much keeping one unit float lowers the all-INT8 model's error (``score`` results of both). With a
+    per-language gate, in the language where it lowers it most: the gate fails on its worst language, and a
+    unit that repairs one language can vanish in the pooled error of 30."""
+    a, e = all8.get("error_by_lang") or {}, ex.get("error_by_lang") or {}
+    langs = [lang for lang in a if lang != "all" and lang in e]
+    if per_lang and langs:
+        return max(a[lang] - e[lang] for lang in langs)
+    return all8["error"] - ex["error"]
+
+
 def exclusion_for(excluded: list[Unit], only: list[Unit] | None = None) -> ExclusionCfg:
     """The exclusion set that keeps ``excluded`` float (or quantizes ``only``)."""
     if only is not None:
@@ -83,6 +98,16 @@ def exclusion_for(excluded: list[Unit], only: list[Unit] | None = None) -> Exclu
 
 
 # --------------------------------------------------------------------------------------- scoring subset
+
+
+def ranking_subset(ctx, subset: list) -> list:
+    """The samples the ranking scores each unit on: the first ``search.rank_n_per_language`` of each language,
+    then the first ``search.rank_n`` of those (all of the scoring subset when neither is set). Fidelity (the
+    relative MSE of the outputs, KL of next-token distributions) is a mean over every output value or token, so
+    it ranks units on far fewer samples than the gate's accuracy or BLEU needs to decide."""
+    sc = ctx.cfg.search
+    out = sample_cap(subset, sc.rank_n_per_language) if ctx.task.per_language else list(subset)
+    return out[:sc.rank_n] if sc.rank_n else out
 
 
 def scoring_subset(ctx) -> list:
@@ -113,7 +138,10 @@ class Search:
     variant: object
     scorer: object
     units: list[Unit]
+    rank_scorer: object = None  # scores the ranking's models (default: ``scorer``, on the whole subset)
     evaluations: int = 0
+    models: int = 0             # every model scored: the ranking's, the subset gate's, the confirmations'
+    phases: dict = field(default_factory=dict)  # wall seconds by phase of the search
     trace: list[dict] = field(default_factory=list)
     sensitivity: list[dict] = field(default_factory=list)
     confirmations: list[dict] = field(default_factory=list)
@@ -128,7 +156,17 @@ class Search:
         per unit are never an answer, so they stay out of the cache: on a 1 GB translation model with 30
         units, cached they would leave 60 GB behind."""
         with tempfile.TemporaryDirectory(prefix=".scratch-", dir=self.ctx.cache) as d:
-            return self.scorer.score(self.build(excl, Path(d)), quality=quality)
+            self.models += 1
+            return (self.rank_scorer or self.scorer).score(self.build(excl, Path(d)), quality=quality)
+
+    @contextmanager
+    def phase(self, name: str):
+        """Adds the wall time of the block to ``phases[name]`` (the manifest's cost breakdown)."""
+        t0 = time.perf_counter()
+        try:
+            yield
+        finally:
+            self.phases[name] = round(self.phases.get(name, 0.0) + time.perf_counter() - t0, 2)
 
     def gate(self, quality: dict[str, float], base: dict[str, float] | None = None) -> tuple[bool, float, str]:
         """(pass, worst drop in points, where) against FP32's ``base`` (default: on the scoring subset)."""
@@ -140,17 +178,23 @@ class Search:
         return drops[where] <= g.max_drop, drops[where], where
 
     def run_sensitivity(self) -> list[Unit]:
-        """Score every unit both ways; return the units ranked most sensitive first."""
-        task = self.ctx.cfg.search.task_metric
-        all8 = self.scorer.score(self.build(ExclusionCfg()), quality=False)
+        """Score every unit kept float alone (and, with ``search.quantize_only``, quantized alone); return the
+        units ranked most sensitive first (``benefit``)."""
+        with self.phase("ranking"):
+            return self._rank()
+
+    def _rank(self) -> list[Unit]:
+        sc = self.ctx.cfg.search
+        all8 = (self.rank_scorer or self.scorer).score(self.build(ExclusionCfg()), quality=False)
+        self.models += 1
         self._record("all_int8", "", all8)
         gain = {}
         for u in self.units:
-            q_only = self.score_throwaway(exclusion_for([], only=[u]), quality=False)
-            self._record("quantize_only", u.id, q_only)
-            ex = self.score_throwaway(exclusion_for([u]), quality=task)
+            if sc.quantize_only:
+                self._record("quantize_only", u.id, self.score_throwaway(exclusion_for([], only=[u]), quality=False))
+            ex = self.score_throwaway(exclusion_for([u]), quality=sc.task_metric)
             self._record("exclude_only", u.id, ex)
-            gain[u.id] = all8["error"] - ex["error"]
+            gain[u.id] = benefit(all8, ex, self.ctx.cfg.gate.per == "lang")
         return sorted(self.units, key=lambda u: (-gain[u.id], u.id))
 
     def _record(self, mode: str, unit: str, res: dict) -> None:
@@ -161,11 +205,16 @@ class Search:
             self.sensitivity.append({"mode": mode, "unit": unit, "metric": "quality", "lang": lang, "value": v})
 
     def step(self, ranked: list[Unit], k: int) -> dict:
+        with self.phase("subset_gate"):
+            return self._step(ranked, k)
+
+    def _step(self, ranked: list[Unit], k: int) -> dict:
         t0 = time.perf_counter()
         art = self.build(exclusion_for(ranked[:k]))
         res = self.scorer.score(art, quality=True)
         ok, drop, where = self.gate(res["quality"])
         self.evaluations += 1
+        self.models += 1
         row = {"k": k, "excluded_units": [u.id for u in ranked[:k]],
                "excluded_linear_nodes": sum(len(u.nodes) for u in ranked[:k]),
                "quality_all": res["quality"].get("all"), "worst_drop": drop, "worst": where, "pass": ok,
@@ -175,8 +224,13 @@ class Search:
 
     def confirm(self, k: int) -> bool:
         """The candidate's gate on the full evaluation set (the variant's own evaluation reuses its outputs)."""
+        with self.phase("confirmation"):
+            return self._confirm(k)
+
+    def _confirm(self, k: int) -> bool:
         t0 = time.perf_counter()
         row = next(r for r in self.trace if r["k"] == k)
+        self.models += 1
         quality, base = self.scorer.full_quality(Path(row["artifact"]))
         ok, drop, where = self.gate(quality, base)
         dec = confirm_decision(self, Path(row["artifact"]))
@@ -190,7 +244,7 @@ class Search:
     def search(self, ranked: list[Unit]) -> dict:
         limit = self.ctx.cfg.search.max_evaluations
         n = len(ranked)
-        tried: dict[int, dict] = {}
+        tried: dict[int, dict] = {r["k"]: r for r in self.trace}  # k = 0, screened before the ranking
 
         def at(k: int) -> dict:
             if k not in tried:
@@ -263,55 +317,71 @@ def order(s: Search, passing: list[int]) -> tuple[list[int], dict]:
 
 
 def pick(s: Search, ranked: list[Unit], passing: list[int]) -> tuple[int, dict]:
-    """Confirm candidates on the full evaluation set in preference order; when none holds there, keep
-    excluding more (halfway from the largest candidate tried to every unit float, and again) and confirm
-    what passes."""
+    """Confirm candidates on the full evaluation set in preference order; when none holds there, keep more units
+    float, one more than the largest candidate tried, then two, four, ... more (each screened on the subset
+    first), and confirm what passes: the answer stays near the smallest k that holds, at a logarithmic cost."""
     sc = s.ctx.cfg.search
-    cands, latency = order(s, passing)
+    with s.phase("latency"):
+        cands, latency = order(s, passing)
     for k in cands:
         if len(s.confirmations) >= sc.max_confirmations:
             break
-        if s.confirm(k):
+        if k not in {c["k"] for c in s.confirmations} and s.confirm(k):
             return k, latency
-    lo, n = max(passing), len(ranked)
+    lo, n, step = max(passing), len(ranked), 1
     while lo < n - 1 and s.evaluations < sc.max_evaluations and len(s.confirmations) < sc.max_confirmations:
-        k = min(n - 1, lo + max(1, (n - lo) // 2))  # halve the distance to "every unit float", never reach it
+        k = min(n - 1, lo + step)  # never every unit float: that is FP32 with extra steps
         row = next((r for r in s.trace if r["k"] == k), None) or s.step(ranked, k)
         if row["pass"] and k not in {c["k"] for c in s.confirmations} and s.confirm(k):
             return k, latency
-        lo = k
+        lo, step = k, 2 * step
     raise DataError(f"search: no candidate with INT8 left held the gate on the full evaluation set "
                     f"({len(s.confirmations)} confirmation(s), {s.evaluations} subset evaluations)")
 
 
 def resolve(ctx, v) -> tuple[object, dict]:
-    """Run the search for one ``exclude: auto`` variant: (the variant with its chosen exclusions, manifest info)."""
+    """Run the search for one ``exclude: auto`` variant: (the variant with its chosen exclusions, manifest info).
+
+    The all-INT8 candidate (k = 0) is screened first: when it passes on the subset and its confirmation shows
+    PASS, nothing needs ranking and the search stops there (as NNCF's accuracy control stops when the
+    quantized model is within budget). Otherwise units are ranked, then searched and confirmed."""
     if ctx.cfg.gate is None:
         raise ConfigError("search: exclude: auto needs a gate (the quality budget)")
-    t0 = time.perf_counter()
+    t0, c0 = time.perf_counter(), time.process_time()
+    sc = ctx.cfg.search
     subset = scoring_subset(ctx)
-    us = units(ctx.task.fp32_models(ctx), ctx.cfg.search.granularity, ctx.cfg.search.units)
+    rank = ranking_subset(ctx, subset)
+    us = units(ctx.task.fp32_models(ctx), sc.granularity, sc.units)
     scorer = ctx.task.scorer(ctx, subset)
-    s = Search(ctx, v, scorer, us)
+    s = Search(ctx, v, scorer, us, rank_scorer=ctx.task.scorer(ctx, rank) if len(rank) < len(subset) else None)
+    s.phases["fp32_reference"] = round(time.perf_counter() - t0, 2)
     info: dict = {
-        "granularity": ctx.cfg.search.granularity, "units": len(us),
-        "scoring_subset": {"split": ctx.cfg.search.split, "n": len(subset), "seed": ctx.cfg.search.seed,
+        "granularity": sc.granularity, "units": len(us),
+        "scoring_subset": {"split": sc.split, "n": len(subset), "seed": sc.seed,
                            "ids_sha256": hashlib.sha256(json.dumps([x.id for x in subset]).encode()).hexdigest()},
-        "base_quality": scorer.base_quality, "prefer": ctx.cfg.search.prefer,
+        "ranking_subset": {"n": len(rank), "rank_by": "worst_language" if ctx.cfg.gate.per == "lang" else "all"},
+        "base_quality": scorer.base_quality, "prefer": sc.prefer,
     }
     ctx.manifest["variants"][v.id]["search"] = info  # kept, with the trace so far, if the search fails
     ctx.search_sensitivity[v.id] = s.sensitivity
+    ranked: list[Unit] = []
     try:
-        ranked = s.run_sensitivity()
-        info["ranking"] = [u.id for u in ranked]
-        found = s.search(ranked)
-        k, latency = pick(s, ranked, found["passing"])
+        if s.step(ranked, 0)["pass"] and s.confirm(0):
+            found, k, latency = {"passing": [0], "smallest": 0}, 0, {}
+        else:
+            ranked = s.run_sensitivity()
+            info["ranking"] = [u.id for u in ranked]
+            found = s.search(ranked)
+            k, latency = pick(s, ranked, found["passing"])
     finally:
         info["trace"] = [{kk: vv for kk, vv in r.items() if kk != "artifact"} for r in s.trace]
         info["confirmations"] = s.confirmations
         info["evaluations"] = s.evaluations
-        info["models_scored"] = 1 + 2 * len(us) + s.evaluations
+        info["models_scored"] = s.models
+        info["phases_s"] = s.phases
         info["seconds"] = round(time.perf_counter() - t0, 1)
+        info["cpu_seconds"] = round(time.process_time() - c0, 1)
+    info.setdefault("ranking", [u.id for u in ranked])
     excl = exclusion_for(ranked[:k])
     info.update({"passing": found["passing"], "smallest_passing": found["smallest"], "chosen_k": k,
                  "chosen_units": [u.id for u in ranked[:k]], "latency_p50_ms": latency})

@@ -94,7 +94,7 @@ class TranslationScorer:
         kl = {lang: float(np.mean(v)) for lang, v in sorted(kl_by_lang.items())}
         kl["all"] = float(np.mean([v for vs in kl_by_lang.values() for v in vs]))
         sqnr = float("inf") if num == 0 else 10 * np.log10(den / num)
-        out = {"error": kl["all"], "fidelity": {"kl": kl, "sqnr_db": {"all": sqnr}}}
+        out = {"error": kl["all"], "error_by_lang": kl, "fidelity": {"kl": kl, "sqnr_db": {"all": sqnr}}}
         if quality:
             out["quality"] = self._quality(self.tr.translate(self.ctx, gen, self.subset), self.subset)
         return out

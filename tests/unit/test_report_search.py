@@ -266,3 +266,37 @@ def test_confirmations_are_listed_in_preference_order(run):
     text = _re.sub(r"<[^>]+>", "", report.render(run).read_text())
     assert ("Candidates checked on the full evaluation set, in preference order: k = 3 FAIL (worst drop 1.25, de)"
             " · k = 4 PASS (worst drop 0.50, fr).") in text
+
+
+def _with_cost(run: Path) -> None:
+    m = json.loads((run / "manifest.json").read_text())
+    m["variants"][AUTO]["search"].update(
+        phases_s={"fp32_reference": 3.25, "subset_gate": 6.5, "ranking": 20.0, "confirmation": 9.0},
+        cpu_seconds=71.5, ranking_subset={"n": 8, "rank_by": "worst_language"})
+    m["variants"][AUTO]["search"]["confirmations"][0]["decision"] = "PASS"
+    (run / "manifest.json").write_text(json.dumps(m))
+
+
+def test_markdown_and_html_state_the_search_cost_by_phase(run):
+    _with_cost(run)
+    md = report.markdown(run).splitlines()
+    assert ("Search cost: 93.4 s wall, 71.5 s CPU, 18 models scored (s by phase: FP32 reference 3.2, subset gate "
+            "6.5, ranking 20.0, confirmation 9.0; ranking on 8 samples by each unit's best language). Confirmed on "
+            "the evaluation set: k = 4: PASS.") in md
+    sec = _section(report.render(run).read_text(encoding="utf-8"))
+    assert ("93.4 s wall (71.5 s CPU; by phase: fp32 reference 3.2 s, subset gate 6.5 s, ranking 20.0 s, "
+            "confirmation 9.0 s); each unit ranked on 8 samples, by its benefit in the language where it helps "
+            "most.") in sec
+
+
+def test_markdown_of_a_run_without_cost_has_no_cost_line(run):
+    assert not any(line.startswith("Search cost:") for line in report.markdown(run).splitlines())
+
+
+def test_svg_without_quantize_only_rows_draws_one_panel(run):
+    sens = pd.read_parquet(run / "sensitivity.parquet")
+    sens = sens[sens["mode"] != "quantize_only"]
+    svg = report.sensitivity_svg(sens, AUTO, RANKING, 2)
+    labels = report.svg_labels(svg)
+    assert "excluding one unit (all-INT8 error 1)" in labels and "quantizing only this unit" not in labels
+    assert [x for x in labels if x in LABELS] == LABELS
