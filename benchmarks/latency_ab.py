@@ -7,6 +7,10 @@ the FP32 model ("fp32#2", the A/A control), and times them round-robin: each rou
 session `--runs` times at each batch size. Prints, per variant and batch size, the median over
 rounds of the per-round p50, and its ratio to ort_dynamic and to fp32 with a bootstrap 95% interval
 over rounds. On a shared 2-core VM the A/A ratio tells how much of any difference is noise.
+``--variants A B ...`` times only those (fp32, its A/A twin and ort_dynamic always), so a long run stays short.
+
+    python benchmarks/latency_ab.py reports/example-minilm-deploy --rounds 20 --runs 3 \
+        --variants minmax+none+u8s8 minmax+attention_bmm+u8s8 minmax+attention_bmm+u8s8+ort_fused
 """
 
 from __future__ import annotations
@@ -25,6 +29,8 @@ def main() -> None:
     ap.add_argument("--runs", type=int, default=5, help="timed runs per session per round")
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--variants", nargs="*", default=None, help="time only these (besides fp32 and ort_dynamic)")
+    ap.add_argument("--batch-sizes", type=int, nargs="*", default=None, help="default: the run's latency batch sizes")
     args = ap.parse_args()
 
     from qbench.backends.ort import OrtSession
@@ -34,14 +40,18 @@ def main() -> None:
 
     run = Path(args.run_dir)
     m = json.loads((run / "manifest.json").read_text())
-    arts = {v: Path(e["artifact"]) for v, e in m["variants"].items() if e["status"] == "ok" and "artifact" in e}
+    arts = {v: Path(e["artifact"]) for v, e in m["variants"].items() if e["status"] == "ok" and "artifact" in e
+            and (args.variants is None or v in {"fp32", "ort_dynamic", *args.variants})}
+    missing = set(args.variants or []) - set(arts)
+    if missing:
+        raise SystemExit(f"{run}: no ok variant named {', '.join(sorted(missing))}")
     arts["fp32#2"] = arts["fp32"]
     tok = Tokenizer(Path(m["model"]["tokenizer_dir"]), m["config"]["model"]["max_length"])
     ev = load_split(load_manifest(Path(m["data"]["manifest"])), m["data"]["evaluation"]["split"])
     texts = [s.text for s in ev[: m["data"]["evaluation"]["n"]]]
     rng = np.random.default_rng(args.seed)
     feeds = {b: tok.encode_batch([texts[i] for i in rng.choice(len(texts), b, replace=False)])
-             for b in m["config"]["measure"]["latency"]["batch_sizes"]}
+             for b in args.batch_sizes or m["config"]["measure"]["latency"]["batch_sizes"]}
     sessions = {k: OrtSession(p, args.threads, ["CPUExecutionProvider"]) for k, p in arts.items()}
     p50 = {b: {k: [] for k in sessions} for b in feeds}
     for r in range(args.rounds):

@@ -3,7 +3,7 @@ int8 error, per alpha. Numpy only, from a run's cached statistics (no new pass, 
 
     python benchmarks/smoothquant_spread.py reports/example-smoothquant --alphas 0.5 0.8 0.95
 
-Per group (LayerNorm outputs; attention-out inputs; FFN-down inputs), averaged over layers:
+Per group kind (norm: LayerNorm outputs; attn_out: attention-out inputs; ffn_down: FFN-down inputs), averaged over layers:
 - spread: max over median of the per-channel max |x|, before and after dividing by s (1 is flat);
 - weight error: ||dequant(quant(W)) - W|| / ||W|| of the per-output-channel int8 weights, before and after
   multiplying the rows by s.
@@ -53,8 +53,7 @@ def main() -> None:
         _, s, src = smooth(fp32, cmax, alpha, "all")
         rows: dict[str, list] = {}
         for g in groups:
-            kind = ("layernorm" if g.folded else
-                    "attn_out" if "attention" in g.matmuls[0].name else "ffn_down")
+            kind = g.kind  # the group kinds a per-group alpha names (qbench.config.transforms.GROUP_KINDS)
             ss = s[next(q for q, t in src.items() if t == g.tensor)]
             a = cmax[g.tensor]
             ws = [inits[m.input[1]] for m in g.matmuls]

@@ -16,8 +16,13 @@ from dataclasses import asdict, dataclass, field
 
 import numpy as np
 
-# The precision a layer computes in: the narrowest float-like datatype among its inputs and constants.
-_COMPUTE_ORDER = ("FP4", "Int4", "FP8", "Int8", "Half", "BFloat16", "Float")
+# The precision a layer computes in: the narrowest datatype among its inputs (the activations it reads); a narrow
+# type among its constants alone (weights) with float inputs is a weight-only layer: TensorRT-RTX fuses the weight's
+# dequantization into a GEMM that computes in the float type of its input (``__myl_..CastMulCastFc`` layers), so
+# such a layer is "Int4 weight-only", never "Int4" (which would claim INT4 arithmetic on the activations).
+_NARROW = ("FP4", "Int4", "FP8", "Int8")
+WEIGHT_ONLY = tuple(f"{d} weight-only" for d in _NARROW)
+_COMPUTE_ORDER = _NARROW + WEIGHT_ONLY + ("Half", "BFloat16", "Float")
 LINEAR_OPS = ("MatMul", "Gemm")
 
 
@@ -32,10 +37,18 @@ class Layer:
 
     @property
     def is_gemm(self) -> bool:
-        return "gemm" in self.type.lower() or self.type.lower() == "matrixmultiply"
+        # A weight-only GEMM is a runtime fusion whose name ends in "Fc" (fully connected), e.g. CastMulCastFc.
+        return ("gemm" in self.type.lower() or self.type.lower() == "matrixmultiply"
+                or bool(re.search(r"Fc_myl\d+_\d+$", self.name)))
 
     @property
     def compute(self) -> str:
+        narrow = next((d for d in _NARROW if d in self.inputs), None)
+        if narrow:
+            return narrow
+        weights = next((d for d in _NARROW if d in self.constants), None)
+        if weights:  # float activations, narrow weights: weight-only (an embedding Gather's table lands here too)
+            return f"{weights} weight-only"
         seen = set(self.inputs) | set(self.constants)
         return next((d for d in _COMPUTE_ORDER if d in seen), "none")
 
@@ -89,13 +102,16 @@ def linear_flops_per_token(model) -> dict[str, int]:
     return out
 
 
-def summarize(layers: list[Layer], model, excluded_nodes: list[str], *, keep_float: bool = False) -> dict:
+def summarize(layers: list[Layer], model, excluded_nodes: list[str], *, keep_float: bool = False,
+              fp32_nodes: list[str] = ()) -> dict:
     """Linear nodes by the precision of the layer that runs them, the INT8 share of linear FLOPs,
     and the exclusion check.
 
     An excluded node holds when the layer that runs it does not compute in Int8 (``keep_float``, the
-    fp16 baseline's FP32 islands: when the layer touches Float data or fuses the node's Casts). Violations are listed; excluded nodes that no
-    layer names (folded away, e.g. a Cast) are counted as unseen, not as held.
+    fp16 baseline's FP32 islands: when the layer touches Float data or fuses the node's Casts). ``fp32_nodes`` (an
+    INT8-over-FP16 model's FP32 islands) are checked that way whatever ``keep_float`` says, and counted with the
+    excluded nodes; one that is not also excluded from INT8 may sit in a layer that computes Int8. Violations are listed; excluded nodes that no layer names (folded away, e.g. a Cast) are
+    counted as unseen, not as held.
     """
     flops = linear_flops_per_token(model)
     op_of = {n.name: n.op_type for n in model.graph.node}
@@ -122,12 +138,17 @@ def summarize(layers: list[Layer], model, excluded_nodes: list[str], *, keep_flo
             by_dtype[dt] = by_dtype.get(dt, 0) + 1
             total_flops += f
             int8_flops += f if dt == "Int8" else 0
-    bad_dtypes = {"Int8", "FP8", "Int4", "FP4"}
+    bad_dtypes = set(_NARROW) | set(WEIGHT_ONLY)
     held, violations, unseen = [], [], []
-    for n in excluded_nodes:
+    must_float = set(fp32_nodes) | (set(excluded_nodes) if keep_float else set())
+    for n in dict.fromkeys([*excluded_nodes, *fp32_nodes]):
+        # An FP32 island that is not an INT8 exclusion may share a fused kernel with the INT8 GEMMs the graph asks
+        # for (Softmax inside TensorRT's INT8 attention kernel): the kernel's Int8 is theirs, so only the Float
+        # test applies to it.
         if n not in layers_of:
             unseen.append(n)
-        elif compute(n) in bad_dtypes or (keep_float and not all(float_held(la) for la in layers_of[n])):
+        elif ((n in excluded_nodes and compute(n) in bad_dtypes)
+              or (n in must_float and not all(float_held(la) for la in layers_of[n]))):
             violations.append(n)
         else:
             held.append(n)

@@ -20,6 +20,11 @@ class OrtSession:
         so.inter_op_num_threads = 1
         so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
         so.log_severity_level = 3  # errors only: ORT's warnings about unused initializers are noise here
+        # A weight-only DequantizeLinear -> MatMul is fused into MatMulNBits, which by default (accuracy level 4)
+        # quantizes the activations to int8 per block: a weight-only variant would be scored as W8A8/W4A8. Level 1
+        # computes in FP32, as the format (and TensorRT's weight-only GEMMs, in their float type) means
+        # (measured: tests/unit/test_formats.py). No other variant meets MatMulNBits.
+        so.add_session_config_entry("session.qdq_matmulnbits_accuracy_level", "1")
         try:
             self._sess = ort.InferenceSession(str(path), so, providers=providers)
         except Exception as e:  # ORT raises its own Fail/InvalidGraph types; the first line is the useful part
@@ -69,3 +74,38 @@ class OrtBackend(BaseModel):
 
     def open(self, artifact: Path) -> OrtSession:
         return OrtSession(artifact, self.threads, [self.provider])
+
+
+def cpu_float16_fallback(path: Path) -> dict:
+    """How ONNX Runtime's CPU EP runs an FP16 graph, read from the graph it optimizes (written to a temp dir).
+
+    Where the CPU EP has no FP16 kernel (MatMul among them in ORT 1.32) it inserts Casts and computes the node
+    in FP32, and it drops the Casts between two such nodes, so a chain of them runs in FP32 end to end: their
+    intermediate results are never rounded to FP16, as they are on a GPU. ``fp32_ops`` counts, per op type, the
+    nodes that read an FP32 copy ORT made. Returns {"ort_inserted_casts": n, "fp32_ops": {...}, "evaluated_by": text}.
+    """
+    import tempfile
+
+    import onnx
+    import onnxruntime as ort
+
+    orig = onnx.load(str(path), load_external_data=False)
+    known = {n.name for n in orig.graph.node}
+    so = ort.SessionOptions()
+    so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    so.log_severity_level = 3
+    with tempfile.TemporaryDirectory() as d:
+        so.optimized_model_filepath = str(Path(d) / "opt.onnx")
+        ort.InferenceSession(str(path), so, providers=["CPUExecutionProvider"])
+        opt = onnx.load(so.optimized_model_filepath, load_external_data=False)
+    inserted = [n for n in opt.graph.node if n.op_type == "Cast" and n.name not in known]
+    up = {n.output[0] for n in inserted if any(a.name == "to" and a.i == onnx.TensorProto.FLOAT for a in n.attribute)}
+    ops: dict[str, int] = {}
+    for n in opt.graph.node:
+        if n.op_type != "Cast" and any(x in up for x in n.input):
+            ops[n.op_type] = ops.get(n.op_type, 0) + 1
+    ops = dict(sorted(ops.items()))
+    text = (f"onnxruntime {ort.__version__} CPUExecutionProvider: it inserted {len(inserted)} Casts; "
+            + ", ".join(f"{k} {v}" for k, v in ops.items())
+            + " read an FP32 copy, so they and the nodes after them up to the next FP16 kernel compute in FP32")
+    return {"ort_inserted_casts": len(inserted), "fp32_ops": ops, "evaluated_by": text}

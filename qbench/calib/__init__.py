@@ -22,9 +22,9 @@ Need = Literal["absmax", "abs_hist", "channel_absmax"]
 MIN_AMAX = 1e-8
 
 
-def scale_of(amax: float) -> np.float32:
-    """The one place a Q scale is derived from an amax (symmetric int8)."""
-    return np.float32(max(float(amax), MIN_AMAX) / 127.0)
+def scale_of(amax: float, qmax: float = 127.0) -> np.float32:
+    """The one place a Q scale is derived from an amax: symmetric, amax / qmax (127: int8; 448: FP8 E4M3; 7: int4)."""
+    return np.float32(max(float(amax), MIN_AMAX) / qmax)
 
 
 @dataclass
@@ -93,8 +93,8 @@ class CalibrationTable:
     amax: dict[str, float]
     calibrator: str = ""
 
-    def scale(self, tensor: str) -> np.float32:
-        return scale_of(self.amax[tensor])
+    def scale(self, tensor: str, qmax: float = 127.0) -> np.float32:
+        return scale_of(self.amax[tensor], qmax)
 
     def to_json(self) -> str:
         return json.dumps({"calibrator": self.calibrator, "amax": self.amax}, indent=1, sort_keys=True)

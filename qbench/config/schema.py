@@ -14,8 +14,11 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 from qbench.config.errors import ConfigError, one_line
 from qbench.config.lm import LmCfg
+from qbench.config.search import SearchCfg  # noqa: F401 (re-exported: the sweep config's search section)
 from qbench.config import external
+from qbench.config.deploy import DeploySweepFields, DeployVariantFields
 from qbench.config.external import ForeignSweepFields
+from qbench.config.formats import FormatSweepFields, FormatVariantField, format_problems
 from qbench.config.messages import _loc, format_errors
 from qbench.config.transforms import TransformCfg, expand_transforms
 from qbench.util.io import read_yaml_mapping
@@ -85,7 +88,7 @@ class ExclusionCfg(Strict):
                                             "expressions are quantized (the rest stay float, their tensors untouched)")
 
 
-class VariantCfg(Strict):
+class VariantCfg(FormatVariantField, DeployVariantFields, Strict):  # format; float_dtype, ort_form (deploy.py)
     calibrator: dict[str, Any] = Field(description="{name: ..., <calibrator parameters>} (qbench ls calibrators)")
     exclusion: str = Field("none", description="an exclusion set name, a role name, or auto")
     flavor: Literal["s8s8", "u8s8"] = Field("s8s8", description="activation/weight integer types")
@@ -102,7 +105,8 @@ class VariantCfg(Strict):
 ROLE_NAMES = ("layernorm", "softmax", "embeddings", "lm_head", "mlp_gate")
 
 
-class SweepCfg(ForeignSweepFields, Strict):  # baselines, external: qbench.config.external
+class SweepCfg(ForeignSweepFields, FormatSweepFields, DeploySweepFields, Strict):  # baselines, external; formats;
+    # float_dtypes: qbench.config.deploy
     calibrators: list[dict[str, Any]] = Field([{"name": "minmax"}], description="{name: ..., <parameters>} each; "
                                               "crossed in the grid (qbench ls calibrators)")
     exclusion_sets: dict[str, ExclusionCfg] = Field({}, description="named exclusion sets; 'none' is built in")
@@ -111,7 +115,7 @@ class SweepCfg(ForeignSweepFields, Strict):  # baselines, external: qbench.confi
     flavors: list[Literal["s8s8", "u8s8"]] = Field(["s8s8"], description="s8s8: INT8 activations and weights "
                                                    "(TensorRT); u8s8: UINT8 activations (ONNX Runtime CPU's fast path)")
     transforms: list[TransformCfg] = Field(["none"], validate_default=True, description="graph transforms crossed in the grid: "
-                                           "none, {name: smoothquant, alpha: 0.5 or a list} (docs/smoothquant.md)")
+                                           "none, {name: smoothquant, alpha: 0.5, a list, or one per group} (docs/smoothquant.md)")
     embeddings: list[Literal["float", "int8"]] = Field(["float"], description="embedding tables crossed in the grid: "
                                                        "float, or int8 (weight-only, one scale per row)")
     extra: list[VariantCfg] = Field([], description="single variants outside the grid")
@@ -192,6 +196,9 @@ class GenerationCfg(Strict):
     num_beams: int = Field(1, ge=1, le=16, description="1: greedy decoding")
     max_new_tokens: int = Field(128, ge=1, le=1024, description="generated tokens per output, at most")
     batch_size: int = Field(32, ge=1, description="sources decoded together")
+    workers: int = Field(1, ge=1, le=256, description=(
+        "processes decoding one variant's evaluation set, each with backend.threads threads; the batches are "
+        "those of one process, so the outputs are too"))
 
 
 class GateCfg(Strict):
@@ -218,26 +225,6 @@ class TensorRTCfg(Strict):
         "explicit", description="explicit: the QDQ ONNX, strongly typed (TensorRT >= 10, TensorRT-RTX); implicit: "
                                 "TensorRT <= 10 only, the FP32 ONNX plus qbench's table as a calibration cache "
                                 "(exclusions do not apply; unverified here)")
-
-
-class SearchCfg(Strict):
-    """``exclude: auto``: rank quantizable units by sensitivity, then exclude the most sensitive until the
-    gate holds on a scoring subset; confirmed by the variant's evaluation on the full evaluation set."""
-
-    granularity: Literal["block", "node"] = Field(
-        "block", description="block: nodes grouped by transformer sub-block (attention, FFN, lm_head); node: each")
-    split: str = Field("calibration", description="where the scoring subset comes from; calibration samples "
-                                                 "and evaluation samples are left out of it")
-    n: int | None = Field(None, ge=2, description="scoring subset size (retrieval, or languages pooled)")
-    n_per_language: int | None = Field(16, ge=1, description="translation: scoring samples per language")
-    seed: int = Field(0, description="draws the scoring subset")
-    task_metric: bool = Field(True, description="also score each unit's exclusion on the task metric")
-    prefer: Literal["latency", "fewest_exclusions"] = Field(
-        "latency", description="among candidates passing the gate: the fastest measured, or the fewest excluded")
-    max_evaluations: int = Field(24, ge=2, description="gate evaluations on the scoring subset, at most")
-    max_confirmations: int = Field(4, ge=1, description="candidates checked on the full evaluation set, at most")
-    units: list[str] = Field([], description="regular expressions: search only the units whose id matches "
-                                            "(the rest stay INT8); empty = every unit")
 
 
 class ExecutorCfg(Strict):
@@ -384,7 +371,7 @@ def _check_task(cfg: SweepConfig, file: str) -> list[str]:
     """Settings that only some tasks understand: the task says (qbench.tasks.base.Task.check_config)."""
     from qbench.config import registry
 
-    return registry.tasks.get(cfg.task)().check_config(cfg, file)
+    return registry.tasks.get(cfg.task)().check_config(cfg, file) + format_problems(cfg, file)
 
 
 def _instantiate(reg, spec: dict, loc: tuple, file: str) -> list[str]:

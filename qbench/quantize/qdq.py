@@ -21,7 +21,9 @@ import onnx
 from onnx import TensorProto, helper, numpy_helper
 
 from qbench.calib import CalibrationTable, _listed
+from qbench.config.formats import FormatCfg
 from qbench.config.schema import ExclusionCfg
+from qbench.quantize import formats
 from qbench.config.errors import ModelError, QuantizationError, one_line
 from qbench.quantize.roles import NAME_HINTS, canonical_role, find_roles, stable_names
 
@@ -155,8 +157,12 @@ def match_exclusions(model: onnx.ModelProto, excl: ExclusionCfg) -> tuple[set[st
     return matched, [one_line(w) for w in warnings]  # each is logged as one line
 
 
-def plan(model: onnx.ModelProto, excl: ExclusionCfg) -> tuple[list[onnx.NodeProto], QdqReport]:
-    """Decide which MatMul/Gemm nodes get Q/DQ, honouring exclusions on both ends of each tensor."""
+def plan(model: onnx.ModelProto, excl: ExclusionCfg, fmt: FormatCfg | None = None
+         ) -> tuple[list[onnx.NodeProto], QdqReport]:
+    """Decide which MatMul/Gemm nodes get Q/DQ, honouring exclusions on both ends of each tensor.
+
+    A weight-only format (``fmt``) quantizes no activation: it takes the chosen nodes that have a 2-D constant
+    weight (the linear layers; the attention's batched matmuls have none), and no tensor."""
     inits = _initializers(model)
     excluded, warnings = match_exclusions(model, excl)
     float_tensors: set[str] = set()
@@ -179,6 +185,10 @@ def plan(model: onnx.ModelProto, excl: ExclusionCfg) -> tuple[list[onnx.NodeProt
         if any(a in float_tensors for a in acts):
             continue
         chosen.append(n)
+    if fmt is not None and fmt.weight_only:
+        chosen = [n for n in chosen if any(len(inits[x].dims) == 2 for _, x in weight_inputs(n, inits))]
+        report.quantized_nodes = [n.name for n in chosen]
+        return chosen, report
     report.quantized_nodes = [n.name for n in chosen]
     report.quantized_tensors = list(dict.fromkeys(a for n in chosen for a in activation_inputs(n, inits)))
     return chosen, report
@@ -196,26 +206,30 @@ def quantize_weight(w: np.ndarray, axis: int | None) -> tuple[np.ndarray, np.nda
 
 
 def build_qdq(fp32_model: Path | onnx.ModelProto, table: CalibrationTable, excl: ExclusionCfg, flavor: str,
-              out_path: Path, weights=None, embeddings: bool = False) -> QdqReport:
+              out_path: Path, weights=None, embeddings: bool = False, fmt: FormatCfg | None = None) -> QdqReport:
     """Write the QDQ model for one variant; return what was quantized and excluded.
 
     ``fp32_model``: a path, or the parsed model (left untouched) when the caller already holds it.
     ``weights`` is a weight rule (calibrators.weights); per output channel by default. ``embeddings``: also
-    store the Gather tables as weight-only INT8, one scale per row (qbench.quantize.embeddings).
+    store the Gather tables as weight-only INT8, one scale per row (qbench.quantize.embeddings). ``fmt``: the
+    number format (qbench.config.formats; int8 by default): a weight-only format quantizes the weights of the
+    chosen MatMul/Gemm nodes only, so ``table`` may be empty for it.
     """
     from calibrators.weights import PerChannel
     from qbench.util.io import atomic_write_bytes
 
     weights = weights or PerChannel()
+    fmt = fmt or FormatCfg()
     fp32 = fp32_model if isinstance(fp32_model, onnx.ModelProto) else load_model(fp32_model)
     model = onnx.ModelProto()
     model.CopyFrom(fp32)  # edited in place below; the pristine copy checks the weight scales
-    chosen, report = plan(model, excl)
+    chosen, report = plan(model, excl, fmt)
     missing = [t for t in report.quantized_tensors if t not in table.amax]
     if missing:
         raise QuantizationError(f"calibration table lacks {len(missing)} of the {len(report.quantized_tensors)} "
                                 f"tensor(s) the model quantizes: {_listed(missing, 8)}")
-    _insert(model, chosen, report.quantized_tensors, table, flavor, weights)
+    _insert(model, chosen, report.quantized_tensors, table, flavor, weights, fmt)
+    formats.raise_opset(model, fmt.name)
     if embeddings:
         from qbench.quantize.embeddings import quantize_embeddings
 
@@ -225,17 +239,19 @@ def build_qdq(fp32_model: Path | onnx.ModelProto, table: CalibrationTable, excl:
     return report
 
 
-def _insert(model, chosen, act_tensors, table, flavor, weights) -> None:
+def _insert(model, chosen, act_tensors, table, flavor, weights, fmt: FormatCfg) -> None:
     g = model.graph
     inits = _initializers(model)
     act_set = set(act_tensors)
-    act_dtype, zp = (TensorProto.UINT8, 128) if flavor == "u8s8" else (TensorProto.INT8, 0)
+    act_dtype, zp = ((TensorProto.FLOAT8E4M3FN, 0) if fmt.name == "fp8" else
+                     (TensorProto.UINT8, 128) if flavor == "u8s8" else (TensorProto.INT8, 0))
+    qmax = formats.FP8_MAX if fmt.name == "fp8" else 127.0
     after: dict[str, list] = {}        # producer output -> Q/DQ nodes to place right after it
     head: list = []                    # weight DQs and graph-input Q/DQs go first
     produced = {o for n in g.node for o in n.output}
     for t in act_tensors:
         sname, zname = f"{t}_scale", f"{t}_zero_point"
-        g.initializer.append(numpy_helper.from_array(np.array(table.scale(t), np.float32), sname))
+        g.initializer.append(numpy_helper.from_array(np.array(table.scale(t, qmax), np.float32), sname))
         g.initializer.append(helper.make_tensor(zname, act_dtype, [], [zp]))
         q = helper.make_node("QuantizeLinear", [t, sname, zname], [f"{t}_q"], name=f"{t}_QuantizeLinear")
         dq = helper.make_node("DequantizeLinear", [f"{t}_q", sname, zname], [f"{t}_dq"],
@@ -248,15 +264,10 @@ def _insert(model, chosen, act_tensors, table, flavor, weights) -> None:
                 if x not in renamed_w:
                     w = numpy_helper.to_array(inits[x])
                     axis = weights.axis(n.op_type, i, w.ndim, _attrs(n))
-                    qw, sc = weights.quantize(w, axis)
-                    g.initializer.extend([
-                        numpy_helper.from_array(qw, f"{x}_int8"),
-                        numpy_helper.from_array(sc, f"{x}_wscale"),
-                        numpy_helper.from_array(np.zeros_like(sc, dtype=np.int8), f"{x}_wzero"),
-                    ])
-                    head.append(helper.make_node("DequantizeLinear", [f"{x}_int8", f"{x}_wscale", f"{x}_wzero"],
-                                                 [f"{x}_dq"], name=f"{x}_DequantizeLinear",
-                                                 **({} if axis is None else {"axis": axis})))
+                    new, attrs = formats.weight_dq(fmt, x, w, axis, weights)
+                    g.initializer.extend(new)
+                    head.append(helper.make_node("DequantizeLinear", [t.name for t in new], [f"{x}_dq"],
+                                                 name=f"{x}_DequantizeLinear", **attrs))
                     renamed_w[x] = f"{x}_dq"
                 n.input[i] = renamed_w[x]
             elif x in act_set:
@@ -292,7 +303,9 @@ def verify_scales(model: onnx.ModelProto, table: CalibrationTable, fp32: onnx.Mo
         if n.op_type == "QuantizeLinear":
             src = n.input[0]
             s = numpy_helper.to_array(inits[n.input[1]]) if n.input[1] in inits else None
-            if src not in table.amax or s is None or s.shape != () or s != table.scale(src):
+            fp8 = len(n.input) > 2 and n.input[2] in inits and inits[n.input[2]].data_type == TensorProto.FLOAT8E4M3FN
+            qmax = formats.FP8_MAX if fp8 else 127.0  # the format is the zero point's type: amax / 448 or / 127
+            if src not in table.amax or s is None or s.shape != () or s != table.scale(src, qmax):
                 bad.append(src)
             q_scale_of[n.output[0]] = s
     for n in model.graph.node:
@@ -314,6 +327,11 @@ def verify_scales(model: onnx.ModelProto, table: CalibrationTable, fp32: onnx.Mo
             want = weights.axis(use[0].op_type, use[1], w.ndim, _attrs(use[0])) if use else None
             got = _attrs(n).get("axis") if s is not None and s.ndim == 1 else None
             ok = s is not None and got == want and np.array_equal(s, weights.quantize(w, want)[1])
+        elif src in inits and src.endswith(("_fp8", "_int4")) and src.rsplit("_", 1)[0] in fp32_inits:
+            w = numpy_helper.to_array(fp32_inits[src.rsplit("_", 1)[0]])
+            use = consumers.get(n.output[0])
+            want = weights.axis(use[0].op_type, use[1], w.ndim, _attrs(use[0])) if use else None
+            ok = formats.weight_scale_ok(_attrs(n), s, w, "fp8" if src.endswith("_fp8") else "int4_wo", want)
         else:
             ok = False
         if not ok:

@@ -25,6 +25,7 @@ FP32, one float pointwise node more per such activation, and the quantized tenso
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -34,6 +35,7 @@ from onnx import helper, numpy_helper
 # Clamp of the factors: a dead channel (a or w zero) gets 1, and no factor leaves [1e-5, 1e5].
 S_MIN, S_MAX = 1e-5, 1e5
 SHAPE_ONLY = {"Shape", "Size"}
+_LAYOUT = {"Reshape", "Transpose", "Identity"}
 
 
 @dataclass
@@ -45,6 +47,7 @@ class Group:
     divide: list[str] = field(default_factory=list)        # initializers (length C) divided by s
     matmuls: list[onnx.NodeProto] = field(default_factory=list)
     others: list[onnx.NodeProto] = field(default_factory=list)  # readers that get Mul(X / s, s)
+    kind: str = "norm"              # which alpha applies: one of qbench.config.transforms.GROUP_KINDS
 
     @property
     def folded(self) -> bool:
@@ -81,6 +84,21 @@ def _fold_targets(node: onnx.NodeProto, inits: dict, producer: dict, readers: di
     return None
 
 
+def _kind(t: str, inits: dict, producer: dict) -> str:
+    """attn_out when ``t`` is a batched MatMul's output (two activations, e.g. probs x V) through layout-only
+    nodes; else ffn_down (in a transformer: the activation function's output that the FFN down projection reads)."""
+    for _ in range(8):
+        n = producer.get(t)
+        if n is None:
+            break
+        if n.op_type == "MatMul":
+            return "attn_out" if all(x not in inits for x in n.input) else "ffn_down"
+        if n.op_type not in _LAYOUT:
+            break
+        t = n.input[0]
+    return "ffn_down"
+
+
 def find_groups(model: onnx.ModelProto, targets: str = "norm") -> list[Group]:
     """Every activation read by MatMuls with a 2-D weight and produced by a norm the division folds into; with
     ``targets="all"``, also the others (``divide`` empty: smoothed by an inserted Mul)."""
@@ -109,8 +127,14 @@ def find_groups(model: onnx.ModelProto, targets: str = "norm") -> list[Group]:
             others = [n for n in rs if n not in mms and n.op_type not in SHAPE_ONLY]
             groups.append(Group(t, producer[t].name, fold, mms, others))
         elif targets == "all":
-            groups.append(Group(t, producer[t].name, [], mms, []))
+            groups.append(Group(t, producer[t].name, [], mms, [], _kind(t, inits, producer)))
     return groups
+
+
+def alpha_of(alpha: float | Mapping[str, float], kind: str) -> float:
+    """The alpha of a group kind: one value for all, or the mapping's entry (validated in qbench.config.transforms
+    to name every kind the targets smooth)."""
+    return float(alpha) if isinstance(alpha, (int, float)) else float(alpha[kind])
 
 
 def factors(channel_absmax: np.ndarray, weights: list[np.ndarray], alpha: float) -> np.ndarray:
@@ -123,14 +147,15 @@ def factors(channel_absmax: np.ndarray, weights: list[np.ndarray], alpha: float)
     return np.clip(s, S_MIN, S_MAX).astype(np.float32)
 
 
-def smooth(fp32: onnx.ModelProto, channel_absmax: dict[str, np.ndarray], alpha: float,
-           targets: str = "norm") -> tuple[onnx.ModelProto, dict[str, np.ndarray], dict[str, str]]:
+def smooth(fp32: onnx.ModelProto, channel_absmax: dict[str, np.ndarray], alpha: float | Mapping[str, float],
+           targets: str = "norm", factor_fn=None) -> tuple[onnx.ModelProto, dict[str, np.ndarray], dict[str, str]]:
     """(a transformed copy of ``fp32``, {quantized tensor: s}, {quantized tensor: the tensor its channel
     statistics are of}); ``fp32`` is left untouched. A folded group's quantized tensor keeps its name; an
-    inserted Mul's output is ``<tensor>_smoothed``.
+    inserted Mul's output is ``<tensor>_smoothed``. ``alpha``: one value, or one per group kind (``Group.kind``).
 
     ``channel_absmax``: max |x| per channel of each tensor, from the statistics pass; a group whose tensor is
     missing there is left alone. An initializer another node also reads is copied before it is changed.
+    ``factor_fn(channel_absmax, weights) -> s`` replaces SmoothQuant's factors (AWQ's search: qbench.quantize.awq).
     """
     model = onnx.ModelProto()
     model.CopyFrom(fp32)
@@ -160,7 +185,8 @@ def smooth(fp32: onnx.ModelProto, channel_absmax: dict[str, np.ndarray], alpha: 
 
     for gr in groups:
         ws = [numpy_helper.to_array(inits[m.input[1]]) for m in gr.matmuls]
-        s = factors(channel_absmax[gr.tensor], ws, alpha)
+        s = (factor_fn(channel_absmax[gr.tensor], ws) if factor_fn
+             else factors(channel_absmax[gr.tensor], ws, alpha_of(alpha, gr.kind)))
         for m, w in zip(gr.matmuls, ws):
             rewrite(m, m.input[1], w * s[:, None])
         if not gr.folded:  # Mul(X, 1/s) in front of the MatMuls

@@ -289,7 +289,7 @@ def render(run_dir: str | Path) -> Path:
         mt=task.report_context(df, manifest), trt=trt_tables(manifest), vd=vd,
         ranges=calibration_ranges(manifest, run_dir),
         search=search_sections(df, manifest, _load_sensitivity(run_dir)),
-        sets=set_sections(manifest, samples),
+        sets=set_sections(manifest, samples, run_dir),
         plot=_pareto_svg(df, batches, metric, label) if batches else "",
     )
     return atomic_write_text(run_dir / "report.html", html)

@@ -124,6 +124,11 @@ def trt_hint(error: str, variant: str = "") -> str:
     return next((h for k, h in _TRT_HINTS if k.lower() in error.lower()), "")
 
 
+def table_paths(entry: dict) -> dict[str, str]:
+    """A variant's calibration tables in its run, graph -> path ('' for a one-graph model's single table)."""
+    return entry.get("tables") or ({"": entry["table"]} if entry.get("table") else {})
+
+
 def calibration_ranges(manifest: dict, run_dir: Path, top: int = 12) -> list[dict]:
     """Per calibration set (and graph): the tensors whose amax the calibrators disagree on most.
 
@@ -135,8 +140,7 @@ def calibration_ranges(manifest: dict, run_dir: Path, top: int = 12) -> list[dic
 
     groups: dict[tuple[str, str], dict[str, str]] = {}
     for e in manifest.get("variants", {}).values():
-        paths = e.get("tables") or ({"": e["table"]} if e.get("table") else {})
-        for graph, rel in paths.items():
+        for graph, rel in table_paths(e).items():
             groups.setdefault((e.get("calibration_set") or "", graph), {}).setdefault(e["calibrator"], rel)
     out = []
     for (cset, graph), by_cal in sorted(groups.items()):

@@ -88,7 +88,7 @@ class _Schedule:
         if v.exclusion == "auto":  # the search decides this variant's exclusions first
             from qbench.run import search
 
-            log(f"search for {v.id}: sensitivity of every unit, then the gate on a scoring subset")
+            log(f"search for {v.id}: all-INT8 against the gate, then (if it fails) sensitivity of every unit")
             try:
                 resolved[0], entry["search"] = search.resolve(ctx, v)
             finally:

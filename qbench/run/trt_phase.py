@@ -87,7 +87,9 @@ def build_variant_engines(ctx, v, artifact: Path) -> tuple[list, dict]:
             raise VariantFailed(f"{graph}: {e}") from None
         info["timing_cache"] = "warm" if warm else "cold"
         layers = parse_layers(log_lines)
-        s = summarize(layers, model, excluded, keep_float=v.baseline == "fp16")
+        # INT8 over FP16: the nodes it keeps in FP32 must run Float, like the fp16 baseline's.
+        s = summarize(layers, model, excluded, keep_float=v.baseline == "fp16",
+                      fp32_nodes=vm.get("fp32_nodes", []) if graph == "model" else [])
         rel = f"tensorrt/{_safe(v.id)}.{graph}.layers.json"
         atomic_write_text(ctx.run_dir / rel, json.dumps(to_records(layers), indent=1))
         entry["graphs"][graph] = {"build": info, "summary": s, "layers": rel, "engine": str(engine),
@@ -184,9 +186,10 @@ def run(ctx, variants: dict, artifacts: dict[str, Path], rows: list[dict], flush
                                     status="not_run_here")
         except Exception as e:  # a failing build is this variant's failed row; the sweep goes on
             entry = {"status": "failed", "error": first_line(e, None)}
-            why = parser_error_why(ctx, art, entry["error"])
-            if why:
-                entry["why"] = why
+            # Its own name: `why` holds the no-GPU reason every later variant's latency row gives.
+            parse_why = parser_error_why(ctx, art, entry["error"])
+            if parse_why:
+                entry["why"] = parse_why
             if not isinstance(e, QbenchError):  # a bug: keep its traceback
                 entry["traceback"] = traceback.format_exc()
                 traceback.print_exc()

@@ -1,4 +1,4 @@
-"""Expand a SweepConfig into the variant table: baselines + calibrator x exclusion x flavor (+ extras)."""
+"""Expand a SweepConfig into the variant table: baselines + calibrator x exclusion x flavor x format (+ extras)."""
 
 from __future__ import annotations
 
@@ -6,6 +6,7 @@ from dataclasses import dataclass, field
 
 from qbench.calib import Calibrator
 from qbench.config.external import PeerBaselineCfg
+from qbench.config.formats import FormatCfg
 from qbench.config.schema import ExclusionCfg, SweepConfig, build_plugin
 from qbench.config.transforms import TransformCfg
 
@@ -23,8 +24,11 @@ class Variant:
     calib_set: str = "default"
     transform: TransformCfg = field(default_factory=TransformCfg)  # an FP32 graph rewrite before Q/DQ
     embeddings: str = "float"       # float | int8 (weight-only Gather tables)
+    float_dtype: str = "fp32"       # fp32 | fp16: what computes outside INT8 (qbench.quantize.qdq_fp16)
+    ort_form: str = "qdq"           # qdq | fused: ONNX Runtime CPU's deployment form (qbench.quantize.ort_deploy)
     path: str = ""                  # external: the model file (or folder) as given, resolved
     peer: PeerBaselineCfg | None = None  # nncf / modelopt_int8: the options it runs with
+    format: FormatCfg = field(default_factory=FormatCfg)  # int8 | fp8 | int8_wo | int4_wo (docs/formats.md)
 
     def signature(self, calib_set: str) -> str:
         """sacrebleu-style provenance string carried by every score of this variant."""
@@ -36,16 +40,25 @@ class Variant:
         if self.kind == "baseline":
             return f"baseline:{self.baseline}|be:{self.backend}"
         assert self.calibrator is not None
-        return (f"cal:{self.calibrator.signature()}|set:{calib_set}|excl:{self.exclusion}"
-                f"|flavor:{self.flavor}|be:{self.backend}"
+        # The int8 signature is unchanged from before the format axis; a weight-only format quantizes no activation,
+        # so it names no calibrator and no flavor.
+        fmt = self.format.signature()
+        if self.format.weight_only:
+            head = f"fmt:{fmt}|set:{calib_set}|excl:{self.exclusion}"
+        else:
+            head = (f"cal:{self.calibrator.signature()}|set:{calib_set}|excl:{self.exclusion}"
+                    + (f"|flavor:{self.flavor}" if self.format.name == "int8" else f"|fmt:{fmt}"))
+        return (head + f"|be:{self.backend}"
                 + (f"|tf:{self.transform.signature()}" if self.transform.name != "none" else "")
-                + (f"|emb:{self.embeddings}" if self.embeddings != "float" else ""))
+                + (f"|emb:{self.embeddings}" if self.embeddings != "float" else "")
+                + (f"|float:{self.float_dtype}" if self.float_dtype != "fp32" else "")
+                + (f"|form:{self.ort_form}" if self.ort_form != "qdq" else ""))
 
     def describe(self) -> dict:
         return {
             "variant": self.id,
             "kind": self.kind,
-            "calibrator": (self.calibrator.signature() if self.calibrator else
+            "calibrator": ("" if self.format.weight_only else self.calibrator.signature() if self.calibrator else
                            self.peer.id if self.peer else "external" if self.kind == "external" else self.baseline),
             "exclusion": self.exclusion if self.kind == "qbench" else "",
             "flavor": self.flavor,
@@ -53,6 +66,9 @@ class Variant:
             "calibration_set": self.calib_set if self.kind == "qbench" else "",
             "transform": self.transform.signature() if self.kind == "qbench" else "",
             "embeddings": self.embeddings if self.kind == "qbench" else "",
+            "format": self.format.signature() if self.kind == "qbench" else "",
+            "float_dtype": self.float_dtype if self.kind == "qbench" else "",
+            "ort_form": self.ort_form if self.kind == "qbench" else "",
         }
 
 
@@ -71,37 +87,51 @@ def expand(cfg: SweepConfig) -> list[Variant]:
     out += [Variant(id=e.name, kind="external", baseline="", backend=be, path=str(e.resolved(cfg.base_dir)))
             for e in cfg.sweep.external]
     combos = [
-        (c, ex, fl, cs, tf, emb)
+        (c, ex, fl, cs, tf, emb, fm, fd, "qdq")
         for cs in sets
         for tf in cfg.sweep.transforms
+        for fm in cfg.sweep.formats
         for c in cfg.sweep.calibrators
         for ex in cfg.sweep.exclusions
         for fl in cfg.sweep.flavors
         for emb in cfg.sweep.embeddings
+        for fd in cfg.sweep.float_dtypes
+        if not (fm.weight_only and tf.name != "none")  # a weight-only format's scales are its own (awq), no transform
     ]
-    combos += [(v.calibrator, v.exclusion, v.flavor, v.calibration_set or sets[0], v.transform, v.embeddings)
-               for v in cfg.sweep.extra]
+    combos += [(v.calibrator, v.exclusion, v.flavor, v.calibration_set or sets[0], v.transform, v.embeddings, v.format,
+                v.float_dtype, v.ort_form) for v in cfg.sweep.extra]
     seen: set[str] = set()
-    for spec, ex, fl, cs, tf, emb in combos:
+    for spec, ex, fl, cs, tf, emb, fm, fd, form in combos:
         cal = build_plugin(registry.calibrators, spec)
-        # The set joins the id only when there is a choice, so single-set ids stay short and stable; so do the
-        # transform and the embeddings, named only when they are not the default.
-        vid = (f"{cal.signature()}+{ex}+{fl}" + (f"+{tf.signature()}" if tf.name != "none" else "")
-               + ("+emb_int8" if emb == "int8" else "") + (f"@{cs}" if len(sets) > 1 else ""))
-        if vid in seen:
+        vid = variant_id(cal.signature(), ex, fl, fm, tf, emb, cs if len(sets) > 1 else None, fd, form)
+        if vid in seen:  # a weight-only format crossed with several calibrators or flavors is one variant
             continue
         seen.add(vid)
         out.append(Variant(id=vid, kind="qbench", calibrator=cal, exclusion=ex, exclusion_cfg=cfg.sweep.exclusion(ex),
-                           flavor=fl, backend=be, calib_set=cs, transform=tf, embeddings=emb))
+                           flavor=fl if fm.name == "int8" else fm.signature(), backend=be, calib_set=cs, transform=tf,
+                           embeddings=emb, format=fm, float_dtype=fd, ort_form=form))
     return out
+
+
+def variant_id(cal: str, ex: str, flavor: str, fm: FormatCfg, tf: TransformCfg, emb: str, calib_set: str | None,
+               float_dtype: str = "fp32", ort_form: str = "qdq") -> str:
+    """``<calibrator>+<exclusion>+<flavor>``, the flavor replaced by the format when it is not int8, and the
+    calibrator and flavor left out for a weight-only format (it quantizes no activation). The set joins the id only
+    when there is a choice, so single-set ids stay short and stable; so do the transform and the embeddings, named
+    only when they are not the default."""
+    head = f"{fm.signature()}+{ex}" if fm.weight_only else f"{cal}+{ex}+{flavor if fm.name == 'int8' else fm.name}"
+    return (head + (f"+{tf.signature()}" if tf.name != "none" else "") + ("+emb_int8" if emb == "int8" else "")
+            + ("+fp16" if float_dtype == "fp16" else "") + ("+ort_fused" if ort_form == "fused" else "")
+            + (f"@{calib_set}" if calib_set else ""))
 
 
 def format_table(variants: list[Variant]) -> str:
     rows = [v.describe() for v in variants]
     cols = ["variant", "kind", "calibrator", "exclusion", "flavor", "calibration_set", "transform", "embeddings",
-            "backend"]
-    cols = [c for c in cols if c not in ("transform", "embeddings") or any(r[c] not in ("", "none", "float")
-                                                                           for r in rows)]
+            "format", "float_dtype", "ort_form", "backend"]
+    # a column shown only when some variant departs from its default
+    default = {"transform": "none", "embeddings": "float", "format": "int8", "float_dtype": "fp32", "ort_form": "qdq"}
+    cols = [c for c in cols if c not in default or any(r[c] not in ("", default[c]) for r in rows)]
     widths = {c: max(len(c), *(len(str(r[c])) for r in rows)) for c in cols}
     lines = ["  ".join(c.ljust(widths[c]) for c in cols)]
     lines += ["  ".join(str(r[c]).ljust(widths[c]) for c in cols) for r in rows]

@@ -44,6 +44,7 @@ class Task:
     needs_reference: ClassVar[bool] = True      # evaluation samples must carry a reference (the data's check)
 
     default_baselines: ClassVar[tuple[str, ...] | None] = None  # sweep.baselines when the config names none
+    formats: ClassVar[frozenset[str]] = frozenset({"int8"})    # the sweep.formats it builds (docs/formats.md)
 
     def check_config(self, cfg, file: str) -> list[str]:
         """Problems with settings this task cannot honour, one ``<file>: <key>: <problem>`` line each."""

@@ -26,10 +26,9 @@ from typing import ClassVar
 import numpy as np
 
 from qbench.config.errors import QbenchError
-from qbench.config.schema import build_plugin
 from qbench.tasks import lm_metrics as lm
 from qbench.tasks.base import Task
-from qbench.tasks.common import QDQ_VERSION, backend, cached_stats, cfg_key, table_file
+from qbench.tasks.common import backend, cached_stats, cfg_key
 from qbench.util import progress
 from qbench.util.logs import log
 
@@ -133,29 +132,41 @@ def calibration_batches(ctx, samples):
         fp32.session.close()
 
 
+def calib_batches(ctx, set_name: str, comp: str | None = None):
+    """(a function making a fresh iterator over the calibration batches, the statistics pass's options for them:
+    prefill padding masked out of every tensor with a token axis)."""
+    cc, steps = ctx.cfg.calibration, ctx.cfg.lm.calibration_decode_steps
+    samples = ctx.calib_sets[set_name]
+    n = -(-len(samples) // cc.batch_size)
+
+    def batches():
+        return progress.iterate(calibration_batches(ctx, samples), f"statistics '{set_name}'", n * (1 + steps),
+                                "batch")
+    return batches, {"mask_input": "token_mask", "seq_inputs": ["input_ids", "attention_mask"]}
+
+
 def ensure_stats(ctx, set_name: str) -> dict:
+    """One statistics pass per calibration set, cached; it keeps max |x| per channel too when a SmoothQuant or AWQ
+    variant is in the sweep (qbench.tasks.transforms)."""
     from qbench.calib import stats as st
     from qbench.quantize.qdq import calibration_tensors
+    from qbench.tasks.transforms import uses_smoothquant
 
     if set_name in ctx.stats:
         return ctx.stats[set_name]
     cc, steps = ctx.cfg.calibration, ctx.cfg.lm.calibration_decode_steps
     samples = ctx.calib_sets[set_name]
     tensors = calibration_tensors(ctx.fp32_model())
+    channels = uses_smoothquant(ctx.cfg)
     key = st.cache_key(f"{ctx.manifest['model']['onnx_sha256']}:causal_lm:{ctx.cfg.model.max_length}:{steps}",
-                       [s.id for s in samples], tensors, cc.histogram_bins, cc.batch_size, cc.histogram)
-    n = -(-len(samples) // cc.batch_size)
-
-    def batches():
-        return progress.iterate(calibration_batches(ctx, samples), f"statistics '{set_name}'", n * (1 + steps),
-                                "batch")
-
-    stats, hit, secs = cached_stats(ctx, key, ctx.fp32, tensors, batches, mask_input="token_mask",
-                                    seq_inputs=["input_ids", "attention_mask"])
+                       [s.id for s in samples], tensors, cc.histogram_bins, cc.batch_size, cc.histogram, channels)
+    batches, kw = calib_batches(ctx, set_name)
+    stats, hit, secs = cached_stats(ctx, key, ctx.fp32, tensors, batches, channels=channels, **kw)
     ctx.stats[set_name] = stats
     ctx.manifest["statistics"][set_name] = {"cache_key": key, "cache_hit": hit, "seconds": round(secs, 3),
                                             "tensors": len(tensors), "bins": cc.histogram_bins,
-                                            "histogram": cc.histogram, "decode_steps": steps}
+                                            "histogram": cc.histogram, "decode_steps": steps,
+                                            "channel_absmax": channels}
     log(f"statistics for set '{set_name}', {len(tensors)} tensors: {'cache hit' if hit else 'collected'} "
         f"({secs:.1f}s)")
     return stats
@@ -165,9 +176,7 @@ def ensure_stats(ctx, set_name: str) -> dict:
 
 
 def build_variant(ctx, v, out_dir: Path | None = None) -> tuple[Path, dict]:
-    from qbench.config import registry
     from qbench.quantize import baselines
-    from qbench.quantize.qdq import build_qdq, load_model, plan, verify_scales
 
     out_dir = out_dir or ctx.cache / "variants"
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -181,30 +190,26 @@ def build_variant(ctx, v, out_dir: Path | None = None) -> tuple[Path, dict]:
         return baselines.fp16(ctx.fp32_model(), v.exclusion_cfg, out_dir / f"{msha}-fp16-{cfg_key(v)}.onnx")
     if v.baseline:
         raise QbenchError(f"variant {v.id}: baseline '{v.baseline}' is not available for causal_lm")
-    sig = v.calibrator.signature()
-    if (v.calib_set, sig) not in ctx.tables:
-        t = v.calibrator.table(ensure_stats(ctx, v.calib_set))
-        t.check_finite()
-        rel = table_file(ctx, sig, v.calib_set)
-        t.save(ctx.run_dir / rel)
-        ctx.tables[(v.calib_set, sig)] = (t, rel)
-    table, tfile = ctx.tables[(v.calib_set, sig)]
-    weights = build_plugin(registry.weight_rules, ctx.cfg.calibration.weights)
-    key = hashlib.sha256(json.dumps([QDQ_VERSION, msha, table.to_json(), v.exclusion_cfg.model_dump(), v.flavor,
-                                     weights.signature()]).encode()).hexdigest()[:16]
+    return qbench_variant(ctx, CausalLMTask(), v, out_dir, msha)
+
+
+def qbench_variant(ctx, task, v, out_dir: Path, msha: str) -> tuple[Path, dict]:
+    """The KV-cache graph with Q/DQ, through the build every task shares (qbench.tasks.qdq_build): table, transform
+    or AWQ scales, format, INT8 embeddings, content key, re-check of a cached file."""
+    from qbench.tasks import qdq_build as qb
+
+    table, tfile, tinfo = qb.graph_table(ctx, task, v)
+    weights = qb.weight_rule(ctx)
+    fp32, graph_info, extra = qb.graph_fp32(ctx, task, v)
+    tinfo = {**graph_info, **tinfo}
+    key = qb.variant_key(msha, table.to_json(), v, weights, extra)
     out = out_dir / f"{key}.onnx"
-    fp32 = ctx.fp32_model()
-    hit = out.is_file()
-    if hit:  # cached by content: every scale is re-checked
-        verify_scales(load_model(out), table, fp32, weights)
-        rep = plan(fp32, v.exclusion_cfg)[1]
-    else:
-        rep = build_qdq(fp32, table, v.exclusion_cfg, v.flavor, out, weights)
-    for w in rep.warnings:
-        log(f"warning: variant {v.id}: {w}", warning=True)
-    return out, {"qdq_key": key, "qdq_cache_hit": hit, "table": tfile,
+    rep, hit = qb.build_graph(v, fp32, table, weights, out)
+    qb.log_warnings(v, rep.warnings)
+    return out, {"qdq_key": key, "qdq_cache_hit": hit, "table": tfile, "format": v.format.signature(),
                  "quantized_tensors": len(rep.quantized_tensors), "excluded_nodes": rep.excluded_nodes,
-                 "warnings": rep.warnings}
+                 "warnings": rep.warnings, **({"transform": tinfo} if tinfo else {}),
+                 **({"embeddings": v.embeddings} if v.embeddings != "float" else {})}
 
 
 # ---------------------------------------------------------------------------------------------- evaluation
@@ -328,6 +333,7 @@ class CausalLMTask(Task):
     fidelity_label: ClassVar[str] = "KL"
     needs_reference: ClassVar[bool] = False
     default_baselines: ClassVar[tuple[str, ...]] = ("fp32",)
+    formats: ClassVar[frozenset[str]] = frozenset({"int8", "fp8", "int8_wo", "int4_wo"})
 
     @staticmethod
     def resolve_source(source: str):
@@ -338,6 +344,10 @@ class CausalLMTask(Task):
 
     def check_config(self, cfg, file: str) -> list[str]:
         problems = []
+        if "fp16" in cfg.sweep.float_dtypes or any(v.float_dtype == "fp16" for v in cfg.sweep.extra):
+            problems.append(f"{file}: sweep.float_dtypes: INT8 over FP16 is built for retrieval only (docs/deployment.md)")
+        if any(v.ort_form != "qdq" for v in cfg.sweep.extra):
+            problems.append(f"{file}: sweep.extra: ort_form: fused is built for retrieval only (docs/deployment.md)")
         if "ort_static" in cfg.sweep.baselines:
             problems.append(f"{file}: sweep.baselines: ort_static is not available for causal_lm (ONNX Runtime's "
                             "static quantizer does not feed a KV cache; use qbench calibrators)")
@@ -351,6 +361,9 @@ class CausalLMTask(Task):
 
     def ensure_stats(self, ctx, set_name: str) -> dict:
         return ensure_stats(ctx, set_name)
+
+    def calib_batches(self, ctx, set_name: str, comp: str | None = None):
+        return calib_batches(ctx, set_name, comp)
 
     def build_variant(self, ctx, v, out_dir: Path | None = None) -> tuple[Path, dict]:
         return build_variant(ctx, v, out_dir)

@@ -82,3 +82,41 @@ def sqnr_db(ref: np.ndarray, x: np.ndarray) -> float:
 def log_softmax(x: np.ndarray) -> np.ndarray:
     x = x - x.max(axis=1, keepdims=True)
     return x - np.log(np.exp(x).sum(axis=1, keepdims=True))
+
+
+def over_fp16(ctx, qdq_path: Path, key: str) -> tuple[Path, dict]:
+    """A verified FP32 QDQ artifact as INT8 over FP16 (qbench.quantize.qdq_fp16), ``sweep.fp16_keep_fp32`` in
+    FP32: (its path, manifest info). Cached beside the QDQ file by its key and the kept set; a cached file's
+    scales are checked again against the QDQ model's."""
+    from qbench.backends.ort import cpu_float16_fallback
+    from qbench.quantize.qdq import load_model, match_exclusions
+    from qbench.quantize.qdq_fp16 import qdq_over_fp16, verify_fp16_scales
+    from qbench.util.io import atomic_write_bytes
+
+    keep = ctx.cfg.sweep.fp16_keep_fp32
+    qdq = load_model(qdq_path)
+    kept, warnings = match_exclusions(qdq, keep)
+    out = qdq_path.with_name(f"{key}-fp16-{hashlib.sha256(json.dumps(keep.model_dump()).encode()).hexdigest()[:12]}"
+                             ".onnx")
+    info: dict = {}
+    if out.is_file():
+        info = {"scale_max_rel_change": verify_fp16_scales(load_model(out), qdq), "cache_hit": True}
+    else:
+        model, info = qdq_over_fp16(qdq, kept)
+        atomic_write_bytes(out, model.SerializeToString())
+    # What ran the quality evaluation, said next to its numbers: ORT CPU computes much of an FP16 graph in FP32.
+    return out, {"float_dtype": "fp16", "fp32_nodes": sorted(kept), "fp16": info,
+                 "warnings": warnings, **cpu_float16_fallback(out)}
+
+
+def ort_fused(qdq_path: Path) -> tuple[Path, dict]:
+    """ONNX Runtime CPU's deployment form of a verified QDQ artifact (qbench.quantize.ort_deploy): (its path beside
+    the QDQ file, what was fused). Rebuilt every time (a second or two), so it always derives from the checked file."""
+    from qbench.quantize.ort_deploy import fold_linear
+    from qbench.quantize.qdq import load_model
+    from qbench.util.io import atomic_write_bytes
+
+    out = qdq_path.with_name(qdq_path.stem + "-ortfused.onnx")
+    model, info = fold_linear(load_model(qdq_path))
+    atomic_write_bytes(out, model.SerializeToString())
+    return out, {"from": qdq_path.name, **info}

@@ -14,9 +14,8 @@ from typing import ClassVar
 
 import numpy as np
 
-from qbench.config.schema import build_plugin
 from qbench.tasks.base import Task
-from qbench.tasks.common import QDQ_VERSION, backend, cached_stats, cfg_key, sqnr_db, table_file
+from qbench.tasks.common import backend, cached_stats, cfg_key, ort_fused, over_fp16, sqnr_db
 from qbench.util import progress
 from qbench.util.logs import log
 
@@ -62,6 +61,7 @@ class RetrievalTask(Task):
     short_label: ClassVar[str] = "acc@1"
     plot_title: ClassVar[str] = "Accuracy against latency"
     item_noun: ClassVar[str] = "pairs"
+    formats: ClassVar[frozenset[str]] = frozenset({"int8", "fp8", "int8_wo", "int4_wo"})
 
     def check_config(self, cfg, file: str) -> list[str]:
         problems = []
@@ -89,8 +89,9 @@ class RetrievalTask(Task):
                 "tokenizer_dir": str(exp.tokenizer_dir), "export_key": exp.key,
                 "export_max_abs_diff": exp.max_abs_diff, "opset": exp.opset}
 
-    def calib_batches(self, ctx, set_name: str):
-        """A function making a fresh iterator over the calibration set's batches (the model's feeds)."""
+    def calib_batches(self, ctx, set_name: str, comp: str | None = None):
+        """(a function making a fresh iterator over the calibration set's batches (the model's feeds), the
+        statistics pass's options for them: none, nothing is padded that the pass does not mask itself)."""
         from qbench.calib import stats as st
 
         cc = ctx.cfg.calibration
@@ -99,7 +100,7 @@ class RetrievalTask(Task):
         def batches():
             return progress.iterate((ctx.tokenizer.encode_batch(b) for b in st.iter_batches(texts, cc.batch_size)),
                                     f"statistics '{set_name}'", -(-len(texts) // cc.batch_size), "batch")
-        return batches
+        return batches, {}
 
     def ensure_stats(self, ctx, set_name: str) -> dict:
         """One statistics pass per calibration set serves every calibrator; cached by model, samples and settings.
@@ -119,7 +120,7 @@ class RetrievalTask(Task):
         channels = uses_smoothquant(ctx.cfg)
         key = st.cache_key(ctx.manifest["model"]["onnx_sha256"], st.sample_keys(samples), tensors,
                            cc.histogram_bins, cc.batch_size, cc.histogram, channels)
-        stats, hit, secs = cached_stats(ctx, key, ctx.fp32, tensors, self.calib_batches(ctx, set_name),
+        stats, hit, secs = cached_stats(ctx, key, ctx.fp32, tensors, self.calib_batches(ctx, set_name)[0],
                                         channels=channels)
         ctx.stats[set_name] = stats
         ctx.manifest["statistics"][set_name] = {"cache_key": key, "cache_hit": hit, "seconds": round(secs, 3),
@@ -129,33 +130,13 @@ class RetrievalTask(Task):
             f"{'cache hit' if hit else 'collected'} ({secs:.1f}s)")
         return stats
 
-    def table_for(self, ctx, v):
-        """(table, its path relative to the run dir): computed once per calibrator, set and transform from shared
-        statistics; a transformed graph's table from the statistics of that graph (qbench.tasks.transforms)."""
-        from qbench.tasks import transforms
-
-        sig = v.calibrator.signature()
-        tf = v.transform.signature() if v.transform.name != "none" else ""
-        if (v.calib_set, sig, tf) not in ctx.tables:
-            stats, info = self.ensure_stats(ctx, v.calib_set), {}
-            if tf:
-                _, path, factors, _, sources = transforms.transformed(ctx, self, v)
-                stats, info = transforms.table_stats(ctx, self, v, stats, path, factors, sources)
-            t = v.calibrator.table(stats)
-            t.check_finite()
-            rel = table_file(ctx, sig + (f"+{tf}" if tf else ""), v.calib_set)
-            t.save(ctx.run_dir / rel)
-            ctx.tables[(v.calib_set, sig, tf)] = (t, rel, info)
-        return ctx.tables[(v.calib_set, sig, tf)]
-
     def build_variant(self, ctx, v, out_dir: Path | None = None) -> tuple[Path, dict]:
         """The ONNX artifact of one variant, and what the manifest should know about how it was made.
 
         Artifacts go to the cache's ``variants/`` (reused by content key), or to ``out_dir`` for a throwaway
         build (the search's sensitivity models)."""
-        from qbench.config import registry
         from qbench.quantize import baselines
-        from qbench.quantize.qdq import build_qdq, load_model, plan, verify_scales
+        from qbench.tasks import qdq_build as qb
 
         out_dir = out_dir or ctx.cache / "variants"
         out_dir.mkdir(parents=True, exist_ok=True)
@@ -167,38 +148,35 @@ class RetrievalTask(Task):
         if v.baseline == "ort_dynamic":
             return baselines.ort_dynamic(ctx.fp32, out_dir / f"{msha}-ort_dynamic.onnx"), {}
         if v.baseline == "fp16":
-            return baselines.fp16(ctx.fp32_model(), v.exclusion_cfg, out_dir / f"{msha}-fp16-{cfg_key(v)}.onnx")
+            from qbench.backends.ort import cpu_float16_fallback
+
+            path, info = baselines.fp16(ctx.fp32_model(), v.exclusion_cfg, out_dir / f"{msha}-fp16-{cfg_key(v)}.onnx")
+            return path, {**info, **cpu_float16_fallback(path)}  # which parts ORT CPU really ran in FP16
         if v.baseline == "ort_static":
             first = next(iter(ctx.calib_sets.values()))  # ORT's own calibration gets the first set
             ids = hashlib.sha256(json.dumps([s.id for s in first]).encode()).hexdigest()[:12]
             out = out_dir / f"{msha}-ort_static-{ids}.onnx"
             return baselines.ort_static(ctx.fp32, out, ctx.tokenizer, [s.text for s in first]), {}
-        table, tfile, tinfo = self.table_for(ctx, v)
-        weights = build_plugin(registry.weight_rules, ctx.cfg.calibration.weights)
-        fp32, extra = ctx.fp32_model(), []
-        if v.transform.name != "none":  # Q/DQ on the transformed FP32 graph
-            from qbench.tasks.transforms import transformed
-
-            fp32, _, _, sq, _ = transformed(ctx, self, v)
-            tinfo = {**sq, **tinfo}
-            extra = [sq["fp32_key"]]
-        if v.embeddings != "float":
-            extra.append(f"emb:{v.embeddings}")
-        key = hashlib.sha256(json.dumps([QDQ_VERSION, msha, table.to_json(), v.exclusion_cfg.model_dump(),
-                                         v.flavor, weights.signature()] + extra).encode()).hexdigest()[:16]
+        table, tfile, tinfo = qb.graph_table(ctx, self, v)
+        weights = qb.weight_rule(ctx)
+        fp32, sq, extra = qb.graph_fp32(ctx, self, v)
+        tinfo = {**sq, **tinfo}
+        key = qb.variant_key(msha, table.to_json(), v, weights, extra)
         out = out_dir / f"{key}.onnx"
-        hit = out.is_file()
-        if hit:  # cached by content: still re-check every scale, so a stale or edited file cannot pass
-            verify_scales(load_model(out), table, fp32, weights)
-            rep = plan(fp32, v.exclusion_cfg)[1]
-        else:
-            rep = build_qdq(fp32, table, v.exclusion_cfg, v.flavor, out, weights, embeddings=v.embeddings == "int8")
-        for w in rep.warnings:
-            log(f"warning: variant {v.id}: {w}", warning=True)
+        rep, hit = qb.build_graph(v, fp32, table, weights, out)
+        f16: dict = {}
+        if v.float_dtype == "fp16":  # INT8 over FP16: derived from the verified FP32 QDQ file
+            out, f16 = over_fp16(ctx, out, key)
+        if v.ort_form == "fused":  # ONNX Runtime CPU's deployment form of the (verified) QDQ file
+            out, f16["ort_form"] = ort_fused(out)
+        warnings = rep.warnings + f16.pop("warnings", [])
+        qb.log_warnings(v, warnings)
         return out, {"qdq_key": key, "qdq_cache_hit": hit,
                      "table": tfile, "quantized_tensors": len(rep.quantized_tensors),
-                     "excluded_nodes": rep.excluded_nodes, "warnings": rep.warnings,
-                     **({"transform": tinfo} if tinfo else {}), **({"embeddings": v.embeddings} if v.embeddings != "float" else {})}
+                     "quantized_nodes": len(rep.quantized_nodes), "format": v.format.signature(),
+                     "excluded_nodes": rep.excluded_nodes, "warnings": warnings,
+                     **({"transform": tinfo} if tinfo else {}),
+                     **({"embeddings": v.embeddings} if v.embeddings != "float" else {}), **f16}
 
     def foreign_variant(self, ctx, v, out_dir: Path) -> tuple[Path, dict]:
         """An external model as given, or a peer quantizer's output on the sweep's calibration samples (one
@@ -217,7 +195,8 @@ class RetrievalTask(Task):
         """Quality and structure of one variant. Latency is measured later, side by side (the runner's latency
         phase)."""
         metrics: list[tuple[str, str, float, str]] = []
-        q, d, eval_s = embed_pairs(ctx, artifact, ctx.evalset)
+        # A search confirmation already embedded this artifact on the same set: the same ONNX, the same vectors.
+        q, d, eval_s = ctx.decoded.pop(str(artifact), None) or embed_pairs(ctx, artifact, ctx.evalset)
         m = retrieval_metrics(q, d)
         if v.baseline == "fp32":
             ctx.fp32_ref.update(emb=np.concatenate([q, d]), quality=m["accuracy_at_1"])
@@ -313,8 +292,9 @@ class RetrievalScorer:
 
     def full_quality(self, art: Path) -> tuple[dict[str, float], dict[str, float]]:
         """(candidate, FP32) accuracy@1 in points on the sweep's evaluation set."""
-        q, d, _ = embed_pairs(self.ctx, art, self.ctx.evalset)
+        q, d, secs = embed_pairs(self.ctx, art, self.ctx.evalset)
         self.last_pairs = (str(art), q, d)  # for the confirmation's decision (per-query correctness)
+        self.ctx.decoded[str(art)] = (q, d, secs)  # the chosen variant's evaluation reuses them
         return {"all": retrieval_metrics(q, d)["accuracy_at_1"] * 100}, {"all": self.ctx.fp32_ref["quality"] * 100}
 
     def decision_stats(self, art: Path, metric: str):

@@ -12,21 +12,19 @@ against FP32 with a paired bootstrap 95% interval, and the optional gate.
 from __future__ import annotations
 
 import hashlib
-import json
-import time
 from pathlib import Path
 from typing import ClassVar
 
 import numpy as np
 
 from qbench.util import progress
-from qbench.config.schema import build_plugin
+from qbench.util.logs import log
 from qbench.config.errors import DataError, QbenchError
 from qbench.run.variants import Variant
 from qbench.tasks.base import Task
 from qbench.tasks.decode import (GenerationSession, _target_ids, generator, latency_texts,  # noqa: F401
-                                 sources, translate)
-from qbench.tasks.common import QDQ_VERSION, cached_stats, cfg_key, table_file
+                                 sources, translate_artifact)
+from qbench.tasks.common import cached_stats, cfg_key
 
 COMPONENTS = ("encoder", "decoder")
 BOOTSTRAP = 1000  # resamples for every confidence interval
@@ -74,40 +72,52 @@ def dir_sha256(d: Path) -> str:
 # ---------------------------------------------------------------------------------------------- statistics
 
 
+def calib_batches(ctx, set_name: str, comp: str):
+    """(a function making a fresh iterator over graph ``comp``'s calibration batches, the statistics pass's options
+    for them): the encoder sees the sources, the decoder teacher-forced targets with their padding masked out."""
+    cc = ctx.cfg.calibration
+    samples = ctx.calib_sets[set_name]
+    n = -(-len(samples) // cc.batch_size)
+    if comp == "encoder":
+        return (lambda: progress.iterate(_encoder_batches(ctx, samples), f"statistics '{set_name}' encoder", n,
+                                         "batch")), {}
+    targets: dict = {}
+
+    def batches():
+        if not targets:  # decoded once, and only when a pass over the decoder runs (not for cached statistics)
+            targets.update(_calibration_targets(ctx, samples))
+        return progress.iterate(_decoder_batches(ctx, samples, targets), f"statistics '{set_name}' decoder", n,
+                                "batch")
+    return batches, {"mask_input": "target_mask", "seq_inputs": ["input_ids"]}
+
+
 def ensure_stats(ctx, set_name: str) -> dict:
-    """{component: {tensor: TensorStats}} for one calibration set; one pass per graph, cached on disk."""
+    """{component: {tensor: TensorStats}} for one calibration set; one pass per graph, cached on disk. With a
+    SmoothQuant or AWQ variant in the sweep the pass also keeps max |x| per channel (qbench.tasks.transforms)."""
     from qbench.calib import stats as st
     from qbench.quantize.qdq import calibration_tensors
+    from qbench.tasks.transforms import uses_smoothquant
 
     if set_name in ctx.stats:
         return ctx.stats[set_name]
     cc = ctx.cfg.calibration
     samples = ctx.calib_sets[set_name]
+    channels = uses_smoothquant(ctx.cfg)
     out, info = {}, {}
-    targets: dict = {}
     keys = st.sample_keys(samples, ctx.cfg.model.source_prefix)  # the same samples feed both graphs
     for comp in COMPONENTS:
         tensors = calibration_tensors(ctx.fp32_model(comp))
         key = st.cache_key(f"{ctx.manifest['model']['onnx_sha256']}:{comp}:{cc.decoder_targets}", keys, tensors,
-                           cc.histogram_bins, cc.batch_size, cc.histogram)
-        kw = {} if comp == "encoder" else {"mask_input": "target_mask", "seq_inputs": ["input_ids"]}
-
-        def batches(comp=comp):
-            n = -(-len(samples) // cc.batch_size)
-            if comp == "encoder":
-                return progress.iterate(_encoder_batches(ctx, samples), f"statistics '{set_name}' encoder", n, "batch")
-            if not targets:  # decoded once, and only when the decoder's statistics are not cached
-                targets.update(_calibration_targets(ctx, samples))
-            return progress.iterate(_decoder_batches(ctx, samples, targets), f"statistics '{set_name}' decoder", n,
-                                    "batch")
-
-        stats, hit, secs = cached_stats(ctx, key, ctx.fp32 / f"{comp}.onnx", tensors, batches, **kw)
+                           cc.histogram_bins, cc.batch_size, cc.histogram, channels)
+        batches, kw = calib_batches(ctx, set_name, comp)
+        stats, hit, secs = cached_stats(ctx, key, ctx.fp32 / f"{comp}.onnx", tensors, batches, channels=channels,
+                                        **kw)
         out[comp] = stats
         info[comp] = {"cache_key": key, "cache_hit": hit, "seconds": round(secs, 3),
                       "tensors": len(tensors)}
     ctx.stats[set_name] = out
     ctx.manifest["statistics"][set_name] = {**info, "bins": cc.histogram_bins, "histogram": cc.histogram,
-                                            "decoder_targets": cc.decoder_targets}
+                                            "decoder_targets": cc.decoder_targets, "channel_absmax": channels}
     return out
 
 
@@ -154,29 +164,10 @@ def _decoder_batches(ctx, samples, targets):
 # ---------------------------------------------------------------------------------------------- variants
 
 
-def table_for(ctx, v: Variant) -> tuple[dict, dict]:
-    """({component: table}, {component: path in the run dir}), once per calibrator and set."""
-    sig = v.calibrator.signature()
-    k = (v.calib_set, sig)
-    if k not in ctx.tables:
-        stats = ensure_stats(ctx, v.calib_set)
-        tables, files = {}, {}
-        for comp in COMPONENTS:
-            t = v.calibrator.table(stats[comp])
-            t.check_finite()
-            rel = table_file(ctx, sig, v.calib_set, comp)
-            t.save(ctx.run_dir / rel)
-            tables[comp], files[comp] = t, rel
-        ctx.tables[k] = (tables, files)
-    return ctx.tables[k]
-
-
 def build_variant(ctx, v: Variant, out_root: Path | None = None) -> tuple[Path, dict]:
     """The encoder and decoder artifacts of one variant (a directory), in the cache's ``variants/`` or in
     ``out_root`` for a throwaway build (as the retrieval task's build_variant)."""
     from qbench.quantize import baselines
-    from qbench.config import registry
-    from qbench.quantize.qdq import build_qdq, load_model, plan, verify_scales
 
     out_root = out_root or ctx.cache / "variants"
     msha = ctx.manifest["model"]["onnx_sha256"][:16]
@@ -203,24 +194,34 @@ def build_variant(ctx, v: Variant, out_root: Path | None = None) -> tuple[Path, 
         return d, info
     if v.baseline:
         raise QbenchError(f"variant {v.id}: baseline '{v.baseline}' is not available for translation")
-    tables, files = table_for(ctx, v)
-    weights = build_plugin(registry.weight_rules, ctx.cfg.calibration.weights)
-    key = hashlib.sha256(json.dumps([QDQ_VERSION, msha, {c: t.to_json() for c, t in tables.items()},
-                                     v.exclusion_cfg.model_dump(), v.flavor, weights.signature()]).encode()
-                         ).hexdigest()[:16]
+    return qbench_variant(ctx, v, out_root, msha)
+
+
+def qbench_variant(ctx, v: Variant, out_root: Path, msha: str) -> tuple[Path, dict]:
+    """Both graphs of a qbench variant through the build every task shares (qbench.tasks.qdq_build): each from
+    its own table, transform or AWQ scales, in the variant's format; one content key over both."""
+    from qbench.tasks import qdq_build as qb
+
+    weights, task = qb.weight_rule(ctx), TranslationTask()
+    tables, files, fp32s, tinfos, extra = {}, {}, {}, {}, []
+    for comp in COMPONENTS:
+        tables[comp], files[comp], table_info = qb.graph_table(ctx, task, v, comp)
+        fp32s[comp], graph_info, graph_extra = qb.graph_fp32(ctx, task, v, comp)
+        extra += graph_extra
+        if table_info or graph_info:
+            tinfos[comp] = {**graph_info, **table_info}
+    key = qb.variant_key(msha, {c: t.to_json() for c, t in tables.items()}, v, weights, extra)
     d = out_root / key
     d.mkdir(parents=True, exist_ok=True)
-    info: dict = {"qdq_key": key, "tables": files, "quantized_tensors": {}, "excluded_nodes": {}}
+    info: dict = {"qdq_key": key, "tables": {c: f for c, f in files.items() if f}, "quantized_tensors": {},
+                  "excluded_nodes": {}, "format": v.format.signature(), **({"transform": tinfos} if tinfos else {}),
+                  **({"embeddings": v.embeddings} if v.embeddings != "float" else {})}
     warnings_by_comp = []
     for comp in COMPONENTS:
-        fp32 = ctx.fp32_model(comp)
-        out = d / f"{comp}.onnx"
-        if out.is_file():  # cached by content; every scale is re-checked
-            verify_scales(load_model(out), tables[comp], fp32, weights)
-            rep = plan(fp32, v.exclusion_cfg)[1]
-        else:
-            rep = build_qdq(fp32, tables[comp], v.exclusion_cfg, v.flavor, out, weights)
+        rep, _ = qb.build_graph(v, fp32s[comp], tables[comp], weights, d / f"{comp}.onnx")
         info["quantized_tensors"][comp] = len(rep.quantized_tensors)
+        # which activations carry Q/DQ: the report's calibration-set ranges show only these move
+        info.setdefault("quantized_tensor_names", {})[comp] = list(rep.quantized_tensors)
         info["excluded_nodes"][comp] = rep.excluded_nodes
         warnings_by_comp.append(set(rep.warnings))
     # An exclusion may fit only one graph (lm_head lives in the decoder): warn when it fits neither.
@@ -241,13 +242,15 @@ def evaluate(ctx, v: Variant, art: Path) -> list[tuple[str, str, float, str]]:
     samples = ctx.evalset
     langs = [s.language for s in samples]
     refs = [s.reference for s in samples]
-    t0 = time.perf_counter()
     # A search confirmation already decoded this artifact on the same set: the same ONNX gives the same
     # text, and eval_seconds is that decoding's time.
     hyps, eval_s = ctx.decoded.pop(str(art), (None, 0.0))
     if hyps is None:
-        hyps = translate(ctx, generator(ctx, art), samples)
-        eval_s = time.perf_counter() - t0
+        # eval_seconds: decoding time summed over batches, also over the batches an interrupted run journaled
+        # and over parallel workers (one process's time, whatever generation.workers is)
+        hyps, eval_s, resumed = translate_artifact(ctx, art, samples)
+        if resumed:
+            log(f"{v.id}: {resumed} decoded batches taken from the journal of an earlier run")
     stats = mm.sample_stats_by_lang(hyps, refs, langs)
     metrics: list[tuple[str, str, float, str]] = []
     for r in mm.score_stats(stats, langs).itertuples():
@@ -318,17 +321,19 @@ class TranslationTask(Task):
     per_language: ClassVar[bool] = True
 
     default_baselines: ClassVar[tuple[str, ...]] = ("fp32", "ort_dynamic")
+    formats: ClassVar[frozenset[str]] = frozenset({"int8", "fp8", "int8_wo", "int4_wo"})
 
     def check_config(self, cfg, file: str) -> list[str]:
         problems = []
+        if "fp16" in cfg.sweep.float_dtypes or any(v.float_dtype == "fp16" for v in cfg.sweep.extra):
+            problems.append(f"{file}: sweep.float_dtypes: INT8 over FP16 is built for retrieval only (docs/deployment.md)")
+        if any(v.ort_form != "qdq" for v in cfg.sweep.extra):
+            problems.append(f"{file}: sweep.extra: ort_form: fused is built for retrieval only (docs/deployment.md)")
         if "ort_static" in cfg.sweep.baselines:
             problems.append(f"{file}: sweep.baselines: ort_static is not available for translation "
                             "(ONNX Runtime's static quantizer takes one graph; use qbench calibrators)")
         if cfg.gate is not None and cfg.gate.metric == "accuracy_at_1":
             problems.append(f"{file}: gate.metric: translation is gated on bleu or chrf")
-        if any(t.name != "none" for t in cfg.sweep.transforms) or "int8" in cfg.sweep.embeddings:
-            problems.append(f"{file}: sweep.transforms: smoothquant and int8 embeddings are built for retrieval only "
-                            "(docs/smoothquant.md)")
         return problems
 
     def prepare_model(self, ctx, sha256: str | None = None) -> dict:
@@ -345,6 +350,9 @@ class TranslationTask(Task):
 
     def ensure_stats(self, ctx, set_name: str) -> dict:
         return ensure_stats(ctx, set_name)
+
+    def calib_batches(self, ctx, set_name: str, comp: str | None = None):
+        return calib_batches(ctx, set_name, comp)
 
     def build_variant(self, ctx, v, out_dir: Path | None = None) -> tuple[Path, dict]:
         return build_variant(ctx, v, out_dir)

@@ -67,3 +67,21 @@ def test_int8_embeddings_build_all_int8_in_tensorrt_rtx(smoothed, tmp_path):
     engine, info, log = TensorRTBackend().build(out, tmp_path / "engine", shapes)
     summary = summarize(parse_layers(log), model, [])
     assert summary["linear_nodes_by_dtype"] == {"Int8": 36}, summary["linear_nodes_by_dtype"]
+
+
+def test_group_kinds_on_minilm_from_structure(smoothed):
+    """Per-group alpha on the real graph: 12 norm, 6 attn_out, 6 ffn_down groups, told apart by structure (their
+    MatMuls' names, which the structural rule never reads, say the same), and the transform stays exact."""
+    from qbench.quantize.smoothquant import find_groups
+
+    fp32, _, cmax, feeds = smoothed
+    by_name = {"query": "norm", "intermediate": "norm", "attention/output": "attn_out", "output/dense": "ffn_down"}
+    kinds = {}
+    for g in find_groups(fp32, "all"):
+        name = g.matmuls[0].name
+        kinds[g.kind] = kinds.get(g.kind, 0) + 1
+        assert g.kind == next(k for part, k in by_name.items() if part in name), name
+    assert kinds == {"norm": 12, "attn_out": 6, "ffn_down": 6}
+    model, _, _ = smooth(fp32, cmax, {"norm": 0.75, "attn_out": 0.8, "ffn_down": 0.95}, "all")
+    for ref, got in zip(_outputs(fp32, feeds), _outputs(model, feeds)):
+        assert np.abs(got - ref).max() <= 1e-4 * np.abs(ref).max()

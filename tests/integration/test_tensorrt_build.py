@@ -12,8 +12,6 @@ import pandas as pd
 import pytest
 from onnx import numpy_helper
 
-from qbench.cli import main
-
 pytest.importorskip("tensorrt_rtx_bindings")
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -38,17 +36,8 @@ tensorrt: {{compute_capability: SM89}}
 
 
 @pytest.fixture(scope="module")
-def run(minilm, qbench_cache, tmp_path_factory):
-    d = tmp_path_factory.mktemp("trt")
-    (d / "c.yaml").write_text(CONFIG)
-    mp = pytest.MonkeyPatch()
-    mp.setenv("QBENCH_CACHE", str(qbench_cache))
-    try:
-        assert main(["sweep", str(d / "c.yaml"), "--out", str(d / "out")]) == 0
-    finally:
-        mp.undo()
-    (run_dir,) = (d / "out" / "trt").iterdir()
-    return run_dir
+def run(minilm, cli_sweep):
+    return cli_sweep(CONFIG)
 
 
 def _val(df, variant, metric, slice_="all"):

@@ -205,6 +205,9 @@ def test_unknown_key(tiny, capsys):
     (("batch_size: 2", "batch_size: two"), "calibration.batch_size: Input should be a valid integer"),
     (("baselines: [fp32]", "baselines: fp32"), "sweep.baselines: Input should be a valid list"),
     (("threads: 1", "threads: [1]"), "backend.threads: Input should be a valid integer"),
+    (("baselines: [fp32]", "baselines: [fp32]\n  float_dtypes: [fp16, bf16]"), "sweep.float_dtypes[1]: Input should be 'fp32' or 'fp16'"),
+    (("baselines: [fp32]", "baselines: [fp32]\n  extra: [{calibrator: {name: minmax}, ort_form: fused}]"),
+     "sweep.extra[0]: Value error, ort_form: fused is ONNX Runtime CPU's form of a u8s8, fp32 variant"),
 ])
 def test_wrong_type(tiny, capsys, edit, expect):
     cfg = tiny()

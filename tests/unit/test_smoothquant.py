@@ -189,5 +189,86 @@ def test_config_axis_and_variant_ids(tmp_path):
     ids = [v.id for v in expand(Cfg())]
     assert ids[1:] == ["minmax+none+s8s8+emb_int8", "minmax+none+s8s8+smoothquant[alpha=0.5]+emb_int8",
                        "minmax+none+s8s8+smoothquant[alpha=0.8]+emb_int8"]
-    with pytest.raises(Exception, match="less than or equal to 1"):
+    with pytest.raises(Exception, match=r"alpha must be within \[0, 1\]; got 1.5"):
         SweepCfg(transforms=[{"name": "smoothquant", "alpha": 1.5}])
+
+
+def _layer() -> onnx.ModelProto:
+    """One BERT layer (post-norm): LayerNorm -> Q, K, V -> softmax(QK^T) V -> Transpose/Reshape -> output projection
+    (attn_out) -> residual LayerNorm -> FFN up -> GELU -> FFN down (ffn_down). Outlier channels in both norms."""
+    g1, g2 = np.ones(C, np.float32), np.ones(C, np.float32)
+    g1[3], g2[9] = 30.0, 12.0
+    w = {n: RNG.normal(0, 0.2, shape).astype(np.float32) for n, shape in
+         [("wq", (C, C)), ("wk", (C, C)), ("wv", (C, C)), ("wo", (C, C)), ("w1", (C, H)), ("w2", (H, C))]}
+    w["w2"][5] *= 8  # one FFN-down weight row much larger than the rest, as in MiniLM
+    inits = {**w, "g1": g1, "b1": RNG.normal(0, 0.1, C).astype(np.float32), "g2": g2,
+             "b2": RNG.normal(0, 0.1, C).astype(np.float32), "shape": np.array([0, 0, C], np.int64)}
+    mm = lambda a, b, o: helper.make_node("MatMul", [a, b], [o], name=o)  # noqa: E731
+    nodes = [
+        helper.make_node("LayerNormalization", ["x", "g1", "b1"], ["ln1"], name="ln1", axis=-1),
+        mm("ln1", "wq", "q"), mm("ln1", "wk", "k"), mm("ln1", "wv", "v"),
+        helper.make_node("Transpose", ["k"], ["kt"], name="kt", perm=[0, 2, 1]),
+        mm("q", "kt", "scores"), helper.make_node("Softmax", ["scores"], ["p"], name="softmax", axis=-1),
+        mm("p", "v", "ctx"), helper.make_node("Transpose", ["ctx"], ["ctx_t"], name="ctx_t", perm=[0, 1, 2]),
+        helper.make_node("Reshape", ["ctx_t", "shape"], ["ctx_r"], name="ctx_r"),
+        mm("ctx_r", "wo", "o"), helper.make_node("Add", ["o", "ln1"], ["res1"], name="res1"),
+        helper.make_node("LayerNormalization", ["res1", "g2", "b2"], ["ln2"], name="ln2", axis=-1),
+        mm("ln2", "w1", "h"), helper.make_node("Gelu", ["h"], ["gelu"], name="gelu", domain="com.microsoft"),
+        mm("gelu", "w2", "out"),
+    ]
+    graph = helper.make_graph(nodes, "layer", [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["b", "s", C])],
+                              [helper.make_tensor_value_info("out", TensorProto.FLOAT, None)],
+                              [numpy_helper.from_array(v, k) for k, v in inits.items()])
+    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17), helper.make_opsetid("com.microsoft", 1)])
+
+
+def test_alpha_per_group_kind():
+    """Each group's factors follow s_j = max|X_j|^a / max|W_j,:|^(1-a) with its own kind's a (numpy oracle on
+    the original weights), and the FP32 graph stays equivalent."""
+    model = _layer()
+    kinds = {g.tensor: g.kind for g in find_groups(model, "all")}
+    assert kinds == {"ln1": "norm", "ctx_r": "attn_out", "ln2": "norm", "gelu": "ffn_down"}
+    names = list(kinds)
+    acts = dict(zip(names, _run(model, _x(8, 5), names)[1:]))
+    cmax = {n: np.abs(a).reshape(-1, a.shape[-1]).max(0) for n, a in acts.items()}
+    inits = {t.name: numpy_helper.to_array(t) for t in model.graph.initializer}
+    readers = {"ln1": ["wq", "wk", "wv"], "ctx_r": ["wo"], "ln2": ["w1"], "gelu": ["w2"]}
+    alpha = {"norm": 0.3, "attn_out": 0.6, "ffn_down": 0.9}
+    smoothed, s, src = smooth(model, cmax, alpha, targets="all")
+    for q, t in src.items():
+        a = alpha[kinds[t]]
+        w = np.max([np.abs(inits[n].astype(np.float64)).max(1) for n in readers[t]], axis=0)
+        np.testing.assert_allclose(s[q], cmax[t].astype(np.float64) ** a / w ** (1 - a), rtol=1e-5)
+    # one alpha for every group is the same as a mapping that gives each kind that alpha
+    _, s_one, _ = smooth(model, cmax, 0.6, targets="all")
+    _, s_map, _ = smooth(model, cmax, dict.fromkeys(alpha, 0.6), targets="all")
+    assert all(np.array_equal(s_one[q], s_map[q]) for q in s_one) and not np.allclose(s["ln1"], s_one["ln1"])
+    x = _x()
+    ref, got = _run(model, x)[0], _run(smoothed, x)[0]
+    assert np.abs(got - ref).max() <= 1e-4 * np.abs(ref).max()
+
+
+def test_alpha_per_group_config(tmp_path):
+    from qbench.config.schema import SweepCfg, load_config
+    from qbench.config.errors import ConfigError
+
+    sw = SweepCfg(baselines=["fp32"], transforms=[{"name": "smoothquant", "targets": "all", "alpha": [
+        {"ffn_down": 0.95, "norm": 0.8, "attn_out": 0.5}, 0.8]}])
+    assert [t.signature() for t in sw.transforms] == [
+        "smoothquant[alpha.norm=0.8,alpha.attn_out=0.5,alpha.ffn_down=0.95,targets=all]",
+        "smoothquant[alpha=0.8,targets=all]"]
+    assert SweepCfg(transforms=[{"name": "smoothquant", "alpha": {"norm": 0.7}}]).transforms[0].signature() == \
+        "smoothquant[alpha.norm=0.7]"
+    cfg = tmp_path / "c.yaml"
+    (tmp_path / "m.yaml").write_text("splits: {}\n")
+    for alpha, targets, want in [
+            ("{norm: 0.8, atn_out: 0.9, ffn_down: 0.9}", "all",
+             "sweep.transforms[0].alpha: Value error, unknown group 'atn_out'; the groups are norm, attn_out, ffn_down"),
+            ("{norm: 0.8}", "all", "exactly the groups targets: all smooths (norm, attn_out, ffn_down); got norm"),
+            ("{norm: 0.8, ffn_down: 0.9}", "norm", "targets: norm smooths (norm); got norm, ffn_down"),
+            ("{norm: 1.2, attn_out: 0.9, ffn_down: 0.9}", "all", "alpha.norm must be within [0, 1]; got 1.2")]:
+        cfg.write_text(f"name: t\nmodel: {{source: m}}\ndata: {{manifest: m.yaml}}\nsweep:\n  baselines: [fp32]\n"
+                       f"  transforms: [{{name: smoothquant, targets: {targets}, alpha: {alpha}}}]\n")
+        with pytest.raises(ConfigError) as ei:
+            load_config(cfg)
+        assert "\n" not in str(ei.value) and want in str(ei.value), str(ei.value)

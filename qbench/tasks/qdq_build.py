@@ -1,0 +1,97 @@
+"""One qbench variant's Q/DQ graphs, the same way for every task: the calibration table, the FP32 graph the Q/DQ
+goes on (SmoothQuant's transformed graph, AWQ's rescaled one), the format (docs/formats.md), INT8 embeddings, the
+content key, and the build or the re-check of a cached file.
+
+A task calls ``graph_table``, ``graph_fp32`` and ``build_graph`` once per graph (``comp``: None for a one-graph task,
+"encoder" / "decoder" for translation) and keys its artifact with ``variant_key``; baselines, external models and
+what the task names its artifact stay in the task.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from pathlib import Path
+
+from qbench.tasks.common import QDQ_VERSION, table_file
+from qbench.util.logs import log
+
+
+def graph_table(ctx, task, v, comp: str | None = None):
+    """(table, its path in the run dir or None, manifest info) of graph ``comp``: computed once per calibrator, set,
+    transform and graph from shared statistics; a transformed graph's from the statistics of that graph
+    (qbench.tasks.transforms). A weight-only format quantizes no activation: an empty table."""
+    from qbench.calib import CalibrationTable
+    from qbench.tasks import transforms
+
+    if v.format.weight_only:
+        return CalibrationTable({}, calibrator="none"), None, {}
+    sig = v.calibrator.signature()
+    tf = v.transform.signature() if v.transform.name != "none" else ""
+    slot = (v.calib_set, sig, tf, comp)
+    if slot not in ctx.tables:
+        stats, info = transforms.component_stats(ctx, task, v.calib_set, comp)[0], {}
+        if tf:
+            _, path, factors, _, sources = transforms.transformed(ctx, task, v, comp)
+            stats, info = transforms.table_stats(ctx, task, v, stats, path, factors, sources, comp)
+        t = v.calibrator.table(stats)
+        t.check_finite()
+        rel = table_file(ctx, sig + (f"+{tf}" if tf else ""), v.calib_set, comp)
+        t.save(ctx.run_dir / rel)
+        ctx.tables[slot] = (t, rel, info)
+    return ctx.tables[slot]
+
+
+def graph_fp32(ctx, task, v, comp: str | None = None) -> tuple:
+    """(the FP32 ModelProto the Q/DQ goes on, transform or AWQ info for the manifest, what the content key adds):
+    the sweep's FP32 graph, or its SmoothQuant / AWQ rewrite (exact in FP32), plus the format and embeddings."""
+    from qbench.tasks import transforms
+
+    fp32, extra, tinfo = ctx.fp32_model(comp), [], {}
+    if v.transform.name != "none":
+        fp32, _, _, tinfo, _ = transforms.transformed(ctx, task, v, comp)
+        extra = [tinfo["fp32_key"]]
+    if v.format.awq:  # the weights are quantized after AWQ's exact rescaling of the FP32 graph
+        fp32, _, tinfo = transforms.awq_model(ctx, task, v, comp)
+        extra = [tinfo["fp32_key"]]
+    if v.embeddings != "float":
+        extra.append(f"emb:{v.embeddings}")
+    if v.format.name != "int8":
+        extra.append(f"fmt:{v.format.signature()}")
+    return fp32, tinfo, extra
+
+
+def weight_rule(ctx):
+    """The configured int8 weight rule (calibration.weights), built from the registry."""
+    from qbench.config import registry
+    from qbench.config.schema import build_plugin
+
+    return build_plugin(registry.weight_rules, ctx.cfg.calibration.weights)
+
+
+def variant_key(msha: str, tables, v, weights, extra: list) -> str:
+    """16 hex digits naming a variant's Q/DQ artifact by everything that made it (``tables``: one table's JSON, or
+    {graph: JSON}); ``extra`` is empty for plain INT8, so INT8 keys are what they were before formats existed."""
+    return hashlib.sha256(json.dumps([QDQ_VERSION, msha, tables, v.exclusion_cfg.model_dump(), v.flavor,
+                                      weights.signature()] + extra).encode()).hexdigest()[:16]
+
+
+def build_graph(v, fp32, table, weights, out: Path):
+    """(QdqReport, cache hit): ``out`` built from ``fp32``, or, already there (cached by content), every scale in it
+    re-checked against the table and the FP32 weights, so a stale or edited file cannot pass."""
+    from qbench.quantize.qdq import build_qdq, load_model, plan, verify_scales
+
+    if out.is_file():
+        verify_scales(load_model(out), table, fp32, weights)
+        rep = plan(fp32, v.exclusion_cfg, v.format)[1]
+        hit = True
+    else:
+        rep = build_qdq(fp32, table, v.exclusion_cfg, v.flavor, out, weights, embeddings=v.embeddings == "int8",
+                        fmt=v.format)
+        hit = False
+    return rep, hit
+
+
+def log_warnings(v, warnings) -> None:
+    for w in warnings:
+        log(f"warning: variant {v.id}: {w}", warning=True)
