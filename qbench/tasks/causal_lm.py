@@ -12,7 +12,7 @@ no row is padded).
 Metrics per variant: perplexity per domain and overall; its change against FP32 in percent with a paired bootstrap
 interval over segments; next-token top-1 agreement and KL(FP32 || variant) per domain; greedy generation agreement
 on the starts of the first ``lm.prompts`` segments. A ``gate`` decides on perplexity (qbench.report.decision, from
-samples.parquet). Latency
+samples.parquet); ``exclude: auto`` ranks units by KL on a scoring subset (qbench.tasks.lm_search). Latency
 (qbench.tasks.lm_latency): a ``model.max_length``-token prefill and the decode steps after it, timed apart.
 """
 
@@ -208,14 +208,16 @@ def evaluate(ctx, v, artifact: Path) -> list[tuple[str, str, float, str]]:
 
     samples = ctx.evalset
     is_fp32 = v.baseline == "fp32"
+    # A search confirmation already scored this artifact on the same set: the same ONNX, the same NLL and KL.
+    scored = ctx.decoded.pop(str(artifact), None)
     t0 = time.perf_counter()
     dec = decoder(ctx, artifact)
     try:
-        sc = score_text(ctx, dec, samples, is_fp32)
+        sc = scored[0] if scored else score_text(ctx, dec, samples, is_fp32)
         gen = generate(ctx, dec, samples)
     finally:
         dec.session.close()
-    eval_s = time.perf_counter() - t0
+    eval_s = time.perf_counter() - t0 + (scored[1] if scored else 0.0)
     doms = np.array([s.language for s in samples])
     slices = [("all", np.ones(len(samples), bool))] + [(f"domain={d}", doms == d) for d in sorted(set(doms))]
     rows: list[tuple[str, str, float, str]] = []
@@ -264,6 +266,7 @@ class CausalLMTask(Task):
     plot_title: ClassVar[str] = "Top-1 agreement against latency"
     item_noun: ClassVar[str] = "segments"
     fidelity_label: ClassVar[str] = "KL"
+    per_language: ClassVar[bool] = True         # the search's subsets are capped per domain
     needs_reference: ClassVar[bool] = False
     default_baselines: ClassVar[tuple[str, ...]] = ("fp32",)
     formats: ClassVar[frozenset[str]] = frozenset({"int8", "fp8", "int8_wo", "int4_wo"})
@@ -311,6 +314,11 @@ class CausalLMTask(Task):
         ids = np.stack([np.resize(np.asarray(t or [ctx.spec.eos_token_ids[0]], np.int64), n)
                         for t in ctx.tokenizer.ids(texts)])
         return {"input_ids": ids, "attention_mask": np.ones_like(ids)}
+
+    def scorer(self, ctx, subset: list):
+        from qbench.tasks.lm_search import LMScorer
+
+        return LMScorer(ctx, subset)
 
     def latency_session(self, ctx, artifact: Path):
         from qbench.tasks.lm_latency import PrefillDecodeSession
