@@ -205,9 +205,12 @@ class GateCfg(Strict):
     """Per variant: PASS when a paired-bootstrap interval shows the drop against FP32 of ``metric`` within
     ``max_drop``, FAIL when it shows it beyond, else INCONCLUSIVE (qbench.report.decision)."""
 
-    metric: Literal["bleu", "chrf", "accuracy_at_1"] = "bleu"
-    max_drop: float = Field(1.0, ge=0, description="in points: BLEU/chrF points, or percentage points of accuracy@1")
-    per: Literal["lang", "all"] = Field("lang", description="lang: every language must hold; all: the mean only")
+    metric: Literal["bleu", "chrf", "accuracy_at_1", "perplexity"] = Field(
+        "bleu", description="translation: bleu or chrf; retrieval: accuracy_at_1; causal_lm: perplexity")
+    max_drop: float = Field(1.0, ge=0, description="BLEU/chrF points, percentage points of accuracy@1, or for "
+                                                   "perplexity (lower is better) its rise in percent")
+    per: Literal["lang", "all"] = Field("lang", description="lang: every language (causal_lm: domain) must hold; "
+                                        "all: the mean only (perplexity: of the pooled set)")
     # The decision (qbench.report.decision): three states from paired-bootstrap intervals, error-controlled.
     alpha: float = Field(0.05, gt=0, lt=1, description="chance of any wrong PASS or FAIL, over all languages gated")
     correction: Literal["holm", "bonferroni"] = Field("holm", description="error control over languages")

@@ -21,13 +21,15 @@ class SearchCfg(BaseModel):
     split: str = Field("calibration", description="where the scoring subset comes from; calibration samples "
                                                  "and evaluation samples are left out of it")
     n: int | None = Field(None, ge=2, description="scoring subset size (retrieval, or languages pooled)")
-    n_per_language: int | None = Field(16, ge=1, description="translation: scoring samples per language")
+    n_per_language: int | None = Field(16, ge=1, description="translation, causal_lm: scoring samples per "
+                                          "language (causal_lm: domain)")
     seed: int = Field(0, description="draws the scoring subset")
     rank_n: int | None = Field(None, ge=2, description="the ranking scores each unit on the first rank_n samples "
                                "of the scoring subset (fidelity converges on far fewer samples than the gate's "
                                "metric); null: all of it")
-    rank_n_per_language: int | None = Field(None, ge=1, description="translation: the ranking's samples per "
-                                            "language, the first of the scoring subset's; null: all of them")
+    rank_n_per_language: int | None = Field(None, ge=1, description="translation, causal_lm: the ranking's "
+                                            "samples per language or domain, the first of the scoring subset's; "
+                                            "null: all of them")
     quantize_only: bool = Field(False, description="also score each unit quantized alone (the chart's second "
                                 "marker; doubles the ranking's models)")
     task_metric: bool = Field(True, description="also score each unit's exclusion on the task metric")

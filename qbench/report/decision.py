@@ -11,7 +11,8 @@ an interval, and a verdict only when the interval shows one:
 
 Intervals: a paired bootstrap over sentences, each language resampled within itself, the corpus metric
 (BLEU, chrF: sacrebleu's formulas) recomputed per resample from the summed per-sample statistics of
-``samples.parquet`` (``qbench.tasks.mt_metrics``), a per-sample mean (accuracy@1) likewise. One-sided bootstrap
+``samples.parquet`` (``qbench.tasks.mt_metrics``), a per-sample mean (accuracy@1) likewise; perplexity from summed
+NLL and tokens per domain, its drop the rise in percent (``SUMMED``). One-sided bootstrap
 p-values, ``(1 + #{resampled drop on the wrong side of the budget}) / (1 + resamples)``.
 
 Error control over languages: Holm's step-down procedure (or Bonferroni) on each language's directional
@@ -38,6 +39,9 @@ from qbench.config.errors import ConfigError, DataError
 
 PASS, FAIL, INCONCLUSIVE, UNKNOWN = "PASS", "FAIL", "INCONCLUSIVE", "UNKNOWN"
 CORPUS_METRICS = ("bleu", "chrf")   # corpus-level: recomputed from summed statistics per resample
+# Corpus metrics of summed per-sample columns: exp(sum nll / sum tokens). Lower is better: the drop is the rise in
+# percent. ``per: all`` pools the languages' sums (as the task reports it), where BLEU's per: all is a macro mean.
+SUMMED = {"perplexity": ("nll", "tokens")}
 POINTS = {"accuracy_at_1": 100.0}   # per-sample means stored as fractions, budgets in percentage points
 CORRECTIONS = ("holm", "bonferroni")
 
@@ -70,6 +74,20 @@ class Settings:
     def as_dict(self) -> dict:
         return {"alpha": self.alpha, "resamples": self.resamples, "seed": self.seed, "correction": self.correction,
                 "method": "paired bootstrap over sentences, per language; one-sided percentile p-values"}
+
+
+@dataclass(frozen=True)
+class Words:
+    """How a metric's decision reads: what a loss is, the unit of the drop, a test sample, a stratum."""
+    loss: str = "drop"
+    unit: str = ""
+    samples: str = "sentences"
+    stratum: str = "language"
+
+
+def words(metric: str) -> Words:
+    return {"bleu": Words(unit="BLEU"), "chrf": Words(unit="chrF"), "accuracy_at_1": Words(unit="points of accuracy@1"),
+            "perplexity": Words("rise", "% in perplexity", "segments", "domain")}.get(metric) or Words(unit=metric)
 
 
 @dataclass
@@ -125,18 +143,18 @@ class Decision:
         if self.state == UNKNOWN:
             return f"{UNKNOWN}: {self.reason}"
         bs = self.by_state
-        unit = _unit(self.metric)
+        wd = words(self.metric)
         if self.per == "all" or len(self.langs) == 1:
             d = self.langs[0]
-            line = (f"{self.state}: drop {d.drop:.2f} {unit}, one-sided {100 * (1 - self.settings.alpha):g}% "
+            line = (f"{self.state}: {wd.loss} {d.drop:.2f} {wd.unit}, one-sided {100 * (1 - self.settings.alpha):g}% "
                     f"bounds [{d.lo:.2f}, {d.hi:.2f}] against a budget of {self.budget:g}")
         else:
             line = (f"{self.state}: {len(bs[PASS])} PASS, {len(bs[FAIL])} FAIL, {len(bs[INCONCLUSIVE])} INCONCLUSIVE "
-                    f"of {len(self.langs)} languages (budget {self.budget:g} {unit} each, {self.settings.correction} "
-                    f"over languages, alpha {self.settings.alpha:g})")
+                    f"of {len(self.langs)} {wd.stratum}s (budget {self.budget:g} {wd.unit} each, "
+                    f"{self.settings.correction} over {wd.stratum}s, alpha {self.settings.alpha:g})")
         w = self.worst()
         if self.state == FAIL and self.per != "all" and len(self.langs) > 1:
-            line += f"; surest loss: {w.lang}, drop {w.drop:.2f} (lower bound {w.lo:.2f})"
+            line += f"; surest loss: {w.lang}, {wd.loss} {w.drop:.2f} (lower bound {w.lo:.2f})"
         if self.state == INCONCLUSIVE:
             line += f"; not enough data to decide: {needed_text(self)}"
         return line
@@ -147,17 +165,14 @@ class Decision:
                 "langs": [d.as_dict() for d in self.langs]}
 
 
-def _unit(metric: str) -> str:
-    return {"bleu": "BLEU", "chrf": "chrF", "accuracy_at_1": "points of accuracy@1"}.get(metric, metric)
-
-
 def needed_text(dec: Decision) -> str:
     """'about 1,900 sentences for de, 640 for fr, ...' (the largest need first; ~ where none would)."""
     parts = []
     for d in sorted(dec.by_state[INCONCLUSIVE], key=lambda d: -(d.n_needed or 0)):
         what = "all" if d.lang == "all" else d.lang
         parts.append(f"{what} ~{d.n_needed:,} (has {d.n})" if d.n_needed else f"{what}: no size would (drop = budget)")
-    head = "test sentences per language that would decide it: " if dec.per != "all" else "test samples needed: "
+    wd = words(dec.metric)
+    head = f"test {wd.samples} per {wd.stratum} that would decide it: " if dec.per != "all" else "test samples needed: "
     shown = parts[:6] + ([f"{len(parts) - 6} more"] if len(parts) > 6 else [])
     return head + ", ".join(shown)
 
@@ -185,6 +200,8 @@ def _counts(n: int, resamples: int, seed: int) -> np.ndarray:
 
 def _score(summed: np.ndarray, metric: str, n: float | np.ndarray) -> np.ndarray:
     """Score of each row of summed statistics (..., K): a corpus metric, or a mean in points."""
+    if metric in SUMMED:  # perplexity: exp(sum nll / sum tokens)
+        return np.exp(summed[..., 0] / summed[..., 1])
     if metric in CORPUS_METRICS:
         from qbench.tasks.mt_metrics import corpus_scores
 
@@ -193,22 +210,37 @@ def _score(summed: np.ndarray, metric: str, n: float | np.ndarray) -> np.ndarray
     return summed[..., 0] / n * POINTS.get(metric, 1.0)
 
 
-def drops(base: np.ndarray, var: np.ndarray, metric: str, counts: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Paired drops (baseline − variant) of S simulated or real systems at once.
+def score_drop(metric: str, base, var):
+    """The drop of a variant's score against the baseline's, positive for a loss: points lost, or for a metric
+    where lower is better (``SUMMED``: perplexity) its relative rise in percent. Scalars or arrays."""
+    if metric in SUMMED:
+        return 100 * (np.asarray(var) / base - 1)
+    return base - var
 
-    base, var: (S, n, K) per-sample statistics; counts: (B, n). Returns (full-set drops (S,), resampled drops
-    (S, B)). One matrix product for every system and both sides: the resamples are shared (paired).
-    """
+
+def paired_sums(base: np.ndarray, var: np.ndarray, counts: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Summed statistics of both sides, baseline's K columns first: (full set (S, 2K), each resample (B, S, 2K)).
+    One matrix product for every system and both sides: the resamples are shared (paired)."""
     base, var = np.asarray(base, np.float64), np.asarray(var, np.float64)
     if base.shape != var.shape or base.ndim != 3:
         raise DataError(f"paired statistics must be two (S, n, K) arrays of one shape: {base.shape} vs {var.shape}")
     s, n, k = base.shape
     both = np.concatenate([base, var], axis=2).transpose(1, 0, 2).reshape(n, s * 2 * k)
-    sums = (counts @ both).reshape(len(counts), s, 2 * k)               # (B, S, 2K)
-    m = counts.sum(axis=1)[:, None]                                    # samples per resample (= n)
-    res = _score(sums[..., :k], metric, m) - _score(sums[..., k:], metric, m)
-    full = both.sum(axis=0).reshape(s, 2 * k)
-    return _score(full[:, :k], metric, n) - _score(full[:, k:], metric, n), res.T
+    return both.sum(axis=0).reshape(s, 2 * k), (counts @ both).reshape(len(counts), s, 2 * k)
+
+
+def _drop_of(sums: np.ndarray, metric: str, n: float) -> np.ndarray:
+    """Drops from paired sums (..., 2K) of ``n`` samples (a resample draws as many as the set holds)."""
+    k = sums.shape[-1] // 2
+    return score_drop(metric, _score(sums[..., :k], metric, n), _score(sums[..., k:], metric, n))
+
+
+def drops(base: np.ndarray, var: np.ndarray, metric: str, counts: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Paired drops (``score_drop``) of S simulated or real systems at once. base, var: (S, n, K) per-sample
+    statistics; counts: (B, n). Returns (full-set drops (S,), resampled drops (S, B))."""
+    full, sums = paired_sums(base, var, counts)
+    n = np.shape(base)[1]
+    return _drop_of(full, metric, n), _drop_of(sums, metric, n).T
 
 
 def _p_values(drop_res: np.ndarray, budget: float) -> tuple[np.ndarray, np.ndarray]:
@@ -287,10 +319,11 @@ def _stats(frame, metric: str) -> np.ndarray:
         from qbench.tasks.mt_metrics import stats_from_samples
 
         return stats_from_samples(frame)[metric].astype(np.float64)
-    col = "correct" if metric == "accuracy_at_1" else metric
-    if col not in frame.columns:
-        raise DataError(f"samples have no per-sample '{col}' column to decide {metric} on")
-    return frame[[col]].to_numpy(np.float64)
+    cols = list(SUMMED.get(metric) or ["correct" if metric == "accuracy_at_1" else metric])
+    missing = [c for c in cols if c not in frame.columns]
+    if missing:
+        raise DataError(f"samples have no per-sample '{missing[0]}' column to decide {metric} on")
+    return frame[cols].to_numpy(np.float64)
 
 
 def paired_frames(samples, variant: str, baseline: str = "fp32"):
@@ -325,14 +358,16 @@ def decide_stats(base: np.ndarray, var: np.ndarray, langs: Sequence[str], metric
     # Holm uses is 0.0018, so too few resamples could never decide anything. At least 10 resamples are
     # expected beyond the smallest level's bound.
     b = max(st.resamples, math.ceil(10 * (1 if per == "all" else len(order)) / st.alpha))
-    res, full, ns = [], [], []
+    parts = []  # (n, full-set sums, resampled sums) per language, each resampled within itself
     for lang in order:
         mask = langs == lang
         n = int(mask.sum())
-        f, r = drops(base[mask][None], var[mask][None], metric, counts_matrix(n, b, st.seed))
-        full.append(float(f[0]))
-        res.append(r[0])
-        ns.append(n)
+        parts.append((n, *paired_sums(base[mask][None], var[mask][None], counts_matrix(n, b, st.seed))))
+    if per == "all" and metric in SUMMED and len(order) > 1:  # the pooled set: the languages' sums added
+        order, parts = ["all"], [tuple(sum(p[i] for p in parts) for i in range(3))]
+    ns = [p[0] for p in parts]
+    full = [float(_drop_of(p[1], metric, p[0])[0]) for p in parts]
+    res = [_drop_of(p[2], metric, p[0])[:, 0] for p in parts]
     if per == "all" and len(order) > 1:  # the macro mean: languages resampled within themselves, averaged
         order, full, res, ns = ["all"], [float(np.mean(full))], [np.mean(res, axis=0)], [sum(ns)]
     res = np.stack(res)

@@ -14,8 +14,8 @@ from pathlib import Path
 from qbench.report.search import (_load_sensitivity, _markdown_search, search_sections, sensitivity,  # noqa: F401
                                   sensitivity_svg, svg_labels, unit_labels)
 from qbench.report.tables import (BASELINE, MT_METRICS, QUALITY, _batches, _colour,  # noqa: F401
-                                  _delta, _gate, _node_counts, _gate_text, _num, _pareto_svg, _scale, _values,
-                                  calibration_ranges, languages, pvalue, signed, task_of, trt_tables)
+                                  _delta, _gate, _gate_words, _node_counts, _gate_text, _num, _pareto_svg, _scale,
+                                  _values, calibration_ranges, languages, pvalue, signed, task_of, trt_tables)
 from qbench.report.task import task_for
 
 
@@ -100,16 +100,18 @@ def verdict(df, manifest: dict, samples=None) -> dict:
     gates = {v: _gate(val, v, metric) for v in cands}
     decs = {v: dn.for_run(samples, manifest, v) for v in cands} if gate_cfg and samples is not None else {}
     decs = {v: d for v, d in decs.items() if d is not None and d.state != dn.UNKNOWN}
+    gate_label = _gate_words(gate_cfg)[0] if gate_cfg else label  # the decision's metric, not the task's
     for v, d in decs.items():
         w = d.worst()
         gates[v] = {"pass": {dn.PASS: True, dn.FAIL: False}.get(d.state), "state": d.state, "lang": w.lang,
                     "drop": max(x.drop for x in d.langs), "summary": d.summary(),
                     "needed": max((x.n_needed or 0) for x in d.langs),
-                    "worst": f"{'' if w.lang == 'all' else w.lang + ': '}{label} drop {_num(w.drop)} "
-                             f"[{_num(w.lo)}, {_num(w.hi)}]"}
+                    "worst": f"{'' if w.lang == 'all' else w.lang + ': '}{gate_label} {dn.words(d.metric).loss} "
+                             f"{_num(w.drop)} [{_num(w.lo)}, {_num(w.hi)}]"}
     out = {"state": "empty", "variant": None, "task": task, "metric": metric, "label": label, "batch": batch,
            "n_candidates": len(cands), "gate_text": _gate_text(gate_cfg), "gate_cfg": gate_cfg or {},
            "passing": [], "also": [], "rule": "", "target": target, "decision": None,
+           "stratum": dn.words((gate_cfg or {}).get("metric", "bleu")).stratum,
            "dropped": [{"variant": v, "why": w} for v, w in dropped.items()]}
     where = f"p50 latency at {batch}" if batch else "p50 latency (none measured)"
     best_by = f"the lowest {where}"
@@ -214,7 +216,8 @@ def _verdict_numbers(val: dict, v: str, metric: str, label: str, pts: float, bat
                      "text": "" if r is None else f"{r:.2f}×"})
     size, base_size = val.get((v, "size_mb", "all")), val.get((BASELINE, "size_mb", "all"))
     sr = _ratio(size, base_size)
-    if gate and task != "translation" and gate.get("drop") is not None:  # one number overall: no language
+    if gate and task != "translation" and gate.get("drop") is not None and not gate.get("state"):
+        # a point estimate: one number overall, no language (a decision's text names its own)
         gate = {**gate, "worst": f"{label} drop {_num(gate['drop'])} points"}
     out = {"lat": lats, "size": {"mb": _num(size, 1), "base_mb": _num(base_size, 1), "ratio": sr,
                                  "text": "" if sr is None else f"{sr:.2f}×"}, "gate": gate}
@@ -286,7 +289,7 @@ def render(run_dir: str | Path) -> Path:
     html = _env().get_template("report.html.j2").render(
         m=manifest, rows=rows, batches=batches, task=task_of(manifest), layout=task.layout, items=task.item_noun,
         qlabel=label, qshort=task.short_label, plot_title=task.plot_title,
-        mt=task.report_context(df, manifest), trt=trt_tables(manifest), vd=vd,
+        mt=task.report_context(df, manifest, rows), trt=trt_tables(manifest), vd=vd,
         ranges=calibration_ranges(manifest, run_dir),
         search=search_sections(df, manifest, _load_sensitivity(run_dir)),
         sets=set_sections(manifest, samples, run_dir),

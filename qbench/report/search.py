@@ -170,7 +170,11 @@ def _batch_name(b) -> str:
 def _search_gate_text(g: dict) -> str:
     if not g:
         return "no gate in the manifest"
+    from qbench.report.decision import SUMMED
+
     what, where = _gate_words(g)
+    if g.get("metric") in SUMMED:  # lower is better: the budget is a rise in percent
+        return f"{what} may rise by at most {g.get('max_drop')}% against FP32 {where}"
     return f"{what} may drop by at most {g.get('max_drop')} points against FP32 {where}"
 
 

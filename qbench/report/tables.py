@@ -232,17 +232,20 @@ def _delta(val: dict, vid: str, metric: str, sl: str = "all") -> dict | None:
 def _gate(val: dict, vid: str, metric: str = "bleu") -> dict | None:
     """Gate verdict and the worst language: {'pass': bool|None, 'lang': 'de', 'drop': 1.52, 'worst': text}.
 
-    ``worst_lang_drop`` is sliced by its language, or 'all' when the gate looks at the macro mean only.
+    ``worst_lang_drop`` is sliced by its language ('lang=de', 'domain=bible'), or 'all' when the gate looks at
+    the macro mean (perplexity: the pooled set) only.
     """
+    from qbench.report.decision import SUMMED, words
+
     g = val.get((vid, "gate", "all"))
-    worst = [(s.removeprefix("lang="), v) for (v_, m, s), v in val.items() if v_ == vid and m == "worst_lang_drop"]
+    worst = [(s.split("=", 1)[-1], v) for (v_, m, s), v in val.items() if v_ == vid and m == "worst_lang_drop"]
     if g is None and not worst:
         return None
     lang, drop = max(worst, key=lambda t: t[1]) if worst else (None, None)
-    where = "macro mean" if lang == "all" else f"worst {lang}"
+    where = ("pooled" if metric in SUMMED else "macro mean") if lang == "all" else f"worst {lang}"
     label = MT_METRICS.get(metric, metric)
     return {"pass": None if g is None else g >= 0.5, "lang": lang, "drop": drop,
-            "worst": "" if lang is None else f"{where}: {label} drop {_num(drop)}"}
+            "worst": "" if lang is None else f"{where}: {label} {words(metric).loss} {_num(drop)}"}
 
 
 def _node_counts(val: dict, vid: str) -> dict:
@@ -281,16 +284,22 @@ GATE_METRICS = {**MT_METRICS, QUALITY: "accuracy@1"}
 
 
 def _gate_words(g: dict) -> tuple[str, str]:
-    """(the metric's name, 'in any language' | 'overall') of a gate config."""
+    """(the metric's name, 'in any language' | 'in any domain' | 'overall') of a gate config."""
+    from qbench.report.decision import words
+
     metric = g.get("metric", "bleu")
     return (GATE_METRICS.get(metric, metric),
-            "in any language" if g.get("per", "lang") == "lang" else "overall")
+            f"in any {words(metric).stratum}" if g.get("per", "lang") == "lang" else "overall")
 
 
 def _gate_text(g: dict | None) -> str:
+    from qbench.report.decision import SUMMED
+
     if not g:
         return ""
     what, where = _gate_words(g)
+    if g.get("metric") in SUMMED:  # lower is better: the budget is a rise in percent
+        return f"a variant fails when its {what} rises by more than {g.get('max_drop')}% against FP32 {where}"
     return f"a variant fails when its {what} drops by more than {g.get('max_drop')} against FP32 {where}"
 
 

@@ -7,9 +7,9 @@
 3. **Sensitivity**, on a ranking subset (the first ``search.rank_n`` samples of the scoring subset, held out
    of calibration and evaluation), against FP32: each unit alone kept float in an otherwise all-INT8 model
    (``exclude_only``) and, with ``search.quantize_only``, each unit alone quantized. Fidelity is the SQNR of
-   the outputs (embeddings; decoder logits under teacher forcing on FP32's own greedy outputs) and, for
-   translation, the KL divergence of the next-token distributions, per language. ``task_metric`` adds the
-   task score of each ``exclude_only`` model. Every model reuses the sweep's calibration table.
+   the outputs (embeddings; decoder logits under teacher forcing on FP32's own greedy outputs or, for a
+   decoder-only LM, on the text) and, for decoders, the KL divergence of the next-token distributions, per
+   language (or domain). ``task_metric`` adds the task score of each ``exclude_only`` model. Every model reuses the sweep's calibration table.
 4. **Search.** Units ranked by how much excluding them alone reduces the error of the all-INT8 model (with a
    per-language gate: in the language where it reduces it most). Candidate k excludes the top k.
    k = 0, 1, 2, 4, ... until the gate holds on the scoring subset, then bisection between the last failing
@@ -169,11 +169,14 @@ class Search:
             self.phases[name] = round(self.phases.get(name, 0.0) + time.perf_counter() - t0, 2)
 
     def gate(self, quality: dict[str, float], base: dict[str, float] | None = None) -> tuple[bool, float, str]:
-        """(pass, worst drop in points, where) against FP32's ``base`` (default: on the scoring subset)."""
+        """(pass, worst drop, where) against FP32's ``base`` (default: on the scoring subset); the drop as the
+        release decision defines it: points, or perplexity's rise in percent."""
+        from qbench.report.decision import score_drop
+
         g = self.ctx.cfg.gate
         base = self.scorer.base_quality if base is None else base
         keys = [k for k in base if k != "all"] if g.per == "lang" and len(base) > 1 else ["all"]
-        drops = {k: base[k] - quality[k] for k in keys}
+        drops = {k: float(score_drop(g.metric, base[k], quality[k])) for k in keys}
         where = max(sorted(drops), key=lambda k: drops[k])
         return drops[where] <= g.max_drop, drops[where], where
 

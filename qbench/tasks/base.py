@@ -141,8 +141,9 @@ class Task:
                          "delta": None if q is None or base is None or math.isnan(q) else (q - base) * 100})
         return rows
 
-    def report_context(self, df, manifest: dict) -> dict:
-        """What the task's own report sections need, beyond the leaderboard (the template's ``mt``)."""
+    def report_context(self, df, manifest: dict, rows: list[dict] | None = None) -> dict:
+        """What the task's own report sections need, beyond the leaderboard (the template's ``mt``; ``rows``: the
+        leaderboard, as the report decided its gates)."""
         return {}
 
     def markdown_table(self, df, manifest: dict, rows: list[dict] | None = None) -> str:

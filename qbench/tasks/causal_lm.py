@@ -2,7 +2,7 @@
 held-out text per domain.
 
 Data: each evaluation sample is a text segment; its ``language`` field is its domain (``datasets/lm_text.yaml``:
-bible, debian). A segment is cut to ``model.max_length`` tokens and fed as ``[EOS] + tokens`` (qbench.tasks.lm_metrics).
+bible, debian). A segment is cut to ``model.max_length`` tokens and fed as ``[EOS] + tokens`` (qbench.tasks.lm_score).
 
 Calibration: the statistics pass sees prefill batches (left-padded segments, padding masked out of every tensor
 with a token axis) and decode-shaped batches: per calibration batch, ``lm.calibration_decode_steps`` single-token
@@ -11,14 +11,13 @@ no row is padded).
 
 Metrics per variant: perplexity per domain and overall; its change against FP32 in percent with a paired bootstrap
 interval over segments; next-token top-1 agreement and KL(FP32 || variant) per domain; greedy generation agreement
-on the starts of the first ``lm.prompts`` segments. Latency (qbench.tasks.lm_latency): a ``model.max_length``-token
-prefill and the decode steps after it, timed apart.
+on the starts of the first ``lm.prompts`` segments. A ``gate`` decides on perplexity (qbench.report.decision, from
+samples.parquet); ``exclude: auto`` ranks units by KL on a scoring subset (qbench.tasks.lm_search). Latency
+(qbench.tasks.lm_latency): a ``model.max_length``-token prefill and the decode steps after it, timed apart.
 """
 
 from __future__ import annotations
 
-import hashlib
-import json
 import time
 from pathlib import Path
 from typing import ClassVar
@@ -28,7 +27,8 @@ import numpy as np
 from qbench.config.errors import QbenchError
 from qbench.tasks import lm_metrics as lm
 from qbench.tasks.base import Task
-from qbench.tasks.common import backend, cached_stats, cfg_key
+from qbench.tasks.common import cached_stats, cfg_key
+from qbench.tasks.lm_score import _by_length, decoder, score_text, segments
 from qbench.util import progress
 from qbench.util.logs import log
 
@@ -50,30 +50,6 @@ class LmText:
 
     def decode_batch(self, ids: list[list[int]]) -> list[str]:
         return self._tok.decode_batch([list(map(int, r)) for r in ids], skip_special_tokens=True)
-
-
-def segments(ctx, samples) -> list[tuple[list[int], list[int]]]:
-    """(input ids, target ids) per sample: ``[EOS] + t[:-1]`` predicts ``t``, t cut to model.max_length tokens."""
-    eos = ctx.spec.eos_token_ids[0]
-    out = []
-    for s, ids in zip(samples, ctx.tokenizer.ids([s.text for s in samples])):
-        ids = ids[:ctx.cfg.model.max_length]
-        if not ids:
-            raise QbenchError(f"sample {s.id}: the text has no tokens")
-        out.append(([eos, *ids[:-1]], ids))
-    return out
-
-
-def _by_length(segs, batch_size: int) -> list[list[int]]:
-    order = sorted(range(len(segs)), key=lambda i: len(segs[i][0]))
-    return [order[k:k + batch_size] for k in range(0, len(order), batch_size)]
-
-
-def decoder(ctx, artifact: Path):
-    from qbench.models.lm_decode import CausalDecoder
-
-    be = backend(ctx)
-    return CausalDecoder(be.open(be.build(artifact, ctx.run_dir)), ctx.spec)
 
 
 # ---------------------------------------------------------------------------------------------- the model
@@ -215,56 +191,6 @@ def qbench_variant(ctx, task, v, out_dir: Path, msha: str) -> tuple[Path, dict]:
 # ---------------------------------------------------------------------------------------------- evaluation
 
 
-def _ref_path(ctx) -> Path:
-    """FP32's log-probabilities at every scored position of the evaluation set (float32 [positions, vocab])."""
-    h = hashlib.sha256(json.dumps([ctx.manifest["model"]["onnx_sha256"], ctx.cfg.model.max_length,
-                                   [s.id for s in ctx.evalset]]).encode()).hexdigest()[:16]
-    return ctx.cache / "stats" / f"lm-ref-{h}.npy"  # beside the statistics: sized by `qbench cache`
-
-
-def score_text(ctx, dec, samples, fp32: bool) -> dict[str, np.ndarray]:
-    """Per segment: tokens, summed NLL, positions whose argmax equals FP32's, summed KL(FP32 || this).
-
-    The FP32 run writes its log-probabilities (``_ref_path``) that every later variant reads back."""
-    from qbench.models.lm_decode import left_pad
-
-    segs = segments(ctx, samples)
-    lens = np.array([len(t) for _, t in segs])
-    offs = np.concatenate([[0], np.cumsum(lens)])
-    path = _ref_path(ctx)
-    if fp32:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_suffix(f".{time.time_ns()}.tmp")
-        ref = np.lib.format.open_memmap(tmp, "w+", np.float32, (int(offs[-1]), ctx.spec.vocab_size))
-    else:
-        if not path.is_file():
-            raise QbenchError("the FP32 reference log-probabilities are missing: run the fp32 baseline first")
-        ref = np.load(path, mmap_mode="r")
-    out = {k: np.zeros(len(segs)) for k in ("tokens", "nll", "top1", "kl")}
-    out["tokens"] = lens.astype(float)
-    with progress.task("evaluation", total=len(segs), unit="segment") as t:
-        for g in _by_length(segs, ctx.cfg.measure.eval_batch_size):
-            ids, mask = left_pad([segs[i][0] for i in g], ctx.spec.pad_token_id)
-            logits = dec.forward(ids, mask, None)[0]
-            for row, i in enumerate(g):
-                lp = lm.log_softmax(logits[row, ids.shape[1] - lens[i]:])
-                tgt = np.asarray(segs[i][1])
-                out["nll"][i] = -lp[np.arange(lens[i]), tgt].sum()
-                if fp32:
-                    ref[offs[i]:offs[i + 1]] = lp
-                    out["top1"][i] = lens[i]
-                else:
-                    r = np.asarray(ref[offs[i]:offs[i + 1]], np.float64)
-                    out["top1"][i] = (lp.argmax(-1) == r.argmax(-1)).sum()
-                    out["kl"][i] = lm.kl(r, lp).sum()
-            t.advance(len(g))
-    if fp32:
-        ref.flush()
-        del ref
-        tmp.replace(path)
-    return out
-
-
 def generate(ctx, dec, samples) -> list[list[int]]:
     """Greedy continuations of the first ``lm.prompts`` segments' first ``lm.prompt_tokens`` tokens."""
     lc, g = ctx.cfg.lm, ctx.cfg.generation
@@ -282,20 +208,23 @@ def evaluate(ctx, v, artifact: Path) -> list[tuple[str, str, float, str]]:
 
     samples = ctx.evalset
     is_fp32 = v.baseline == "fp32"
+    # A search confirmation already scored this artifact on the same set: the same ONNX, the same NLL and KL.
+    scored = ctx.decoded.pop(str(artifact), None)
     t0 = time.perf_counter()
     dec = decoder(ctx, artifact)
     try:
-        sc = score_text(ctx, dec, samples, is_fp32)
+        sc = scored[0] if scored else score_text(ctx, dec, samples, is_fp32)
         gen = generate(ctx, dec, samples)
     finally:
         dec.session.close()
-    eval_s = time.perf_counter() - t0
+    eval_s = time.perf_counter() - t0 + (scored[1] if scored else 0.0)
     doms = np.array([s.language for s in samples])
     slices = [("all", np.ones(len(samples), bool))] + [(f"domain={d}", doms == d) for d in sorted(set(doms))]
     rows: list[tuple[str, str, float, str]] = []
     if is_fp32:
-        ctx.fp32_ref.update(nll=sc["nll"], gen=gen)
+        ctx.fp32_ref.update(nll=sc["nll"], tokens=sc["tokens"], gen=gen)
     base = ctx.fp32_ref.get("nll")
+    change = {}
     for name, m in slices:
         rows.append(("perplexity", name, lm.perplexity(sc["nll"][m].sum(), sc["tokens"][m].sum()), "ppl"))
         rows.append(("top1_agreement", name, float(sc["top1"][m].sum() / sc["tokens"][m].sum()), "fraction"))
@@ -303,8 +232,14 @@ def evaluate(ctx, v, artifact: Path) -> list[tuple[str, str, float, str]]:
         if base is not None and not is_fp32:
             seed = next(iter(ctx.cfg.data.sets().values())).seed
             ch = lm.ppl_change(base[m], sc["nll"][m], sc["tokens"][m], BOOTSTRAP, seed)
+            change[name] = ch["change"]
             rows += [("ppl_change_pct", name, ch["change"], "%"), ("ppl_change_pct_lo", name, ch["lo"], "%"),
                      ("ppl_change_pct_hi", name, ch["hi"], "%"), ("ppl_change_pct_p", name, ch["p"], "p")]
+    gate = ctx.cfg.gate
+    if gate is not None and change:  # the point estimate (qbench compare); the report decides from samples.parquet
+        worst = max((k for k in change if (k == "all") == (gate.per == "all")), key=lambda k: change[k])
+        rows += [("gate", "all", float(change[worst] <= gate.max_drop), "pass"),
+                 ("worst_lang_drop", worst, change[worst], "%")]
     if ctx.fp32_ref.get("gen") is not None and not is_fp32:
         ga = lm.generation_agreement(ctx.fp32_ref["gen"], gen)
         rows += [("generation_exact", "all", ga["generation_exact"], "fraction"),
@@ -331,6 +266,7 @@ class CausalLMTask(Task):
     plot_title: ClassVar[str] = "Top-1 agreement against latency"
     item_noun: ClassVar[str] = "segments"
     fidelity_label: ClassVar[str] = "KL"
+    per_language: ClassVar[bool] = True         # the search's subsets are capped per domain
     needs_reference: ClassVar[bool] = False
     default_baselines: ClassVar[tuple[str, ...]] = ("fp32",)
     formats: ClassVar[frozenset[str]] = frozenset({"int8", "fp8", "int8_wo", "int4_wo"})
@@ -351,9 +287,10 @@ class CausalLMTask(Task):
         if "ort_static" in cfg.sweep.baselines:
             problems.append(f"{file}: sweep.baselines: ort_static is not available for causal_lm (ONNX Runtime's "
                             "static quantizer does not feed a KV cache; use qbench calibrators)")
-        if cfg.gate is not None:
-            problems.append(f"{file}: gate: causal_lm has no gate yet (perplexity is reported with intervals; "
-                            "remove the gate section)")
+        if cfg.gate is not None and cfg.gate.metric != "perplexity":
+            given = "" if "metric" in cfg.gate.model_fields_set else ", the default"
+            problems.append(f"{file}: gate.metric: causal_lm is gated on perplexity, got {cfg.gate.metric}{given} "
+                            "(allowed: perplexity)")
         return problems
 
     def prepare_model(self, ctx, sha256: str | None = None) -> dict:
@@ -378,6 +315,11 @@ class CausalLMTask(Task):
                         for t in ctx.tokenizer.ids(texts)])
         return {"input_ids": ids, "attention_mask": np.ones_like(ids)}
 
+    def scorer(self, ctx, subset: list):
+        from qbench.tasks.lm_search import LMScorer
+
+        return LMScorer(ctx, subset)
+
     def latency_session(self, ctx, artifact: Path):
         from qbench.tasks.lm_latency import PrefillDecodeSession
 
@@ -397,10 +339,10 @@ class CausalLMTask(Task):
 
         return lm_leaderboard(df, manifest)
 
-    def report_context(self, df, manifest: dict) -> dict:
+    def report_context(self, df, manifest: dict, rows: list[dict] | None = None) -> dict:
         from qbench.tasks.lm_report import lm_context
 
-        return lm_context(df, manifest)
+        return lm_context(df, manifest, rows)
 
     def markdown_table(self, df, manifest: dict, rows: list[dict] | None = None) -> str:
         from qbench.tasks.lm_report import markdown_lm

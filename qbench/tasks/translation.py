@@ -332,7 +332,7 @@ class TranslationTask(Task):
         if "ort_static" in cfg.sweep.baselines:
             problems.append(f"{file}: sweep.baselines: ort_static is not available for translation "
                             "(ONNX Runtime's static quantizer takes one graph; use qbench calibrators)")
-        if cfg.gate is not None and cfg.gate.metric == "accuracy_at_1":
+        if cfg.gate is not None and cfg.gate.metric not in ("bleu", "chrf"):
             problems.append(f"{file}: gate.metric: translation is gated on bleu or chrf")
         return problems
 
@@ -407,7 +407,7 @@ class TranslationTask(Task):
 
         return translation_leaderboard(df, manifest)
 
-    def report_context(self, df, manifest: dict) -> dict:
+    def report_context(self, df, manifest: dict, rows: list[dict] | None = None) -> dict:
         from qbench.tasks.translation_report import translation_context
 
         return translation_context(df, manifest)

@@ -5,8 +5,9 @@ datasets/lm_text.yaml.
 
 Oracles: transformers' own PyTorch forward for perplexity per domain, top-1 agreement and KL (the variant's logits
 from a plain ONNX Runtime session on its artifact, one unpadded segment at a time), transformers' generate() for
-FP32's greedy continuations, and PyTorch forward hooks for the calibrated ranges (padding masked out). The real
-SmolLM2-135M is checked in test_smollm2.py::test_perplexity_matches_pytorch.
+FP32's greedy continuations, PyTorch forward hooks for the calibrated ranges (padding masked out), and the
+perplexity gate's drops against the per-segment NLL the sweep wrote. The real SmolLM2-135M is checked in
+test_smollm2.py::test_perplexity_matches_pytorch.
 """
 
 from __future__ import annotations
@@ -31,6 +32,7 @@ ROOT = Path(__file__).resolve().parents[2]
 MAX_LEN = 64
 VARIANTS = ["fp32", "fp16", "minmax+none+s8s8", "minmax+mlp_gate+s8s8"]
 HAS_TRT = importlib.util.find_spec("tensorrt_rtx_bindings") is not None
+GATE = "gate: {metric: perplexity, max_drop: 2.0, per: lang}\n"
 
 
 def build_tiny_llama(out: Path) -> Path:
@@ -84,7 +86,7 @@ def _config(tmp: Path, model: Path, extra: str = "") -> Path:
 def run(tmp_path_factory, one_torch_thread):
     tmp = tmp_path_factory.mktemp("lm-task")
     model = build_tiny_llama(tmp / "tiny-llama")
-    r = _qbench(["sweep", str(_config(tmp, model)), "--out", str(tmp / "out"), "--no-progress"], tmp,
+    r = _qbench(["sweep", str(_config(tmp, model, GATE)), "--out", str(tmp / "out"), "--no-progress"], tmp,
                 QBENCH_CACHE=str(tmp / "cache"))
     assert r.returncode == 0, r.stderr[-3000:]
     (run_dir,) = (tmp / "out" / "tiny-lm").iterdir()
@@ -265,7 +267,7 @@ def test_report_shows_perplexity_per_domain(run):
 
 
 @pytest.mark.parametrize("extra,words", [
-    ("gate: {metric: bleu, max_drop: 1.0}\n", "causal_lm has no gate yet"),
+    ("gate: {metric: bleu, max_drop: 1.0}\n", "gate.metric: causal_lm is gated on perplexity, got bleu"),
     ("", "ort_static is not available for causal_lm"),
 ])
 def test_settings_the_task_cannot_honour_are_one_line(run, tmp_path, extra, words):
@@ -274,6 +276,41 @@ def test_settings_the_task_cannot_honour_are_one_line(run, tmp_path, extra, word
         cfg.write_text(cfg.read_text().replace("baselines: [fp32, fp16]", "baselines: [fp32, ort_static]"))
     r = _qbench(["validate", str(cfg)], run["tmp"])
     assert r.returncode == 2 and words in r.stderr and len(r.stderr.strip().splitlines()) == 1, r.stderr
+
+
+def test_perplexity_gate_decides_from_the_segments(run):
+    """``qbench gate`` on every variant: the exit code of its decision, and the decision's drops equal to the rise
+    of exp(sum nll / sum tokens) per domain computed here from samples.parquet, and to the run's ppl_change_pct
+    rows; the point-estimate gate rows; the Markdown table's gate column."""
+    from qbench.report import decision as D
+
+    s, df = run["samples"], run["df"]
+    b = s[s.variant == "fp32"].set_index("id")
+    states = {}
+    for v in VARIANTS[1:]:
+        q = s[s.variant == v].set_index("id").loc[b.index]
+        dec = D.decide(s, v, "perplexity", 2.0, "lang")
+        states[v] = dec.state
+        assert [x.lang for x in dec.langs] == ["bible", "debian"]
+        for x in dec.langs:
+            m = (b.lang == x.lang).to_numpy()
+            rise = 100 * (np.exp((q.nll[m].sum() - b.nll[m].sum()) / b.tokens[m].sum()) - 1)
+            assert x.drop == pytest.approx(rise, rel=1e-9)
+            assert x.drop == pytest.approx(_value(df, v, "ppl_change_pct", f"domain={x.lang}"), rel=1e-9)
+        worst = max(dec.langs, key=lambda x: x.drop)
+        assert _value(df, v, "worst_lang_drop", f"domain={worst.lang}") == pytest.approx(worst.drop, rel=1e-9)
+        assert _value(df, v, "gate") == float(worst.drop <= 2.0)
+        r = _qbench(["gate", str(run["dir"]), "--variant", v], run["tmp"])
+        assert r.returncode == {D.PASS: 0, D.FAIL: 1, D.INCONCLUSIVE: 10}[dec.state], r.stderr
+        assert r.stdout.strip() == f"{v}: {dec.summary()}"
+    # FP16 keeps perplexity within a hundredth of a percent: shown within the 2% budget in both domains.
+    assert states["fp16"] == D.PASS
+    md = _qbench(["report", str(run["dir"]), "--markdown"], run["tmp"]).stdout
+    assert "| gate |" in md.splitlines()[0] and "Gate: a variant fails when its perplexity rises by more than 2.0%" in md
+    row = next(line for line in md.splitlines() if line.startswith("| `fp16` |"))
+    assert "| PASS (" in row and "perplexity rise" in row
+    html = (run["dir"] / "report.html").read_text()
+    assert 'id="verdict-decision"' in html and "per domain" in html
 
 
 @pytest.mark.skipif(not HAS_TRT, reason="TensorRT-RTX is not installed")

