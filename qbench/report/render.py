@@ -103,8 +103,9 @@ def verdict(df, manifest: dict, samples=None) -> dict:
     gate_label = _gate_words(gate_cfg)[0] if gate_cfg else label  # the decision's metric, not the task's
     for v, d in decs.items():
         w = d.worst()
+        big = max(d.langs, key=lambda x: x.drop)  # the largest point drop: not always the deciding language
         gates[v] = {"pass": {dn.PASS: True, dn.FAIL: False}.get(d.state), "state": d.state, "lang": w.lang,
-                    "drop": max(x.drop for x in d.langs), "summary": d.summary(),
+                    "drop": big.drop, "drop_lang": big.lang, "summary": d.summary(),
                     "needed": max((x.n_needed or 0) for x in d.langs),
                     "worst": f"{'' if w.lang == 'all' else w.lang + ': '}{gate_label} {dn.words(d.metric).loss} "
                              f"{_num(w.drop)} [{_num(w.lo)}, {_num(w.hi)}]"}

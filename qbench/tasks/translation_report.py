@@ -72,7 +72,8 @@ def markdown_translation(rows: list[dict], m: dict) -> str:
     for r in rows:
         g = r["gate"] or {}
         gate = g.get("state") or ("" if g.get("pass") is None else "PASS" if g["pass"] else "FAIL")
-        worst = "" if g.get("lang") is None else f"{'macro' if g['lang'] == 'all' else g['lang']} {_num(g['drop'])}"
+        lang = g.get("drop_lang", g.get("lang"))  # the language of the drop shown, not the deciding one
+        worst = "" if lang is None else f"{'macro' if lang == 'all' else lang} {_num(g['drop'])}"
         cells = [f"`{r['variant']}`", _num(r["bleu"]), (r["d_bleu"] or {}).get("ci", ""), _num(r["chrf"]), worst, gate]
         cells += [_num(r["lat"][b][0]) for b in batches]
         cells += [_md(r["status"] + (f": {r['error']}" if r["error"] else ""))]

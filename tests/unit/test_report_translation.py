@@ -274,3 +274,23 @@ def test_signed(x, text):
 def test_pvalue_and_task_default():
     assert report.pvalue(0.0) == "<0.001" and report.pvalue(0.0312) == "0.031" and report.pvalue(None) == ""
     assert report.task_of({}) == "retrieval" and report.task_of({"config": {"task": "translation"}}) == "translation"
+
+
+def test_worst_language_cell_names_the_language_of_the_largest_drop():
+    """The committed Django run, decided by the release decision: its 'worst-language drop' cell shows the largest
+    per-language point drop and that drop's own language (the deciding language can be another one), checked
+    against the per-language delta_bleu rows of results.parquet."""
+    run = Path(__file__).resolve().parents[2] / "reports" / "example-django-multi"
+    df = pd.read_parquet(run / "results.parquet")
+    md = report.markdown(run)
+    checked = 0
+    for line in md.splitlines()[2:]:
+        cells = [c.strip() for c in line.strip("|").split("|")]
+        if len(cells) < 6 or not cells[4]:
+            continue
+        vid, (lang, drop) = cells[0].strip("`"), cells[4].split()
+        d = df[(df.variant == vid) & (df.metric == "delta_bleu") & df.slice.str.startswith("lang=")]
+        low = d.loc[d.value.idxmin()]
+        assert (lang, float(drop)) == (low.slice.split("=")[1], round(-low.value, 2)), vid
+        checked += 1
+    assert checked == 11
