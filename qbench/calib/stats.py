@@ -191,6 +191,7 @@ def collect(model_path: Path, tensors: list[str], batches: Iterable[dict[str, np
                              f"{first_line(e)}") from None
         graph_inputs = {i.name for i in sess.get_inputs()}
         roles: dict[str, list[str]] | None = None
+        varying: set[str] = set()  # tensors whose last axis changed length: no channel maxima for them
         n_batches = first = 0  # first: index of the batch's first sample in the calibration set
         for bi, feeds in enumerate(batches):
             n_batches += 1
@@ -209,8 +210,15 @@ def collect(model_path: Path, tensors: list[str], batches: Iterable[dict[str, np
                     where = f" (samples {first}..{first + rows - 1} of the set)" if rows else ""
                     raise DataError(f"tensor '{name}': {bad} non-finite value(s) ({kinds}) at valid positions "
                                     f"in calibration batch {bi}{where}")
-                if channels and (roles is None or roles[name][-1:] == ["."]):  # a static last axis: channels
-                    update_channels(stats[name], arr, m)
+                if channels and name not in varying and (roles is None or roles[name][-1:] == ["."]):
+                    # Without a mask (an encoder fed no mask_input) the axes are not discovered: a last axis
+                    # whose length changes between batches (attention scores over keys) has no channels.
+                    t = stats[name]
+                    if t.channel_absmax is not None and arr.ndim and t.channel_absmax.shape[0] != arr.shape[-1]:
+                        varying.add(name)
+                        t.channel_absmax = None
+                    else:
+                        update_channels(t, arr, m)
                 if fixed_top is None:
                     update(stats[name], vals, bins)
                 else:

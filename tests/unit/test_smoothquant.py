@@ -148,6 +148,18 @@ def test_channel_absmax_in_the_same_pass_ignores_padding(masked_model):
     assert st.collect(masked_model, ["Y"], batches)["Y"].channel_absmax is None  # asked for only where needed
 
 
+def test_channel_absmax_skips_a_last_axis_that_changes_length(masked_model):
+    """Batches of different lengths with no mask (a translation encoder's pass): Y's last axis is static, so its
+    maxima are numpy's; mask_f's last axis is the sequence, so it keeps none (it crashed on (14,) vs (16,))."""
+    rng = np.random.default_rng(4)
+    batches = [{"X": rng.normal(0, 1, (2, s, 4)).astype(np.float32), "attention_mask": np.ones((2, s), np.int64)}
+               for s in (5, 7, 5)]
+    got = st.collect(masked_model, ["Y", "mask_f"], batches, channels=True, mask_input=None)
+    want = np.max([np.abs(2 * b["X"]).reshape(-1, 4).max(0) for b in batches], axis=0)
+    np.testing.assert_array_equal(got["Y"].channel_absmax, want)
+    assert got["mask_f"].channel_absmax is None and got["mask_f"].absmax == 1.0
+
+
 def test_embeddings_int8_per_row(tmp_path):
     table = RNG.normal(0, 1, (500, 64)).astype(np.float32)
     table[7] *= 40  # one row with a large range keeps its own scale
