@@ -174,18 +174,9 @@ def qbench_variant(ctx, task, v, out_dir: Path, msha: str) -> tuple[Path, dict]:
     or AWQ scales, format, INT8 embeddings, content key, re-check of a cached file."""
     from qbench.tasks import qdq_build as qb
 
-    table, tfile, tinfo = qb.graph_table(ctx, task, v)
-    weights = qb.weight_rule(ctx)
-    fp32, graph_info, extra = qb.graph_fp32(ctx, task, v)
-    tinfo = {**graph_info, **tinfo}
-    key = qb.variant_key(msha, table.to_json(), v, weights, extra)
-    out = out_dir / f"{key}.onnx"
-    rep, hit = qb.build_graph(v, fp32, table, weights, out)
+    out, rep, info = qb.single_graph(ctx, task, v, out_dir, msha)
     qb.log_warnings(v, rep.warnings)
-    return out, {"qdq_key": key, "qdq_cache_hit": hit, "table": tfile, "format": v.format.signature(),
-                 "quantized_tensors": len(rep.quantized_tensors), "excluded_nodes": rep.excluded_nodes,
-                 "warnings": rep.warnings, **({"transform": tinfo} if tinfo else {}),
-                 **({"embeddings": v.embeddings} if v.embeddings != "float" else {})}
+    return out, {**info, "warnings": rep.warnings}
 
 
 # ---------------------------------------------------------------------------------------------- evaluation

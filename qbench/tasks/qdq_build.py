@@ -92,6 +92,22 @@ def build_graph(v, fp32, table, weights, out: Path):
     return rep, hit
 
 
+def single_graph(ctx, task, v, out_dir: Path, msha: str) -> tuple[Path, object, dict]:
+    """A one-graph task's Q/DQ variant (retrieval, causal_lm): (the file, its QdqReport, what the manifest records
+    of it) from the graph's table, transform or AWQ scales, format and content key."""
+    table, tfile, tinfo = graph_table(ctx, task, v)
+    weights = weight_rule(ctx)
+    fp32, graph_info, extra = graph_fp32(ctx, task, v)
+    tinfo = {**graph_info, **tinfo}
+    key = variant_key(msha, table.to_json(), v, weights, extra)
+    out = out_dir / f"{key}.onnx"
+    rep, hit = build_graph(v, fp32, table, weights, out)
+    return out, rep, {"qdq_key": key, "qdq_cache_hit": hit, "table": tfile, "format": v.format.signature(),
+                      "quantized_tensors": len(rep.quantized_tensors), "excluded_nodes": rep.excluded_nodes,
+                      **({"transform": tinfo} if tinfo else {}),
+                      **({"embeddings": v.embeddings} if v.embeddings != "float" else {})}
+
+
 def log_warnings(v, warnings) -> None:
     for w in warnings:
         log(f"warning: variant {v.id}: {w}", warning=True)

@@ -157,26 +157,15 @@ class RetrievalTask(Task):
             ids = hashlib.sha256(json.dumps([s.id for s in first]).encode()).hexdigest()[:12]
             out = out_dir / f"{msha}-ort_static-{ids}.onnx"
             return baselines.ort_static(ctx.fp32, out, ctx.tokenizer, [s.text for s in first]), {}
-        table, tfile, tinfo = qb.graph_table(ctx, self, v)
-        weights = qb.weight_rule(ctx)
-        fp32, sq, extra = qb.graph_fp32(ctx, self, v)
-        tinfo = {**sq, **tinfo}
-        key = qb.variant_key(msha, table.to_json(), v, weights, extra)
-        out = out_dir / f"{key}.onnx"
-        rep, hit = qb.build_graph(v, fp32, table, weights, out)
+        out, rep, info = qb.single_graph(ctx, self, v, out_dir, msha)
         f16: dict = {}
         if v.float_dtype == "fp16":  # INT8 over FP16: derived from the verified FP32 QDQ file
-            out, f16 = over_fp16(ctx, out, key)
+            out, f16 = over_fp16(ctx, out, info["qdq_key"])
         if v.ort_form == "fused":  # ONNX Runtime CPU's deployment form of the (verified) QDQ file
             out, f16["ort_form"] = ort_fused(out)
         warnings = rep.warnings + f16.pop("warnings", [])
         qb.log_warnings(v, warnings)
-        return out, {"qdq_key": key, "qdq_cache_hit": hit,
-                     "table": tfile, "quantized_tensors": len(rep.quantized_tensors),
-                     "quantized_nodes": len(rep.quantized_nodes), "format": v.format.signature(),
-                     "excluded_nodes": rep.excluded_nodes, "warnings": warnings,
-                     **({"transform": tinfo} if tinfo else {}),
-                     **({"embeddings": v.embeddings} if v.embeddings != "float" else {}), **f16}
+        return out, {**info, "quantized_nodes": len(rep.quantized_nodes), "warnings": warnings, **f16}
 
     def foreign_variant(self, ctx, v, out_dir: Path) -> tuple[Path, dict]:
         """An external model as given, or a peer quantizer's output on the sweep's calibration samples (one
