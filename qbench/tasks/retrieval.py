@@ -15,7 +15,7 @@ from typing import ClassVar
 import numpy as np
 
 from qbench.tasks.base import Task
-from qbench.tasks.common import backend, cached_stats, cfg_key, ort_fused, over_fp16, sqnr_db
+from qbench.tasks.common import backend, batch_session, cached_stats, cfg_key, ort_fused, over_fp16, sqnr_db
 from qbench.util import progress
 from qbench.util.logs import log
 
@@ -232,7 +232,7 @@ def embed_pairs(ctx, artifact: Path, samples) -> tuple[np.ndarray, np.ndarray, f
     """(query embeddings, document embeddings, seconds spent embedding) of ``samples`` on one variant."""
     bs = ctx.cfg.measure.eval_batch_size
     be = backend(ctx)
-    with (be.open(be.build(artifact, ctx.run_dir)) as sess,
+    with (batch_session(be, be.build(artifact, ctx.run_dir)) as sess,
           progress.task("evaluation", total=2 * len(samples), unit="text") as t):
         sess = progress.counted(sess, t, samples=True)
         t0 = time.perf_counter()
