@@ -163,8 +163,9 @@ def test_retrieval_search_passes_with_its_interval(minilm, qbench_cache, tmp_pat
         "calibration": {"batch_size": 16},
         "sweep": {"baselines": ["fp32"], "calibrators": [{"name": "percentile", "percentile": 99.0}],
                   "exclusions": ["auto"]},
-        # 6 points: one query of 64 is 1.56 points, and a confirmation counts only when the interval shows PASS
-        "gate": {"metric": "accuracy_at_1", "max_drop": 6.0, "per": "all"},
+        # 7 points: one query of 64 is 1.56 points, and a confirmation counts only when the interval shows PASS;
+        # all-INT8 loses one of the 64 (its one-sided bound is 6.25 points: 4 draws of that query in a resample)
+        "gate": {"metric": "accuracy_at_1", "max_drop": 7.0, "per": "all"},
         "search": {"n": 48, "rank_n": 16, "units": [r"layer\.[01]/"], "task_metric": False, "quantize_only": True,
                    "prefer": "fewest_exclusions"},
         "measure": {"eval_batch_size": 16, "latency": {"batch_sizes": [1], "warmup": 0, "runs": 1, "rounds": 1}},
