@@ -283,10 +283,13 @@ def _insert(model, chosen, act_tensors, table, flavor, weights, fmt: FormatCfg) 
 
 
 def _drop_unused_initializers(model, candidates: set[str]) -> None:
+    # Deleted in place, last first: clearing the list and extending it again copies every kept weight (a tenth of
+    # a second of each MiniLM build, and the search builds some 25).
     used = {x for n in model.graph.node for x in n.input}
-    keep = [t for t in model.graph.initializer if t.name not in candidates or t.name in used]
-    del model.graph.initializer[:]
-    model.graph.initializer.extend(keep)
+    inits = model.graph.initializer
+    for i in reversed(range(len(inits))):
+        if inits[i].name in candidates and inits[i].name not in used:
+            del inits[i]
 
 
 def verify_scales(model: onnx.ModelProto, table: CalibrationTable, fp32: onnx.ModelProto, weights=None) -> None:

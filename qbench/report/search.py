@@ -197,6 +197,7 @@ def search_sections(df, manifest: dict, df_sens=None) -> list[dict]:
                 "quality": _num(t.get("quality_all")), "drop": _num(t.get("worst_drop")),
                 "where": "" if where is None else "overall" if where == "all" else where,
                 "pass": bool(t.get("pass")), "error": "" if t.get("error") is None else f"{t['error']:.4g}",
+                "hi": _num(t.get("projected_hi")),
                 "seconds": _num(t.get("seconds")), "chosen": t.get("k") == chosen,
                 "units": ", ".join(t.get("excluded_units") or []),
             })
@@ -224,6 +225,8 @@ def search_sections(df, manifest: dict, df_sens=None) -> list[dict]:
             "latency_batch": _batch_name((s.get("latency_p50_ms") or {}).get("batch")),
             "error_label": task_for(manifest).fidelity_label,
             "trace": trace, "n_pass": sum(t["pass"] for t in trace), "n_fail": sum(not t["pass"] for t in trace),
+            # runs before search.screen screened on the point estimate and recorded no projected bound
+            "projected": any(t.get("projected_hi") is not None for t in s.get("trace") or []),
             "confirm": full,
             "confirmations": [{"k": c["k"], "pass": c["pass"], "drop": _num(c["worst_drop"]), "where": c["worst"],
                                "decision": c.get("decision"), "seconds": _num(c.get("seconds"))}
@@ -248,12 +251,17 @@ def _markdown_search(sections: list[dict]) -> list[str]:
         plural = "" if s["evaluations"] == 1 else "s"
         lines += ["", f"Automatic exclusion search: `{s['variant']}` (chosen k = {s['chosen_k']}, "
                       f"{s['evaluations']} evaluation{plural} on {s['n']} samples of {s['split']})", "",
-                  "| step | k | excluded linear nodes | quality | worst drop | gate | s |",
-                  "|---|---|---|---|---|---|---|"]
+                  "| step | k | excluded linear nodes | quality | worst drop | "
+                  + ("projected bound | screen | s |" if s["projected"] else "gate | s |"),
+                  "|---|---|---|---|---|---|---|" + ("---|" if s["projected"] else "")]
         for t in s["trace"]:
+            hi = f"{t['hi']} | " if s["projected"] else ""
             lines.append(f"| {t['step']} | {'**' + str(t['k']) + '** (chosen)' if t['chosen'] else t['k']} | "
-                         f"{t['nodes']} | {t['quality']} | {t['drop']} {_md(t['where'])} | "
+                         f"{t['nodes']} | {t['quality']} | {t['drop']} {_md(t['where'])} | {hi}"
                          f"{'PASS' if t['pass'] else 'FAIL'} | {t['seconds']} |")
+        if s["projected"]:
+            lines += ["", "Screen: the upper bound of the drop the evaluation set's decision is projected to show "
+                          "(the subset's bound, narrowed by sqrt(n subset / n evaluation)) must lie below the budget."]
         if s["phases"]:  # runs made before the search recorded its cost have no breakdown
             lines += ["", cost_line(s)]
     return lines

@@ -2,17 +2,21 @@
 
 1. **Units.** The MatMul/Gemm nodes an all-INT8 variant quantizes, grouped by transformer sub-block
    (``.../layers.3/self_attn``, ``.../layer.0/intermediate``, ``/lm_head``) or one per node.
-2. **Screen.** The all-INT8 model (k = 0) is scored on the gate first; when it passes there and its
-   confirmation shows PASS, nothing is ranked and the search ends.
+2. **Screen.** The all-INT8 model (k = 0) is scored on the scoring subset first; when it passes the screen
+   there and its confirmation shows PASS, nothing is ranked and the search ends. The screen
+   (``search.screen``, qbench.run.search_screen) is by default the interval decision on the subset, its bound
+   projected to the evaluation set's size: a candidate passes where its confirmation is predicted to show PASS.
 3. **Sensitivity**, on a ranking subset (the first ``search.rank_n`` samples of the scoring subset, held out
    of calibration and evaluation), against FP32: each unit alone kept float in an otherwise all-INT8 model
    (``exclude_only``) and, with ``search.quantize_only``, each unit alone quantized. Fidelity is the SQNR of
    the outputs (embeddings; decoder logits under teacher forcing on FP32's own greedy outputs or, for a
    decoder-only LM, on the text) and, for decoders, the KL divergence of the next-token distributions, per
-   language (or domain). ``task_metric`` adds the task score of each ``exclude_only`` model. Every model reuses the sweep's calibration table.
+   language (or domain). ``task_metric`` adds the task score of each ``exclude_only`` model. Every model
+   reuses the sweep's calibration table, and FP32's outputs on the ranking subset come from the scoring
+   subset's where the scorer can ``restrict`` itself.
 4. **Search.** Units ranked by how much excluding them alone reduces the error of the all-INT8 model (with a
    per-language gate: in the language where it reduces it most). Candidate k excludes the top k.
-   k = 0, 1, 2, 4, ... until the gate holds on the scoring subset, then bisection between the last failing
+   k = 0, 1, 2, 4, ... until one passes the screen on the scoring subset, then bisection between the last failing
    and the first passing k. Passing candidates are confirmed in order of measured latency
    (``prefer: latency``) or fewest exclusions, on the full evaluation set with the interval decision; the
    first PASS ends the search. The manifest records the trace, the ranking, the chosen exclusions and the
@@ -37,6 +41,7 @@ import numpy as np
 
 from qbench.config.schema import ExclusionCfg
 from qbench.config.errors import ConfigError, DataError
+from qbench.run import search_screen as screening
 from qbench.tasks.common import sample_cap
 
 # A transformer sub-block: the path up to the layer index and one component more.
@@ -97,6 +102,24 @@ def exclusion_for(excluded: list[Unit], only: list[Unit] | None = None) -> Exclu
     return ExclusionCfg(names=_exact(n for u in excluded for n in u.nodes))
 
 
+def scratch_root(ctx) -> Path:
+    """Where the ranking's throwaway models are built: a RAM-backed /dev/shm where it has room for four FP32
+    models, else the cache. Each is written, read once by ONNX Runtime and deleted; on disk its write and fsync
+    took about 0.3 s of a MiniLM model's second (build, write, session, 200 texts) on a loaded 2-core machine."""
+    import os
+
+    fp32 = Path(ctx.fp32)
+    size = sum(p.stat().st_size for p in fp32.rglob("*") if p.is_file()) if fp32.is_dir() else fp32.stat().st_size
+    shm = Path("/dev/shm")
+    try:
+        st = os.statvfs(shm)
+        if shm.is_dir() and os.access(shm, os.W_OK) and st.f_bavail * st.f_frsize > 4 * size:
+            return shm
+    except OSError:  # no /dev/shm (macOS, Windows): the cache
+        pass
+    return ctx.cache
+
+
 # --------------------------------------------------------------------------------------- scoring subset
 
 
@@ -139,6 +162,8 @@ class Search:
     scorer: object
     units: list[Unit]
     rank_scorer: object = None  # scores the ranking's models (default: ``scorer``, on the whole subset)
+    screen: str = "point"       # search.screen; "projected" needs the scorer's per-sample statistics
+    n_eval: dict = field(default_factory=dict)  # evaluation samples per language (the projection's target)
     evaluations: int = 0
     models: int = 0             # every model scored: the ranking's, the subset gate's, the confirmations'
     phases: dict = field(default_factory=dict)  # wall seconds by phase of the search
@@ -155,7 +180,7 @@ class Search:
         """Score a sensitivity model, built in a scratch directory and deleted once scored. Two such models
         per unit are never an answer, so they stay out of the cache: on a 1 GB translation model with 30
         units, cached they would leave 60 GB behind."""
-        with tempfile.TemporaryDirectory(prefix=".scratch-", dir=self.ctx.cache) as d:
+        with tempfile.TemporaryDirectory(prefix=".scratch-", dir=scratch_root(self.ctx)) as d:
             self.models += 1
             return (self.rank_scorer or self.scorer).score(self.build(excl, Path(d)), quality=quality)
 
@@ -221,7 +246,13 @@ class Search:
         row = {"k": k, "excluded_units": [u.id for u in ranked[:k]],
                "excluded_linear_nodes": sum(len(u.nodes) for u in ranked[:k]),
                "quality_all": res["quality"].get("all"), "worst_drop": drop, "worst": where, "pass": ok,
-               "error": res["error"], "seconds": round(time.perf_counter() - t0, 2), "artifact": str(art)}
+               "error": res["error"]}
+        if self.screen == "projected" and res.get("samples") is not None:
+            # passes only where the confirmation is predicted to show PASS (qbench.run.search_screen)
+            st = screening.settings(self.ctx)
+            ok, hi, at = screening.projected(res["samples"], self.ctx.cfg.gate, st, self.n_eval)
+            row.update({"pass": ok, "point_pass": row["pass"], "projected_hi": hi, "projected_where": at})
+        row.update({"seconds": round(time.perf_counter() - t0, 2), "artifact": str(art)})
         self.trace.append(row)
         return row
 
@@ -271,6 +302,8 @@ class Search:
                 lo = mid
         # k = n keeps every unit float: that is FP32 with extra steps, not an answer.
         passing = sorted(k for k, r in tried.items() if r["pass"] and k < n)
+        if not passing:  # the projection predicts no PASS with INT8 left: confirm what is within budget on the subset
+            passing = sorted(k for k, r in tried.items() if r.get("point_pass") and k < n)
         if not passing:
             raise DataError(f"search: no candidate with INT8 left passed the gate on the scoring subset "
                             f"({self.evaluations} evaluations, up to {max(tried)} of {n} units float)")
@@ -284,15 +317,12 @@ def confirm_decision(s: Search, art: Path):
     per-sample statistics for the candidate."""
     from qbench.report import decision as dn
 
-    ctx, g = s.ctx, s.ctx.cfg.gate
+    g = s.ctx.cfg.gate
     per_sample = getattr(s.scorer, "decision_stats", lambda art, metric: None)(art, g.metric)
     if per_sample is None:
         return None
     base, var, langs = per_sample
-    st = dn.Settings.from_gate(g.model_dump())
-    st = dn.Settings(alpha=st.alpha / ctx.cfg.search.max_confirmations, resamples=st.resamples, seed=st.seed,
-                     correction=st.correction)
-    return dn.decide_stats(base, var, langs, g.metric, g.max_drop, g.per, st)
+    return dn.decide_stats(base, var, langs, g.metric, g.max_drop, g.per, screening.settings(s.ctx))
 
 
 def order(s: Search, passing: list[int]) -> tuple[list[int], dict]:
@@ -356,14 +386,18 @@ def resolve(ctx, v) -> tuple[object, dict]:
     rank = ranking_subset(ctx, subset)
     us = units(ctx.task.fp32_models(ctx), sc.granularity, sc.units)
     scorer = ctx.task.scorer(ctx, subset)
-    s = Search(ctx, v, scorer, us, rank_scorer=ctx.task.scorer(ctx, rank) if len(rank) < len(subset) else None)
+    rank_scorer = None
+    if len(rank) < len(subset):  # a scorer that holds FP32's outputs of the ranking's samples reuses them
+        rank_scorer = getattr(scorer, "restrict", lambda r: ctx.task.scorer(ctx, r))(rank)
+    s = Search(ctx, v, scorer, us, rank_scorer=rank_scorer, screen=sc.screen,
+               n_eval=screening.eval_counts(ctx.evalset))
     s.phases["fp32_reference"] = round(time.perf_counter() - t0, 2)
     info: dict = {
         "granularity": sc.granularity, "units": len(us),
         "scoring_subset": {"split": sc.split, "n": len(subset), "seed": sc.seed,
                            "ids_sha256": hashlib.sha256(json.dumps([x.id for x in subset]).encode()).hexdigest()},
         "ranking_subset": {"n": len(rank), "rank_by": "worst_language" if ctx.cfg.gate.per == "lang" else "all"},
-        "base_quality": scorer.base_quality, "prefer": sc.prefer,
+        "base_quality": scorer.base_quality, "prefer": sc.prefer, "screen": sc.screen,
     }
     ctx.manifest["variants"][v.id]["search"] = info  # kept, with the trace so far, if the search fails
     ctx.search_sensitivity[v.id] = s.sensitivity

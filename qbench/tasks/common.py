@@ -61,6 +61,12 @@ def backend(ctx):
     return build_plugin(registry.backends, {"name": cfg.backend.name, "threads": cfg.backend.threads})
 
 
+def batch_session(be, artifact: Path):
+    """A session of backend ``be`` for evaluating batches: ``open_batch`` where the backend has one (ONNX Runtime:
+    no spin-waiting threads), else ``open``."""
+    return getattr(be, "open_batch", be.open)(artifact)
+
+
 def sample_cap(samples: list, n_per_language: int | None) -> list:
     """The first ``n_per_language`` samples of each language, in order (all of them for None)."""
     if not n_per_language:

@@ -15,7 +15,7 @@ from typing import ClassVar
 import numpy as np
 
 from qbench.tasks.base import Task
-from qbench.tasks.common import backend, cached_stats, cfg_key, ort_fused, over_fp16, sqnr_db
+from qbench.tasks.common import backend, batch_session, cached_stats, cfg_key, ort_fused, over_fp16, sqnr_db
 from qbench.util import progress
 from qbench.util.logs import log
 
@@ -232,7 +232,7 @@ def embed_pairs(ctx, artifact: Path, samples) -> tuple[np.ndarray, np.ndarray, f
     """(query embeddings, document embeddings, seconds spent embedding) of ``samples`` on one variant."""
     bs = ctx.cfg.measure.eval_batch_size
     be = backend(ctx)
-    with (be.open(be.build(artifact, ctx.run_dir)) as sess,
+    with (batch_session(be, be.build(artifact, ctx.run_dir)) as sess,
           progress.task("evaluation", total=2 * len(samples), unit="text") as t):
         sess = progress.counted(sess, t, samples=True)
         t0 = time.perf_counter()
@@ -266,18 +266,31 @@ class RetrievalScorer:
     """The search's scorer: embeddings of the subset's queries and documents; quality = accuracy@1 in points,
     no languages."""
 
-    def __init__(self, ctx, subset):
+    def __init__(self, ctx, subset, base: np.ndarray | None = None):
         self.ctx, self.subset = ctx, subset
-        self.base = self._embed(ctx.fp32)
+        self.base = self._embed(ctx.fp32) if base is None else base  # FP32's queries, then its documents
         self.base_quality = self._quality(self.base)
+        self.base_hits = self._hits(self.base)
+
+    def restrict(self, samples: list) -> "RetrievalScorer":
+        """A scorer on some of the subset's pairs (the ranking's) that takes FP32's embeddings of them from this
+        one instead of embedding them again."""
+        pos = {s.id: i for i, s in enumerate(self.subset)}
+        idx = np.array([pos[s.id] for s in samples], dtype=int)
+        return RetrievalScorer(self.ctx, list(samples), np.concatenate([self.base[idx],
+                                                                        self.base[len(self.subset) + idx]]))
 
     def _embed(self, art: Path) -> np.ndarray:
         q, d, _ = embed_pairs(self.ctx, art, self.subset)
         return np.concatenate([q, d])
 
-    def _quality(self, emb: np.ndarray) -> dict[str, float]:
+    def _hits(self, emb: np.ndarray) -> np.ndarray:
+        """Per query, 1.0 where its document ranks first (the gate's per-sample statistic), as a column."""
         n = len(self.subset)
-        return {"all": retrieval_metrics(emb[:n], emb[n:])["accuracy_at_1"] * 100}
+        return (ranks(emb[:n], emb[n:]) == 1).astype(float)[:, None]
+
+    def _quality(self, emb: np.ndarray) -> dict[str, float]:
+        return {"all": float(self._hits(emb).mean()) * 100}
 
     def full_quality(self, art: Path) -> tuple[dict[str, float], dict[str, float]]:
         """(candidate, FP32) accuracy@1 in points on the sweep's evaluation set."""
@@ -301,5 +314,7 @@ class RetrievalScorer:
         err = float(((emb - self.base) ** 2).sum() / (self.base ** 2).sum())
         out = {"error": err, "fidelity": {"sqnr_db": {"all": sqnr_db(self.base, emb)}}}
         if quality:
-            out["quality"] = self._quality(emb)
+            hits = self._hits(emb)
+            out["quality"] = {"all": float(hits.mean()) * 100}
+            out["samples"] = (self.base_hits, hits, ["all"] * len(hits))  # FP32, candidate: the projected screen
         return out

@@ -25,7 +25,8 @@ class TranslationScorer:
         self.hyps0 = tr.translate(ctx, gen, subset)
         self.targets = [t or [ctx.spec.eos_token_id] for t in tr._target_ids(ctx, self.hyps0)]
         self.base_logits = self._logits(gen)
-        self.base_quality = self._quality(self.hyps0, subset)
+        self.base_stats = self._stats(self.hyps0, subset)
+        self.base_quality = self._scores(self.base_stats, self.langs)
 
     def _logits(self, gen) -> list[tuple[np.ndarray, np.ndarray]]:
         """Per batch: (logits over real target positions [tokens, vocab], row of each token)."""
@@ -41,12 +42,15 @@ class TranslationScorer:
             out.append((logits[mask].astype(np.float32), np.asarray(rows)[np.nonzero(mask)[0]]))
         return out
 
-    def _quality(self, hyps: list[str], samples) -> dict[str, float]:
-        """The gate's metric per language and overall ('all': the macro mean)."""
+    def _stats(self, hyps: list[str], samples):
+        """Per-sentence statistics of every metric (mt_metrics.sample_stats_by_lang)."""
         from qbench.tasks import mt_metrics as mm
 
-        langs = [s.language for s in samples]
-        return self._scores(mm.sample_stats_by_lang(hyps, [s.reference for s in samples], langs), langs)
+        return mm.sample_stats_by_lang(hyps, [s.reference for s in samples], [s.language for s in samples])
+
+    def _quality(self, hyps: list[str], samples) -> dict[str, float]:
+        """The gate's metric per language and overall ('all': the macro mean)."""
+        return self._scores(self._stats(hyps, samples), [s.language for s in samples])
 
     def _scores(self, stats, langs) -> dict[str, float]:
         from qbench.tasks import mt_metrics as mm
@@ -96,5 +100,8 @@ class TranslationScorer:
         sqnr = float("inf") if num == 0 else 10 * np.log10(den / num)
         out = {"error": kl["all"], "error_by_lang": kl, "fidelity": {"kl": kl, "sqnr_db": {"all": sqnr}}}
         if quality:
-            out["quality"] = self._quality(self.tr.translate(self.ctx, gen, self.subset), self.subset)
+            stats = self._stats(self.tr.translate(self.ctx, gen, self.subset), self.subset)
+            out["quality"] = self._scores(stats, self.langs)
+            # FP32's and the candidate's per-sentence statistics of the gate's metric: the projected screen
+            out["samples"] = (self.base_stats[self.metric], stats[self.metric], self.langs)
         return out

@@ -243,6 +243,26 @@ def test_markdown_has_the_trace(run):
     assert len([line for line in md[at + 4:] if line.startswith("| ")]) == len(TRACE)
 
 
+def test_a_projected_screen_shows_its_bound_in_both_tables(run):
+    m = json.loads((run / "manifest.json").read_text())
+    for t, hi in zip(m["variants"][AUTO]["search"]["trace"], (12.5, 5.0, 2.25, 0.75, 1.5)):
+        t.update(projected_hi=hi, projected_where="fr", point_pass=t["worst_drop"] <= 1.0)
+        t["pass"] = hi < 1.0
+    (run / "manifest.json").write_text(json.dumps(m))
+    md = report.markdown(run).splitlines()
+    at = md.index(f"Automatic exclusion search: `{AUTO}` (chosen k = 4, 5 evaluations on 32 samples of calibration)")
+    assert md[at + 2] == "| step | k | excluded linear nodes | quality | worst drop | projected bound | screen | s |"
+    assert md[at + 3] == "|---|---|---|---|---|---|---|---|"
+    assert md[at + 4:at + 9][3] == "| 4 | **4** (chosen) | 24 | 29.50 | 0.25 fr | 0.75 | PASS | 1.25 |"
+    assert md[at + 4:at + 9][4] == "| 5 | 3 | 18 | 29.00 | 0.75 fr | 1.50 | FAIL | 1.00 |"
+    assert md[at + 10].startswith("Screen: the upper bound of the drop the evaluation set's decision is projected")
+    html = report.render(run).read_text(encoding="utf-8")
+    head, *rows = _doc(html).tables["trace-1"]
+    assert head[1][6:8] == ["projected bound", "screen"] and [r[1][6] for r in rows] == [
+        "12.50", "5.00", "2.25", "0.75", "1.50"]
+    assert "the screen passes, then bisection" in _section(html)
+
+
 def test_unit_labels_strip_shared_prefixes_and_stay_unique():
     assert report.unit_labels(["/model/encoder/layer.0/output", "/model/encoder/layer.10/attention"]) == {
         "/model/encoder/layer.0/output": "layer.0/output", "/model/encoder/layer.10/attention": "layer.10/attention"}

@@ -44,3 +44,40 @@ def test_ranking_subset_takes_the_first_per_language_then_the_first_n():
     assert ids(ranking_subset(_ctx(True, rank_n_per_language=2, rank_n=3), subset)) == ["de0", "de1", "fr0"]
     # pooled tasks ignore the per-language cap
     assert ids(ranking_subset(_ctx(False, rank_n_per_language=1, rank_n=5), subset)) == ids(subset[:5])
+
+
+def test_retrieval_ranking_scorer_takes_fp32_embeddings_from_the_subset_scorer(monkeypatch):
+    """The ranking's scorer (the first rank_n pairs) slices FP32's embeddings out of the subset scorer's instead of
+    embedding them again; its scores equal a scorer built on those pairs from scratch."""
+    import numpy as np
+
+    from qbench.tasks import retrieval
+
+    rng = np.random.default_rng(0)
+    table = {i: rng.normal(size=(2, 8)) for i in range(6)}  # sample -> (query, document) embedding, FP32
+    calls = []
+
+    def fake_embed_pairs(ctx, art, samples):
+        calls.append((art, [s.id for s in samples]))
+        noise = 0.0 if art == "fp32" else 0.3
+        q = np.stack([table[s.id][0] + noise * np.sin(s.id) for s in samples])
+        d = np.stack([table[s.id][1] + noise * np.cos(s.id) for s in samples])
+        return q, d, 0.0
+
+    monkeypatch.setattr(retrieval, "embed_pairs", fake_embed_pairs)
+    ctx = SimpleNamespace(fp32="fp32")
+    subset = [SimpleNamespace(id=i) for i in range(6)]
+    full = retrieval.RetrievalScorer(ctx, subset)
+    rank = full.restrict(subset[:3])
+    assert calls == [("fp32", list(range(6)))]  # FP32 embedded once, on the whole subset
+    fresh = retrieval.RetrievalScorer(ctx, subset[:3])
+    np.testing.assert_array_equal(rank.base, fresh.base)
+    assert rank.base_quality == fresh.base_quality
+    a, b = rank.score("int8"), fresh.score("int8")
+    assert a["error"] == b["error"] and a["quality"] == b["quality"]
+    # the per-query hits the projected screen decides on: FP32's and the candidate's, one column each
+    base, var, langs = a["samples"]
+    q, d, _ = fake_embed_pairs(ctx, "int8", subset[:3])
+    np.testing.assert_array_equal(base, (retrieval.ranks(fresh.base[:3], fresh.base[3:]) == 1)[:, None])
+    np.testing.assert_array_equal(var, (retrieval.ranks(q, d) == 1)[:, None])
+    assert langs == ["all"] * 3 and a["quality"]["all"] == var.mean() * 100
