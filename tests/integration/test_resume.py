@@ -1,6 +1,6 @@
 """Killed, interrupted and resumed sweeps end with the same results as an uninterrupted one.
 
-Real subprocesses running the real CLI on the real MiniLM: SIGKILL at random points 20 times, SIGTERM
+Real subprocesses running the real CLI on the real MiniLM: SIGKILL at random points 10 times, SIGTERM
 and SIGINT once each. Timing metrics (latency, throughput, eval seconds) are the only rows allowed to
 differ: they are measurements, re-taken side by side when a run resumes.
 """
@@ -79,12 +79,12 @@ def reference(minilm, qbench_cache, tmp_path_factory):
     return d, run, wall
 
 
-def test_sigkill_at_random_points_then_resume_20_times(reference, qbench_cache, tmp_path):
+def test_sigkill_at_random_points_then_resume_10_times(reference, qbench_cache, tmp_path):
     d, ref, wall = reference
     want, want_variants = _comparable(ref), _variants(ref)
     rng = np.random.default_rng(20261123)
     killed_with_run = 0
-    for i in range(20):
+    for i in range(10):  # 20 took 3-4 min of the suite; 10 seeded kill points still span the whole run
         out = tmp_path / f"k{i}"
         p = subprocess.Popen(_cmd(str(d / "sweep.yaml"), "--out", str(out)), env=_env(qbench_cache),
                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
@@ -115,7 +115,7 @@ def test_sigkill_at_random_points_then_resume_20_times(reference, qbench_cache, 
         pd.testing.assert_frame_equal(_comparable(run), want)
         assert _variants(run) == want_variants
         assert not list(run.glob(".*.tmp"))
-    assert killed_with_run >= 10  # most kills landed inside a run, not before it existed
+    assert killed_with_run >= 5  # most kills landed inside a run, not before it existed
 
 
 @pytest.mark.parametrize("sig, code", [(signal.SIGTERM, 143), (signal.SIGINT, 130)])
