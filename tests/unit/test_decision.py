@@ -102,7 +102,7 @@ def test_aa_identical_quality_fails_at_most_5_percent_with_holm(django):
 
 
 @pytest.mark.parametrize("run, variant, code, head", [
-    ("example-django-multi", "entropy+none+s8s8@balanced", 1, "FAIL: 0 PASS, 28 FAIL"),
+    ("example-bible-en-es", "entropy+none+s8s8", 1, "FAIL: drop 29.72 BLEU"),  # the earlier entropy rule's collapse
     ("example-django-multi", "ort_dynamic", 10, "INCONCLUSIVE: "),
     ("example-bible-en-es", "mse+none+s8s8", 0, "PASS: drop 0.13 BLEU"),
 ])
