@@ -66,6 +66,8 @@ def load_model(path: Path) -> onnx.ModelProto:
     except OSError as e:  # the file itself, or its external data next to it
         raise ModelError(f"{path}: cannot read the ONNX model ({type(e).__name__}: "
                          f"{e.strerror or e}{f': {e.filename}' if e.filename else ''})") from None
+    except MemoryError:  # not the file's fault: an isolated variant under executor.memory_mb says out of memory
+        raise
     except Exception as e:  # onnx raises DecodeError and friends for a corrupt file
         raise ModelError(f"{path}: not a readable ONNX model ({type(e).__name__})") from None
     check_model_header(model, path)

@@ -281,3 +281,21 @@ def test_weight_rule_registry_and_config_key(tmp_path):
     assert registry.weight_rules.get("per_tensor").name == "per_tensor"
     with pytest.raises(ConfigError, match="Did you mean: per_channel"):
         registry.weight_rules.get("per_chanel")
+
+
+def test_a_failed_allocation_while_reading_a_model_stays_a_memory_error(tmp_path, monkeypatch):
+    """Under executor.memory_mb the allocation can fail inside onnx.load: that must reach the child's handler as
+    MemoryError ('out of memory'), not as a corrupt file (CI once saw 'not a readable ONNX model (MemoryError)')."""
+    import onnx
+
+    from qbench.quantize.qdq import load_model
+
+    path = tmp_path / "m.onnx"
+    path.write_bytes(b"\x08\x07")
+
+    def no_memory(*a, **k):
+        raise MemoryError
+
+    monkeypatch.setattr(onnx, "load", no_memory)
+    with pytest.raises(MemoryError):
+        load_model(path)
