@@ -65,3 +65,18 @@ def test_tensorrt_verdict_block_says_latency_was_not_measured_and_shows_the_prox
     assert ('<div class="k">TensorRT latency</div><div class="x">not measured here</div>'
             '<div class="d">no supported GPU; ranked by the proxy: INT8 share of linear FLOPs 100%, engine 66.2 MB') in block
     assert "(not used to rank)" in block
+
+
+def test_smollm2_run_ships_fp16_and_fails_every_int8_variant_on_perplexity():
+    from qbench.report.decision import for_run
+
+    run = REPORTS / "example-smollm2"
+    df, m = load(run)
+    samples = load_samples(run)
+    assert m["gate"]["metric"] == "perplexity" and m["gate"]["max_drop"] == 2.0
+    states = {vid: for_run(samples, m, vid).state for vid in m["variants"] if vid != "fp32"}
+    assert states == {"fp16": "PASS", "minmax+none+s8s8": "FAIL", "minmax+mlp_gate+s8s8": "FAIL",
+                      "percentile[percentile=99.99]+none+s8s8": "FAIL",
+                      "percentile[percentile=99.99]+mlp_gate+s8s8": "FAIL"}
+    v = _verdict("example-smollm2")
+    assert v["state"] == "ships" and v["variant"] == "fp16"
