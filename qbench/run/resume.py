@@ -94,6 +94,12 @@ def check_config(prev: Previous, cfg, config_path: str) -> None:
     old = prev.manifest.get("config")
     if old is None:
         raise ConfigError(f"{prev.run_dir}/manifest.json: records no config; cannot check it is the same run")
+    try:
+        # the run's config as this version reads it: a key a later version added takes its default, so a run
+        # made before the key existed resumes unless the config now sets it to something else
+        old = json.loads(type(cfg).model_validate(old).model_dump_json())
+    except ValueError:  # pydantic's ValidationError: a key since removed or renamed shows in the diff below
+        pass
     changed = _diff(old, json.loads(cfg.model_dump_json()))
     if changed:
         shown = ", ".join(changed[:8]) + (f" and {len(changed) - 8} more" if len(changed) > 8 else "")
