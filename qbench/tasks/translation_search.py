@@ -22,11 +22,21 @@ class TranslationScorer:
         self.langs = [s.language for s in subset]
         self.metric = ctx.cfg.gate.metric
         gen = tr.generator(ctx, ctx.fp32)
-        self.hyps0 = tr.translate(ctx, gen, subset)
+        self.hyps0 = self._translate(ctx.fp32, gen, subset)
         self.targets = [t or [ctx.spec.eos_token_id] for t in tr._target_ids(ctx, self.hyps0)]
         self.base_logits = self._logits(gen)
+        self._base_logp = None
         self.base_stats = self._stats(self.hyps0, subset)
         self.base_quality = self._scores(self.base_stats, self.langs)
+
+    def _translate(self, art: Path, gen, samples) -> list[str]:
+        """Greedy outputs of ``samples``: with ``generation.workers`` > 1 spread over that many processes and
+        journaled (decode.translate_artifact), as a variant's own evaluation is; else in this process with
+        ``gen``. A confirmation decodes the whole evaluation set: on one thread, 31,613 segments of the
+        multilingual benchmark take half an hour of a 16-core machine's time that its workers share out."""
+        if self.ctx.cfg.generation.workers > 1:
+            return self.tr.translate_artifact(self.ctx, art, samples)[0]
+        return self.tr.translate(self.ctx, gen if gen is not None else self.tr.generator(self.ctx, art), samples)
 
     def _logits(self, gen) -> list[tuple[np.ndarray, np.ndarray]]:
         """Per batch: (logits over real target positions [tokens, vocab], row of each token)."""
@@ -64,7 +74,7 @@ class TranslationScorer:
         kept so that the variant's own evaluation does not decode them again."""
         ctx = self.ctx
         t0 = time.perf_counter()
-        hyps = self.tr.translate(ctx, self.tr.generator(ctx, art), ctx.evalset)
+        hyps = self._translate(art, None, ctx.evalset)
         ctx.decoded[str(art)] = (hyps, time.perf_counter() - t0)
         return self._quality(hyps, ctx.evalset), self._scores(ctx.fp32_ref["stats"],
                                                               [s.language for s in ctx.evalset])
@@ -87,10 +97,11 @@ class TranslationScorer:
         logits = self._logits(gen)
         kl_by_lang: dict[str, list[float]] = {}
         num = den = 0.0
-        for (ref, rows), (x, _) in zip(self.base_logits, logits):
-            p = log_softmax(ref)
+        if self._base_logp is None:  # FP32's log-probabilities once, not once per scored model
+            self._base_logp = [(p, np.exp(p)) for p in (log_softmax(ref) for ref, _ in self.base_logits)]
+        for (ref, rows), (x, _), (p, ep) in zip(self.base_logits, logits, self._base_logp):
             q = log_softmax(x)
-            kl = (np.exp(p) * (p - q)).sum(axis=1, dtype=np.float64)
+            kl = (ep * (p - q)).sum(axis=1, dtype=np.float64)
             for r, v in zip(rows, kl):
                 kl_by_lang.setdefault(self.langs[r], []).append(float(v))
             num += float(((ref - x) ** 2).sum(dtype=np.float64))
@@ -100,7 +111,7 @@ class TranslationScorer:
         sqnr = float("inf") if num == 0 else 10 * np.log10(den / num)
         out = {"error": kl["all"], "error_by_lang": kl, "fidelity": {"kl": kl, "sqnr_db": {"all": sqnr}}}
         if quality:
-            stats = self._stats(self.tr.translate(self.ctx, gen, self.subset), self.subset)
+            stats = self._stats(self._translate(art, gen, self.subset), self.subset)
             out["quality"] = self._scores(stats, self.langs)
             # FP32's and the candidate's per-sentence statistics of the gate's metric: the projected screen
             out["samples"] = (self.base_stats[self.metric], stats[self.metric], self.langs)

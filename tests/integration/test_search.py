@@ -55,7 +55,13 @@ def _run(cfg: dict, tmp: Path) -> Path:
 @pytest.fixture(scope="module")
 def two_runs(tmp_path_factory, qbench_cache):
     tmp = tmp_path_factory.mktemp("auto")
-    return [_run(_translation_cfg(tmp / f"r{i}", qbench_cache), tmp / f"r{i}") for i in range(2)]
+    runs = []
+    for i in range(2):
+        cfg = _translation_cfg(tmp / f"r{i}", qbench_cache)
+        if i == 1:  # the second run decodes in 2 worker processes (the search's subsets and confirmations too)
+            cfg["generation"]["workers"] = 2
+        runs.append(_run(cfg, tmp / f"r{i}"))
+    return runs
 
 
 def _search(run_dir: Path) -> dict:
@@ -64,6 +70,7 @@ def _search(run_dir: Path) -> dict:
 
 
 def test_search_is_deterministic_and_the_ranking_stable(two_runs):
+    """The same search in one process and with its decoding spread over 2 workers: the same trace."""
     a, b = (_search(r) for r in two_runs)
     strip = lambda s: [{k: v for k, v in t.items() if k != "seconds"} for t in s["trace"]]  # noqa: E731
     assert a["ranking"] == b["ranking"] and strip(a) == strip(b) and a["chosen_units"] == b["chosen_units"]
