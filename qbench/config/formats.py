@@ -61,19 +61,9 @@ class FormatCfg(BaseModel):
 
 def expand_formats(items: Any) -> Any:
     """``fp8`` -> {name: fp8}; a list of block sizes or of scale rules -> one entry per value."""
-    if not isinstance(items, list):
-        return items
-    out: list[Any] = []
-    for x in items:
-        if isinstance(x, str):
-            out.append({"name": x})
-            continue
-        entries = [x]
-        for key in ("block_size", "scales"):  # an empty list is left for validation to name
-            if isinstance(x, dict) and isinstance(x.get(key), list) and x[key]:
-                entries = [{**e, key: v} for e in entries for v in x[key]]
-        out += entries
-    return out
+    from qbench.config.transforms import expand_axis
+
+    return expand_axis(items, ("block_size", "scales"))
 
 
 def format_problems(cfg, file: str) -> list[str]:

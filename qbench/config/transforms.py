@@ -60,17 +60,26 @@ class TransformCfg(BaseModel):
         return f"{self.name}[{alpha}" + (f",targets={self.targets}" if self.targets != "norm" else "") + "]"
 
 
-def expand_transforms(items: Any) -> Any:
-    """``none`` -> {name: none}; a list of alphas (numbers or per-group mappings) -> one entry per alpha. Anything
-    else is left for validation."""
+def expand_axis(items: Any, keys: tuple[str, ...]) -> Any:
+    """One sweep axis written short, as validation reads it: a string -> {name: it}; a non-empty list under any
+    of ``keys`` -> one entry per value (crossed over the keys, in their order). Anything else, an empty list
+    included, is left for validation to name. Serves ``sweep.transforms`` (alpha) and ``sweep.formats``
+    (block_size, scales)."""
     if not isinstance(items, list):
         return items
     out: list[Any] = []
     for x in items:
         if isinstance(x, str):
             out.append({"name": x})
-        elif isinstance(x, dict) and isinstance(x.get("alpha"), list):
-            out += [{**x, "alpha": a} for a in x["alpha"]] or [x]
-        else:
-            out.append(x)
+            continue
+        entries = [x]
+        for key in keys:
+            if isinstance(x, dict) and isinstance(x.get(key), list) and x[key]:
+                entries = [{**e, key: v} for e in entries for v in x[key]]
+        out += entries
     return out
+
+
+def expand_transforms(items: Any) -> Any:
+    """``none`` -> {name: none}; a list of alphas (numbers or per-group mappings) -> one entry per alpha."""
+    return expand_axis(items, ("alpha",))
