@@ -35,10 +35,12 @@ class SearchCfg(BaseModel):
     task_metric: bool = Field(True, description="also score each unit's exclusion on the task metric")
     prefer: Literal["latency", "fewest_exclusions"] = Field(
         "latency", description="among candidates passing the gate: the fastest measured, or the fewest excluded")
-    screen: Literal["projected", "point"] = Field(
+    screen: Literal["projected", "point", "none"] = Field(
         "projected", description="which candidates pass on the scoring subset: projected, those whose interval "
         "decision there, its bound narrowed by sqrt(n_subset / n_evaluation), predicts PASS on the evaluation set "
-        "(where the task's scorer has per-sample statistics; else point); point, those whose drop is within budget")
+        "(where the task's scorer has per-sample statistics; else point); point, those whose drop is within budget; "
+        "none, no subset screen: each candidate (all-INT8 first) is confirmed on the evaluation set, at most "
+        "max_confirmations, for per-language budgets a small subset cannot resolve")
     max_evaluations: int = Field(24, ge=2, description="gate evaluations on the scoring subset, at most")
     max_confirmations: int = Field(4, ge=1, description="candidates checked on the full evaluation set, at most")
     units: list[str] = Field([], description="regular expressions: search only the units whose id matches "

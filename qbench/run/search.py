@@ -233,12 +233,18 @@ class Search:
             self.sensitivity.append({"mode": mode, "unit": unit, "metric": "quality", "lang": lang, "value": v})
 
     def step(self, ranked: list[Unit], k: int) -> dict:
-        with self.phase("subset_gate"):
+        with self.phase("subset_gate" if self.screen != "none" else "build"):  # confirmations time themselves
             return self._step(ranked, k)
+
+    def exhausted(self) -> bool:
+        """With ``screen: none`` every step is a confirmation: none may be taken past max_confirmations."""
+        return self.screen == "none" and len(self.confirmations) >= self.ctx.cfg.search.max_confirmations
 
     def _step(self, ranked: list[Unit], k: int) -> dict:
         t0 = time.perf_counter()
         art = self.build(exclusion_for(ranked[:k]))
+        if self.screen == "none":
+            return self._step_on_evaluation(ranked, k, art, t0)
         res = self.scorer.score(art, quality=True)
         ok, drop, where = self.gate(res["quality"])
         self.evaluations += 1
@@ -254,6 +260,19 @@ class Search:
             row.update({"pass": ok, "point_pass": row["pass"], "projected_hi": hi, "projected_where": at})
         row.update({"seconds": round(time.perf_counter() - t0, 2), "artifact": str(art)})
         self.trace.append(row)
+        return row
+
+    def _step_on_evaluation(self, ranked: list[Unit], k: int, art: Path, t0: float) -> dict:
+        """``screen: none``: no subset screen; the candidate's confirmation on the evaluation set is its step."""
+        row = {"k": k, "excluded_units": [u.id for u in ranked[:k]],
+               "excluded_linear_nodes": sum(len(u.nodes) for u in ranked[:k]), "artifact": str(art)}
+        self.evaluations += 1
+        self.trace.append(row)
+        ok = False if self.exhausted() else self.confirm(k)
+        c = next((c for c in self.confirmations if c["k"] == k), None)
+        row.update({"quality_all": c and c["quality_all"], "worst_drop": c and c["worst_drop"],
+                    "worst": c and c["worst"], "pass": ok, "error": None,
+                    "seconds": round(time.perf_counter() - t0, 2)})
         return row
 
     def confirm(self, k: int) -> bool:
@@ -286,7 +305,7 @@ class Search:
             return tried[k]
 
         lo, hi, k = -1, None, 0
-        while hi is None and self.evaluations < limit:  # 0, 1, 2, 4, ... until it passes
+        while hi is None and self.evaluations < limit and not self.exhausted():  # 0, 1, 2, 4, ... until it passes
             if at(k)["pass"]:
                 hi = k
             else:
@@ -294,7 +313,7 @@ class Search:
                 if k == n:
                     break
                 k = min(n, max(1, 2 * k))
-        while hi is not None and hi - lo > 1 and self.evaluations < limit:  # bisection
+        while hi is not None and hi - lo > 1 and self.evaluations < limit and not self.exhausted():  # bisection
             mid = (lo + hi) // 2
             if at(mid)["pass"]:
                 hi = mid
@@ -304,6 +323,9 @@ class Search:
         passing = sorted(k for k, r in tried.items() if r["pass"] and k < n)
         if not passing:  # the projection predicts no PASS with INT8 left: confirm what is within budget on the subset
             passing = sorted(k for k, r in tried.items() if r.get("point_pass") and k < n)
+        if not passing and self.screen == "none":
+            raise DataError(f"search: no candidate with INT8 left showed PASS on the evaluation set "
+                            f"({len(self.confirmations)} confirmations, up to {max(tried)} of {n} units float)")
         if not passing:
             raise DataError(f"search: no candidate with INT8 left passed the gate on the scoring subset "
                             f"({self.evaluations} evaluations, up to {max(tried)} of {n} units float)")
@@ -356,7 +378,10 @@ def pick(s: Search, ranked: list[Unit], passing: list[int]) -> tuple[int, dict]:
     sc = s.ctx.cfg.search
     with s.phase("latency"):
         cands, latency = order(s, passing)
+    held = {c["k"] for c in s.confirmations if c["pass"]}
     for k in cands:
+        if k in held:  # confirmed as its step (screen: none)
+            return k, latency
         if len(s.confirmations) >= sc.max_confirmations:
             break
         if k not in {c["k"] for c in s.confirmations} and s.confirm(k):
@@ -403,7 +428,7 @@ def resolve(ctx, v) -> tuple[object, dict]:
     ctx.search_sensitivity[v.id] = s.sensitivity
     ranked: list[Unit] = []
     try:
-        if s.step(ranked, 0)["pass"] and s.confirm(0):
+        if s.step(ranked, 0)["pass"] and (s.screen == "none" or s.confirm(0)):
             found, k, latency = {"passing": [0], "smallest": 0}, 0, {}
         else:
             ranked = s.run_sensitivity()

