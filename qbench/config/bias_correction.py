@@ -1,5 +1,5 @@
-"""Config of bias correction after Q/DQ (``sweep.bias_correction`` / ``sweep.extra[].bias_correction``): NNCF
-FastBiasCorrection's rule, each quantized linear layer's bias shifted by the mean over the calibration set of its
+"""Config of bias correction after Q/DQ (``sweep.bias_correction`` / ``sweep.extra[].bias_correction``): after NNCF's
+FastBiasCorrection, each quantized linear layer's bias shifted by the mean over the calibration set of its
 FP32 output minus its fake-quantized output (qbench.quantize.bias_correction). Its own module, so the grid's other
 axes (qbench.config.schema) stay apart from it.
 
@@ -21,7 +21,7 @@ class BiasSweepFields(_Strict):
     bias_correction: list[bool] = Field(
         [False], min_length=1, description="retrieval, int8 format: crossed in the grid; true shifts each quantized "
                                            "linear layer's bias by the calibration set's mean of FP32 output minus "
-                                           "Q/DQ output (NNCF's FastBiasCorrection; variant id +bc)")
+                                           "Q/DQ output (as NNCF's FastBiasCorrection; variant id +bc)")
 
 
 class BiasVariantField(_Strict):

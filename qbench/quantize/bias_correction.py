@@ -1,4 +1,4 @@
-"""Bias correction after Q/DQ: NNCF FastBiasCorrection's rule on qbench's own Q/DQ graph.
+"""Bias correction after Q/DQ, after NNCF's FastBiasCorrection, on qbench's own Q/DQ graph.
 
 Quantizing a linear layer's input and weight shifts its output on average: E[fq(x) fq(W)] != E[x W]. The shift is
 a per-output-channel constant, so the bias can take it back. For every quantized linear layer (a MatMul reading a
@@ -8,7 +8,9 @@ Q/DQ'd activation and a DQ'd constant 2-D weight) followed by an Add of a consta
 
 x the layer's FP32 input in the FP32 graph the Q/DQ went on, fq the Q/DQ graph's own arithmetic (its scales and zero
 points, round half to even, saturating), fq(W) its dequantized weight. Every layer reads FP32 inputs, so layers are
-independent: one FP32 forward pass (ONNX Runtime, the inputs made graph outputs) serves all of them. Since the
+independent: one FP32 forward pass (ONNX Runtime, the inputs made graph outputs) serves all of them. (NNCF instead
+runs the quantized layer once on the per-channel mean input, fq(mean x): cheaper, but it rounds one mean vector
+instead of averaging the rounding; on MiniLM it lowered the cosine to FP32 by 0.01, docs/smoothquant.md.) Since the
 layer is linear, the mean of x W - fq(x) fq(W) over rows is mean(x) W - mean(fq(x)) fq(W): the pass keeps, per input
 tensor, the float64 sums of x and fq(x) over valid (unpadded) positions, and drops each batch, so memory is one
 batch's activations.
