@@ -16,6 +16,7 @@ from qbench.config.errors import ConfigError, one_line
 from qbench.config.lm import LmCfg
 from qbench.config.search import SearchCfg  # noqa: F401 (re-exported: the sweep config's search section)
 from qbench.config import external
+from qbench.config.bias_correction import BiasSweepFields, BiasVariantField, bias_problems
 from qbench.config.deploy import DeploySweepFields, DeployVariantFields
 from qbench.config.external import ForeignSweepFields
 from qbench.config.formats import FormatSweepFields, FormatVariantField, format_problems
@@ -88,7 +89,8 @@ class ExclusionCfg(Strict):
                                             "expressions are quantized (the rest stay float, their tensors untouched)")
 
 
-class VariantCfg(FormatVariantField, DeployVariantFields, Strict):  # format; float_dtype, ort_form (deploy.py)
+class VariantCfg(FormatVariantField, DeployVariantFields, BiasVariantField, Strict):  # format; float_dtype,
+    # ort_form (deploy.py); bias_correction (bias_correction.py)
     calibrator: dict[str, Any] = Field(description="{name: ..., <calibrator parameters>} (qbench ls calibrators)")
     exclusion: str = Field("none", description="an exclusion set name, a role name, or auto")
     flavor: Literal["s8s8", "u8s8"] = Field("s8s8", description="activation/weight integer types")
@@ -105,8 +107,8 @@ class VariantCfg(FormatVariantField, DeployVariantFields, Strict):  # format; fl
 ROLE_NAMES = ("layernorm", "softmax", "embeddings", "lm_head", "mlp_gate")
 
 
-class SweepCfg(ForeignSweepFields, FormatSweepFields, DeploySweepFields, Strict):  # baselines, external; formats;
-    # float_dtypes: qbench.config.deploy
+class SweepCfg(ForeignSweepFields, FormatSweepFields, DeploySweepFields, BiasSweepFields, Strict):  # baselines,
+    # external; formats; float_dtypes: qbench.config.deploy; bias_correction: qbench.config.bias_correction
     calibrators: list[dict[str, Any]] = Field([{"name": "minmax"}], description="{name: ..., <parameters>} each; "
                                               "crossed in the grid (qbench ls calibrators)")
     exclusion_sets: dict[str, ExclusionCfg] = Field({}, description="named exclusion sets; 'none' is built in")
@@ -374,7 +376,8 @@ def _check_task(cfg: SweepConfig, file: str) -> list[str]:
     """Settings that only some tasks understand: the task says (qbench.tasks.base.Task.check_config)."""
     from qbench.config import registry
 
-    return registry.tasks.get(cfg.task)().check_config(cfg, file) + format_problems(cfg, file)
+    return (registry.tasks.get(cfg.task)().check_config(cfg, file) + format_problems(cfg, file)
+            + bias_problems(cfg, file))
 
 
 def _instantiate(reg, spec: dict, loc: tuple, file: str) -> list[str]:

@@ -29,6 +29,7 @@ class Variant:
     path: str = ""                  # external: the model file (or folder) as given, resolved
     peer: PeerBaselineCfg | None = None  # nncf / modelopt_int8: the options it runs with
     format: FormatCfg = field(default_factory=FormatCfg)  # int8 | fp8 | int8_wo | int4_wo (docs/formats.md)
+    bias_correction: bool = False   # biases shifted by the mean Q/DQ error (qbench.quantize.bias_correction)
 
     def signature(self, calib_set: str) -> str:
         """sacrebleu-style provenance string carried by every score of this variant."""
@@ -52,7 +53,8 @@ class Variant:
                 + (f"|tf:{self.transform.signature()}" if self.transform.name != "none" else "")
                 + (f"|emb:{self.embeddings}" if self.embeddings != "float" else "")
                 + (f"|float:{self.float_dtype}" if self.float_dtype != "fp32" else "")
-                + (f"|form:{self.ort_form}" if self.ort_form != "qdq" else ""))
+                + (f"|form:{self.ort_form}" if self.ort_form != "qdq" else "")
+                + ("|bc" if self.bias_correction else ""))
 
     def describe(self) -> dict:
         return {
@@ -69,6 +71,7 @@ class Variant:
             "format": self.format.signature() if self.kind == "qbench" else "",
             "float_dtype": self.float_dtype if self.kind == "qbench" else "",
             "ort_form": self.ort_form if self.kind == "qbench" else "",
+            "bias_correction": ("true" if self.bias_correction else "false") if self.kind == "qbench" else "",
         }
 
 
@@ -87,7 +90,7 @@ def expand(cfg: SweepConfig) -> list[Variant]:
     out += [Variant(id=e.name, kind="external", baseline="", backend=be, path=str(e.resolved(cfg.base_dir)))
             for e in cfg.sweep.external]
     combos = [
-        (c, ex, fl, cs, tf, emb, fm, fd, "qdq")
+        (c, ex, fl, cs, tf, emb, fm, fd, "qdq", bc)
         for cs in sets
         for tf in cfg.sweep.transforms
         for fm in cfg.sweep.formats
@@ -96,25 +99,27 @@ def expand(cfg: SweepConfig) -> list[Variant]:
         for fl in cfg.sweep.flavors
         for emb in cfg.sweep.embeddings
         for fd in cfg.sweep.float_dtypes
+        for bc in cfg.sweep.bias_correction
         if not (fm.weight_only and tf.name != "none")  # a weight-only format's scales are its own (awq), no transform
+        and not (bc and fm.name != "int8")  # bias correction fake-quantizes int8 only (qbench.quantize.bias_correction)
     ]
     combos += [(v.calibrator, v.exclusion, v.flavor, v.calibration_set or sets[0], v.transform, v.embeddings, v.format,
-                v.float_dtype, v.ort_form) for v in cfg.sweep.extra]
+                v.float_dtype, v.ort_form, v.bias_correction) for v in cfg.sweep.extra]
     seen: set[str] = set()
-    for spec, ex, fl, cs, tf, emb, fm, fd, form in combos:
+    for spec, ex, fl, cs, tf, emb, fm, fd, form, bc in combos:
         cal = build_plugin(registry.calibrators, spec)
-        vid = variant_id(cal.signature(), ex, fl, fm, tf, emb, cs if len(sets) > 1 else None, fd, form)
+        vid = variant_id(cal.signature(), ex, fl, fm, tf, emb, cs if len(sets) > 1 else None, fd, form, bc)
         if vid in seen:  # a weight-only format crossed with several calibrators or flavors is one variant
             continue
         seen.add(vid)
         out.append(Variant(id=vid, kind="qbench", calibrator=cal, exclusion=ex, exclusion_cfg=cfg.sweep.exclusion(ex),
                            flavor=fl if fm.name == "int8" else fm.signature(), backend=be, calib_set=cs, transform=tf,
-                           embeddings=emb, format=fm, float_dtype=fd, ort_form=form))
+                           embeddings=emb, format=fm, float_dtype=fd, ort_form=form, bias_correction=bc))
     return out
 
 
 def variant_id(cal: str, ex: str, flavor: str, fm: FormatCfg, tf: TransformCfg, emb: str, calib_set: str | None,
-               float_dtype: str = "fp32", ort_form: str = "qdq") -> str:
+               float_dtype: str = "fp32", ort_form: str = "qdq", bias_correction: bool = False) -> str:
     """``<calibrator>+<exclusion>+<flavor>``, the flavor replaced by the format when it is not int8, and the
     calibrator and flavor left out for a weight-only format (it quantizes no activation). The set joins the id only
     when there is a choice, so single-set ids stay short and stable; so do the transform and the embeddings, named
@@ -122,15 +127,17 @@ def variant_id(cal: str, ex: str, flavor: str, fm: FormatCfg, tf: TransformCfg, 
     head = f"{fm.signature()}+{ex}" if fm.weight_only else f"{cal}+{ex}+{flavor if fm.name == 'int8' else fm.name}"
     return (head + (f"+{tf.signature()}" if tf.name != "none" else "") + ("+emb_int8" if emb == "int8" else "")
             + ("+fp16" if float_dtype == "fp16" else "") + ("+ort_fused" if ort_form == "fused" else "")
+            + ("+bc" if bias_correction else "")
             + (f"@{calib_set}" if calib_set else ""))
 
 
 def format_table(variants: list[Variant]) -> str:
     rows = [v.describe() for v in variants]
     cols = ["variant", "kind", "calibrator", "exclusion", "flavor", "calibration_set", "transform", "embeddings",
-            "format", "float_dtype", "ort_form", "backend"]
+            "format", "float_dtype", "ort_form", "bias_correction", "backend"]
     # a column shown only when some variant departs from its default
-    default = {"transform": "none", "embeddings": "float", "format": "int8", "float_dtype": "fp32", "ort_form": "qdq"}
+    default = {"transform": "none", "embeddings": "float", "format": "int8", "float_dtype": "fp32", "ort_form": "qdq",
+               "bias_correction": "false"}
     cols = [c for c in cols if c not in default or any(r[c] not in ("", default[c]) for r in rows)]
     widths = {c: max(len(c), *(len(str(r[c])) for r in rows)) for c in cols}
     lines = ["  ".join(c.ljust(widths[c]) for c in cols)]

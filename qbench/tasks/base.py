@@ -45,6 +45,7 @@ class Task:
 
     default_baselines: ClassVar[tuple[str, ...] | None] = None  # sweep.baselines when the config names none
     formats: ClassVar[frozenset[str]] = frozenset({"int8"})    # the sweep.formats it builds (docs/formats.md)
+    bias_correction: ClassVar[bool] = False  # builds sweep.bias_correction (qbench.quantize.bias_correction)
 
     def check_config(self, cfg, file: str) -> list[str]:
         """Problems with settings this task cannot honour, one ``<file>: <key>: <problem>`` line each."""

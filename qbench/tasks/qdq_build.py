@@ -102,10 +102,53 @@ def single_graph(ctx, task, v, out_dir: Path, msha: str) -> tuple[Path, object, 
     key = variant_key(msha, table.to_json(), v, weights, extra)
     out = out_dir / f"{key}.onnx"
     rep, hit = build_graph(v, fp32, table, weights, out)
+    bc: dict = {}
+    if v.bias_correction:  # from the plain Q/DQ file, which the uncorrected variant shares
+        key = variant_key(msha, table.to_json(), v, weights, extra + [f"bc:{_set_digest(ctx, v)}"])
+        out, bc, hit = bias_corrected(ctx, task, v, fp32, table, weights, out, out_dir / f"{key}.onnx")
     return out, rep, {"qdq_key": key, "qdq_cache_hit": hit, "table": tfile, "format": v.format.signature(),
                       "quantized_tensors": len(rep.quantized_tensors), "excluded_nodes": rep.excluded_nodes,
                       **({"transform": tinfo} if tinfo else {}),
-                      **({"embeddings": v.embeddings} if v.embeddings != "float" else {})}
+                      **({"embeddings": v.embeddings} if v.embeddings != "float" else {}),
+                      **({"bias_correction": bc} if bc else {})}
+
+
+def _set_digest(ctx, v) -> str:
+    # the correction averages over these samples: another set is another file, even where its table is the same
+    from qbench.calib.stats import sample_keys
+
+    return hashlib.sha256(json.dumps(sample_keys(ctx.calib_sets[v.calib_set])).encode()).hexdigest()[:16]
+
+
+def bias_corrected(ctx, task, v, fp32, table, weights, plain: Path, out: Path) -> tuple[Path, dict, bool]:
+    """(``out``: the Q/DQ file ``plain`` with its biases corrected by one FP32 pass over ``v``'s calibration set
+    (qbench.quantize.bias_correction), what the manifest records, cache hit). A cached file is checked: its
+    scales against the table, and every bias the rule corrects must be a corrected one."""
+    import time
+
+    from qbench.config.errors import QuantizationError
+    from qbench.quantize import bias_correction as bcm
+    from qbench.quantize.qdq import load_model, verify_scales
+    from qbench.util.io import atomic_write_bytes
+
+    if out.is_file():
+        model = load_model(out)
+        verify_scales(model, table, fp32, weights)
+        targets, skipped = bcm.find_targets(model, fp32)
+        if bcm.corrected_biases(model) != len(targets):
+            raise QuantizationError(f"{out}: {bcm.corrected_biases(model)} of its {len(targets)} linear biases are "
+                                    "corrected; delete the file to rebuild it")
+        return out, {"corrected": len(targets), **({"skipped": {k: len(x) for k, x in skipped.items()}}
+                                                  if skipped else {})}, True
+    model, t0 = load_model(plain), time.perf_counter()
+    batches, kw = task.calib_batches(ctx, v.calib_set)
+    info = bcm.bias_correct(model, fp32, batches(), ctx.cfg.backend.threads, **kw)
+    atomic_write_bytes(out, model.SerializeToString())
+    info["seconds"] = round(time.perf_counter() - t0, 3)
+    log(f"bias correction of {v.id}: {info['corrected']} bias(es) shifted, mean |shift| "
+        f"{info['mean_abs_shift']:.3g} ({info['seconds']:.1f}s)"
+        + "".join(f"; {n} not: {why}" for why, n in info.get("skipped", {}).items()))
+    return out, info, False
 
 
 def log_warnings(v, warnings) -> None:

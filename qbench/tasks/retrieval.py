@@ -62,6 +62,7 @@ class RetrievalTask(Task):
     plot_title: ClassVar[str] = "Accuracy against latency"
     item_noun: ClassVar[str] = "pairs"
     formats: ClassVar[frozenset[str]] = frozenset({"int8", "fp8", "int8_wo", "int4_wo"})
+    bias_correction: ClassVar[bool] = True
 
     def check_config(self, cfg, file: str) -> list[str]:
         problems = []
