@@ -215,7 +215,8 @@ def search_sections(df, manifest: dict, df_sens=None) -> list[dict]:
             "units": s.get("units"), "granularity": s.get("granularity"), "evaluations": s.get("evaluations"),
             "models_scored": s.get("models_scored"), "seconds": _num(s.get("seconds"), 1),
             "cpu_seconds": _num(s.get("cpu_seconds"), 1), "phases": s.get("phases_s") or {},
-            "rank_n": (s.get("ranking_subset") or {}).get("n"),
+            "rank_n": (s.get("ranking_subset") or {}).get("n") if s.get("ranking") else None,  # None: nothing ranked
+            "screen": s.get("screen"),
             "rank_by": (s.get("ranking_subset") or {}).get("rank_by"),
             "chosen_k": chosen, "chosen_nodes": None if row is None else row["nodes"], "chosen_row": row,
             "chosen_units": s.get("chosen_units") or [], "passing": s.get("passing") or [],
@@ -249,8 +250,10 @@ def _markdown_search(sections: list[dict]) -> list[str]:
     lines = []
     for s in sections:
         plural = "" if s["evaluations"] == 1 else "s"
+        where = ("each confirmed on the evaluation set, no subset screen" if s.get("screen") == "none"
+                 else f"on {s['n']} samples of {s['split']}")
         lines += ["", f"Automatic exclusion search: `{s['variant']}` (chosen k = {s['chosen_k']}, "
-                      f"{s['evaluations']} evaluation{plural} on {s['n']} samples of {s['split']})", "",
+                      f"{s['evaluations']} evaluation{plural} {where})", "",
                   "| step | k | excluded linear nodes | quality | worst drop | "
                   + ("projected bound | screen | s |" if s["projected"] else "gate | s |"),
                   "|---|---|---|---|---|---|---|" + ("---|" if s["projected"] else "")]

@@ -186,12 +186,13 @@ class Search:
 
     @contextmanager
     def phase(self, name: str):
-        """Adds the wall time of the block to ``phases[name]`` (the manifest's cost breakdown)."""
+        """Adds the wall time of the block to ``phases[name]`` (the manifest's cost breakdown; "none": nothing)."""
         t0 = time.perf_counter()
         try:
             yield
         finally:
-            self.phases[name] = round(self.phases.get(name, 0.0) + time.perf_counter() - t0, 2)
+            if name != "none":
+                self.phases[name] = round(self.phases.get(name, 0.0) + time.perf_counter() - t0, 2)
 
     def gate(self, quality: dict[str, float], base: dict[str, float] | None = None) -> tuple[bool, float, str]:
         """(pass, worst drop, where) against FP32's ``base`` (default: on the scoring subset); the drop as the
@@ -233,16 +234,16 @@ class Search:
             self.sensitivity.append({"mode": mode, "unit": unit, "metric": "quality", "lang": lang, "value": v})
 
     def step(self, ranked: list[Unit], k: int) -> dict:
-        with self.phase("subset_gate" if self.screen != "none" else "build"):  # confirmations time themselves
+        with self.phase("subset_gate" if self.screen != "none" else "none"):  # none: build, confirmation apart
             return self._step(ranked, k)
 
-    def exhausted(self) -> bool:
-        """With ``screen: none`` every step is a confirmation: none may be taken past max_confirmations."""
+    def exhausted(self) -> bool:  # screen: none, where every step is a confirmation: no more of them
         return self.screen == "none" and len(self.confirmations) >= self.ctx.cfg.search.max_confirmations
 
     def _step(self, ranked: list[Unit], k: int) -> dict:
         t0 = time.perf_counter()
-        art = self.build(exclusion_for(ranked[:k]))
+        with self.phase("build" if self.screen == "none" else "none"):
+            art = self.build(exclusion_for(ranked[:k]))
         if self.screen == "none":
             return self._step_on_evaluation(ranked, k, art, t0)
         res = self.scorer.score(art, quality=True)
@@ -264,15 +265,14 @@ class Search:
 
     def _step_on_evaluation(self, ranked: list[Unit], k: int, art: Path, t0: float) -> dict:
         """``screen: none``: no subset screen; the candidate's confirmation on the evaluation set is its step."""
-        row = {"k": k, "excluded_units": [u.id for u in ranked[:k]],
-               "excluded_linear_nodes": sum(len(u.nodes) for u in ranked[:k]), "artifact": str(art)}
+        row = {"k": k, "excluded_units": [u.id for u in ranked[:k]], "artifact": str(art),
+               "excluded_linear_nodes": sum(len(u.nodes) for u in ranked[:k])}
         self.evaluations += 1
         self.trace.append(row)
         ok = False if self.exhausted() else self.confirm(k)
-        c = next((c for c in self.confirmations if c["k"] == k), None)
-        row.update({"quality_all": c and c["quality_all"], "worst_drop": c and c["worst_drop"],
-                    "worst": c and c["worst"], "pass": ok, "error": None,
-                    "seconds": round(time.perf_counter() - t0, 2)})
+        c = next((c for c in self.confirmations if c["k"] == k), {})
+        row.update({"quality_all": c.get("quality_all"), "worst_drop": c.get("worst_drop"), "worst": c.get("worst"),
+                    "pass": ok, "error": None, "seconds": round(time.perf_counter() - t0, 2)})
         return row
 
     def confirm(self, k: int) -> bool:
