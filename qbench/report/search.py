@@ -250,7 +250,7 @@ def _markdown_search(sections: list[dict]) -> list[str]:
     lines = []
     for s in sections:
         plural = "" if s["evaluations"] == 1 else "s"
-        where = ("each confirmed on the evaluation set, no subset screen" if s.get("screen") == "none"
+        where = ("on the evaluation set itself, no subset screen" if s.get("screen") == "none"
                  else f"on {s['n']} samples of {s['split']}")
         lines += ["", f"Automatic exclusion search: `{s['variant']}` (chosen k = {s['chosen_k']}, "
                       f"{s['evaluations']} evaluation{plural} {where})", "",
@@ -278,7 +278,7 @@ def cost_line(s: dict) -> str:
     """One sentence: the search's wall and CPU time, by phase, models scored and what the confirmations showed."""
     ph = ", ".join(f"{_PHASE_WORDS.get(k, k)} {v:.1f}" for k, v in s["phases"].items())
     rank = "" if not s.get("rank_n") else f"; ranking on {s['rank_n']} samples"
-    rank += " by each unit's best language" if s.get("rank_by") == "worst_language" else ""
+    rank += " by each unit's best language" if rank and s.get("rank_by") == "worst_language" else ""
     conf = "; ".join(f"k = {c['k']}: {c.get('decision') or ('PASS' if c['pass'] else 'FAIL')}"
                      for c in s["confirmations"])
     return (f"Search cost: {s['seconds']} s wall, {s['cpu_seconds']} s CPU, {s['models_scored']} models scored "

@@ -87,6 +87,7 @@ def test_the_docs_have_generated_blocks():
                          ("translation.md", "reports/example-django-multi"),
                          ("automatic-exclusions.md", "reports/example-minilm-auto"),
                          ("automatic-exclusions.md", "reports/example-django-multi-auto"),
+                         ("automatic-exclusions.md", "reports/benchmark-debian-multi-full-xx-en-auto"),
                          ("tensorrt.md", "reports/example-minilm-trt"),
                          ("smoothquant.md", "reports/example-smoothquant"),
                          ("smoothquant.md", "reports/example-smoothquant-groups")]:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import shutil
 from pathlib import Path
 
+import pandas as pd
 import pytest
 
 from qbench.report import render as report
@@ -80,3 +81,23 @@ def test_smollm2_run_ships_fp16_and_fails_every_int8_variant_on_perplexity():
                       "percentile[percentile=99.99]+mlp_gate+s8s8": "FAIL"}
     v = _verdict("example-smollm2")
     assert v["state"] == "ships" and v["variant"] == "fp16"
+
+
+def test_debian_auto_run_passes_all_int8_in_every_language():
+    """exclude: auto on the 32-language Marian, every test segment: the all-INT8 model, confirmed at its first
+    look, PASSes in all 32 languages with no MatMul float (the fixed recipe keeps 52 of 91 float)."""
+    from qbench.report.decision import for_run
+
+    run = REPORTS / "benchmark-debian-multi-full-xx-en-auto"
+    df, m = load(run)
+    vid = "minmax+auto+s8s8"
+    s = m["variants"][vid]["search"]
+    assert s["screen"] == "none" and s["chosen_k"] == 0 and [c["decision"] for c in s["confirmations"]] == ["PASS"]
+    dec = for_run(load_samples(run), m, vid)
+    assert dec.state == "PASS" and len(dec.langs) == 32 and all(x.state == "PASS" for x in dec.langs)
+    assert max(x.drop for x in dec.langs) == pytest.approx(0.36, abs=0.005)
+    nodes = df[(df.variant == vid) & df.metric.isin(["nodes_quantized", "nodes_float"])]
+    assert nodes.groupby("metric").value.sum().to_dict() == {"nodes_float": 0.0, "nodes_quantized": 91.0}
+    recipe = pd.read_parquet(REPORTS / "benchmark-debian-multi-full-xx-en" / "results.parquet")
+    fl = recipe[(recipe.variant == "minmax+high_precision+s8s8") & (recipe.metric == "nodes_float")].value.sum()
+    assert fl == 52
