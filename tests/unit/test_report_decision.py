@@ -101,3 +101,20 @@ def test_debian_auto_run_passes_all_int8_in_every_language():
     recipe = pd.read_parquet(REPORTS / "benchmark-debian-multi-full-xx-en" / "results.parquet")
     fl = recipe[(recipe.variant == "minmax+high_precision+s8s8") & (recipe.metric == "nodes_float")].value.sum()
     assert fl == 52
+
+
+def test_smollm2_formats_run_passes_weight_only_int8_alone():
+    from qbench.report.decision import for_run
+
+    run = REPORTS / "example-smollm2-formats"
+    df, m = load(run)
+    samples = load_samples(run)
+    states = {vid: for_run(samples, m, vid).state for vid in m["variants"] if vid != "fp32"}
+    assert {v for v, st in states.items() if st == "PASS"} == {"int8_wo+none", "int8_wo[awq]+none"}
+    assert len(states) == 10 and all(st == "FAIL" for v, st in states.items() if not v.startswith("int8_wo"))
+    # TensorRT-RTX: Int8 weight-only GEMMs for both; INT4 with blocks of 128 refused (576 is 4.5 blocks)
+    for vid in ("int8_wo+none", "int8_wo[awq]+none"):
+        summary = m["variants"][vid]["tensorrt"]["graphs"]["model"]["summary"]
+        assert summary["linear_nodes_by_dtype"] == {"Int8 weight-only": 210}
+    trt = m["variants"]["int4_wo[block=128]+none"]["tensorrt"]
+    assert trt["status"] == "failed" and "must divide into whole blocks. Input dimension 0 = 576" in trt["error"]
