@@ -37,12 +37,11 @@ def bias_problems(cfg, file: str) -> list[str]:
     from qbench.config import registry
     from qbench.config.messages import _loc
 
-    used = [(("sweep", "bias_correction"), True)] if True in cfg.sweep.bias_correction else []
-    used += [(("sweep", "extra", i, "bias_correction"), v) for i, v in enumerate(cfg.sweep.extra) if v.bias_correction]
+    extras = [(("sweep", "extra", i, "bias_correction"), v) for i, v in enumerate(cfg.sweep.extra)
+              if v.bias_correction]
+    used = ([("sweep", "bias_correction")] if True in cfg.sweep.bias_correction else []) + [loc for loc, _ in extras]
     if used and not getattr(registry.tasks.get(cfg.task), "bias_correction", False):
-        return [f"{file}: {_loc(used[0][0])}: the {cfg.task} task has no bias correction (retrieval has)"]
+        return [f"{file}: {_loc(used[0])}: the {cfg.task} task has no bias correction (retrieval has)"]
     # The grid crosses it with int8 formats only (qbench.run.variants); an extra is one variant, so it says.
     return [f"{file}: {_loc(loc)}: bias correction fake-quantizes int8 activations and weights; the format is "
-            f"{v.format.name}" for loc, v in [(("sweep", "extra", i, "bias_correction"), v)
-                                             for i, v in enumerate(cfg.sweep.extra) if v.bias_correction]
-            if v.format.name != "int8"]
+            f"{v.format.name}" for loc, v in extras if v.format.name != "int8"]

@@ -31,6 +31,9 @@ import numpy as np
 import onnx
 from onnx import TensorProto, helper, numpy_helper
 
+from qbench.quantize.graph import _attr, _Graph, stable_names
+from qbench.quantize.qdq import _drop_unused_initializers
+
 SUFFIX = "_bc"  # a corrected bias: <bias>_bc (a cached file's correction is seen by it)
 _RANGE = {TensorProto.INT8: (-128, 127), TensorProto.UINT8: (0, 255)}
 
@@ -67,7 +70,7 @@ def _dequantize(inits: dict, dq: onnx.NodeProto) -> np.ndarray | None:
     zp = (numpy_helper.to_array(inits[dq.input[2]]).astype(np.float32)
           if len(dq.input) > 2 and dq.input[2] in inits else np.float32(0))
     if s.ndim == 1:
-        axis = next((helper.get_attribute_value(a) for a in dq.attribute if a.name == "axis"), 1)
+        axis = _attr(dq, "axis", 1)
         shape = [1] * w.ndim
         shape[axis] = -1
         s, zp = s.reshape(shape), np.reshape(zp, shape) if np.ndim(zp) else zp
@@ -78,29 +81,22 @@ def find_targets(qdq: onnx.ModelProto, fp32: onnx.ModelProto) -> tuple[list[Targ
     """(the linear layers of ``qdq`` to correct, {why not: [MatMul/Gemm names]} of the quantized ones left alone).
 
     ``fp32`` is the graph the Q/DQ went on: its nodes carry the same names (qbench.quantize.qdq.name_nodes)."""
-    from qbench.quantize.roles import stable_names
-
-    g = qdq.graph
-    inits = {t.name: t for t in g.initializer}
+    G = _Graph(qdq)
+    inits = G.inits
     fp_inits = {t.name: t for t in fp32.graph.initializer}
     fp_nodes = dict(zip(stable_names(fp32), fp32.graph.node))
-    producer = {o: n for n in g.node for o in n.output}
-    consumers: dict[str, list] = defaultdict(list)
-    for n in g.node:
-        for x in n.input:
-            consumers[x].append(n)
     out: list[Target] = []
     skipped: dict[str, list[str]] = defaultdict(list)
-    for n in g.node:
-        if n.op_type == "Gemm" and any(producer.get(x) is not None and producer[x].op_type == "DequantizeLinear"
+    for n in G.nodes:
+        if n.op_type == "Gemm" and any(G.prod(x) is not None and G.prod(x).op_type == "DequantizeLinear"
                                        for x in n.input[:2]):
             skipped["Gemm (bias is its C input)"].append(n.name)
         if n.op_type != "MatMul":
             continue
-        a_dq, w_dq = producer.get(n.input[0]), producer.get(n.input[1])
+        a_dq, w_dq = G.prod(n.input[0]), G.prod(n.input[1])
         if not (a_dq and w_dq and a_dq.op_type == w_dq.op_type == "DequantizeLinear"):
             continue
-        q = producer.get(a_dq.input[0])
+        q = G.prod(a_dq.input[0])
         w_q = _dequantize(inits, w_dq)
         fp = fp_nodes.get(n.name)
         if q is None or q.op_type != "QuantizeLinear" or w_q is None or w_q.ndim != 2 or fp is None:
@@ -109,14 +105,14 @@ def find_targets(qdq: onnx.ModelProto, fp32: onnx.ModelProto) -> tuple[list[Targ
         if zp_t is None or zp_t.data_type not in _RANGE or fp.input[1] not in fp_inits:
             skipped["not int8 Q/DQ"].append(n.name)
             continue
-        uses = consumers.get(n.output[0], [])
+        uses = [G.nodes[i] for i in G.consumers.get(n.output[0], [])]
         add = uses[0] if len(uses) == 1 and uses[0].op_type == "Add" else None
         idx = next((i for i, x in enumerate(add.input) if x != n.output[0]), None) if add else None
         b = inits.get(add.input[idx]) if idx is not None else None
         if b is None or int(np.prod(b.dims)) != w_q.shape[1] or any(d != 1 for d in list(b.dims)[:-1]):
             skipped["no bias Add after it"].append(n.name)
             continue
-        if len(consumers[b.name]) != 1:
+        if len(G.consumers[b.name]) != 1:
             skipped["bias shared by several Adds"].append(n.name)
             continue
         s = numpy_helper.to_array(inits[q.input[1]]).astype(np.float32)
@@ -178,10 +174,7 @@ def apply(qdq: onnx.ModelProto, targets: list[Target], shifts: dict[str, np.ndar
         new = (b.astype(np.float64) + shifts[t.node].reshape(b.shape)).astype(np.float32)
         g.initializer.append(numpy_helper.from_array(new, t.bias + SUFFIX))
         adds[t.add].input[t.bias_index] = t.bias + SUFFIX
-    used = {x for n in g.node for x in n.input}
-    for i in reversed(range(len(g.initializer))):  # the old biases, now read by nothing
-        if g.initializer[i].name in {t.bias for t in targets} and g.initializer[i].name not in used:
-            del g.initializer[i]
+    _drop_unused_initializers(qdq, {t.bias for t in targets})  # the old biases, now read by nothing
 
 
 def bias_correct(qdq: onnx.ModelProto, fp32: onnx.ModelProto, batches: Iterable[dict], threads: int = 2,

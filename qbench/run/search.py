@@ -33,7 +33,7 @@ import json
 import re
 import tempfile
 import time
-from contextlib import contextmanager
+from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
@@ -186,13 +186,12 @@ class Search:
 
     @contextmanager
     def phase(self, name: str):
-        """Adds the wall time of the block to ``phases[name]`` (the manifest's cost breakdown; "none": nothing)."""
+        """Adds the wall time of the block to ``phases[name]`` (the manifest's cost breakdown)."""
         t0 = time.perf_counter()
         try:
             yield
         finally:
-            if name != "none":
-                self.phases[name] = round(self.phases.get(name, 0.0) + time.perf_counter() - t0, 2)
+            self.phases[name] = round(self.phases.get(name, 0.0) + time.perf_counter() - t0, 2)
 
     def gate(self, quality: dict[str, float], base: dict[str, float] | None = None) -> tuple[bool, float, str]:
         """(pass, worst drop, where) against FP32's ``base`` (default: on the scoring subset); the drop as the
@@ -234,7 +233,7 @@ class Search:
             self.sensitivity.append({"mode": mode, "unit": unit, "metric": "quality", "lang": lang, "value": v})
 
     def step(self, ranked: list[Unit], k: int) -> dict:
-        with self.phase("subset_gate" if self.screen != "none" else "none"):  # none: build, confirmation apart
+        with self.phase("subset_gate") if self.screen != "none" else nullcontext():  # none: build, confirmation apart
             return self._step(ranked, k)
 
     def exhausted(self) -> bool:  # screen: none, where every step is a confirmation: no more of them
@@ -242,7 +241,7 @@ class Search:
 
     def _step(self, ranked: list[Unit], k: int) -> dict:
         t0 = time.perf_counter()
-        with self.phase("build" if self.screen == "none" else "none"):
+        with self.phase("build") if self.screen == "none" else nullcontext():
             art = self.build(exclusion_for(ranked[:k]))
         if self.screen == "none":
             return self._step_on_evaluation(ranked, k, art, t0)

@@ -135,9 +135,10 @@ def bias_corrected(ctx, task, v, fp32, table, weights, plain: Path, out: Path) -
         model = load_model(out)
         verify_scales(model, table, fp32, weights)
         targets, skipped = bcm.find_targets(model, fp32)
-        if bcm.corrected_biases(model) != len(targets):
-            raise QuantizationError(f"{out}: {bcm.corrected_biases(model)} of its {len(targets)} linear biases are "
-                                    "corrected; delete the file to rebuild it")
+        corrected = bcm.corrected_biases(model)
+        if corrected != len(targets):
+            raise QuantizationError(f"{out}: {corrected} of its {len(targets)} linear biases are corrected; delete "
+                                    "the file to rebuild it")
         return out, {"corrected": len(targets), **({"skipped": {k: len(x) for k, x in skipped.items()}}
                                                   if skipped else {})}, True
     model, t0 = load_model(plain), time.perf_counter()
